@@ -1,0 +1,2 @@
+class XDimError(Exception):
+    """A user-facing error: the message is one line naming the file and the problem."""
