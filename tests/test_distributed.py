@@ -1,0 +1,151 @@
+"""lib.distributed on two CPU processes (gloo)."""
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+from lib import distributed
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_rank_env(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+
+
+def slice_for(rank):
+    """Rank 0: B=2, R=3, L=4; rank 1: B=1, R=2, L=5 (d=2); values unique per rank."""
+    b, r, l = [(2, 3, 4), (1, 2, 5)][rank]
+    img = torch.arange(b * r * 2, dtype=torch.float64).reshape(b, r, 2) + 100 * rank
+    cap = torch.arange(b * l * 2, dtype=torch.float64).reshape(b, l, 2) - 100 * rank
+    cap_lens = [l - i for i in range(b)]
+    img_lens = torch.tensor([r] * b)
+    return img, cap, cap_lens, img_lens
+
+
+def gather_worker(rank, world, port, out_dir):
+    set_rank_env(rank, world, port)
+    distributed.init_from_env("cpu")
+    try:
+        img, cap, cap_lens, img_lens = slice_for(rank)
+        img.requires_grad_(True)
+        cap.requires_grad_(True)
+        g_img, g_cap, g_lens, g_img_lens = distributed.gather_batch(img, cap, cap_lens, img_lens)
+        # Each global row i weighted by (i + 1): the gathered loss is the same on both ranks.
+        w_img = torch.arange(1, g_img.shape[0] + 1, dtype=torch.float64)[:, None, None]
+        w_cap = 10 * torch.arange(1, g_cap.shape[0] + 1, dtype=torch.float64)[:, None, None]
+        ((g_img * w_img).sum() + (g_cap * w_cap).sum()).backward()
+        torch.save({"img": g_img.detach(), "cap": g_cap.detach(), "lens": g_lens,
+                    "img_lens": g_img_lens, "img_grad": img.grad, "cap_grad": cap.grad,
+                    "world": distributed.world_size(), "rank": distributed.rank()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        distributed.cleanup()
+
+
+def test_gather_batch_is_identity_without_process_group():
+    img, cap, cap_lens, _ = slice_for(0)
+    out = distributed.gather_batch(img, cap, cap_lens, None)
+    assert out[0] is img and out[1] is cap and out[2] is cap_lens and out[3] is None
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+
+
+def test_gather_batch_two_processes(tmp_path):
+    mp.spawn(gather_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    img0, cap0, lens0, _ = slice_for(0)
+    img1, cap1, lens1, _ = slice_for(1)
+    # Expected global batch, built by hand: rank 0's rows then rank 1's, zero-padded.
+    exp_img = torch.zeros(3, 3, 2, dtype=torch.float64)
+    exp_img[:2, :3] = img0
+    exp_img[2:, :2] = img1
+    exp_cap = torch.zeros(3, 5, 2, dtype=torch.float64)
+    exp_cap[:2, :4] = cap0
+    exp_cap[2:, :5] = cap1
+    for rank in range(2):
+        res = torch.load(tmp_path / f"rank{rank}.pt")
+        assert res["world"] == 2 and res["rank"] == rank
+        assert torch.equal(res["img"], exp_img)
+        assert torch.equal(res["cap"], exp_cap)
+        assert res["lens"] == lens0 + lens1
+        assert res["img_lens"].tolist() == [3, 3, 2]
+    # d loss / d slice = weight of its global row, summed over the 2 ranks' identical losses.
+    res0 = torch.load(tmp_path / "rank0.pt")
+    res1 = torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(res0["img_grad"][:, 0, 0], torch.tensor([2.0, 4.0], dtype=torch.float64))
+    assert torch.equal(res0["img_grad"], 2 * torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None, None].expand(2, 3, 2))
+    assert torch.equal(res1["img_grad"], torch.full((1, 2, 2), 6.0, dtype=torch.float64))
+    assert torch.equal(res0["cap_grad"], 20 * torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None, None].expand(2, 4, 2))
+    assert torch.equal(res1["cap_grad"], torch.full((1, 5, 2), 60.0, dtype=torch.float64))
+
+
+class TinyText(torch.nn.Module):
+    """A text encoder with a pooler that gets no gradient, as BERT's."""
+
+    def __init__(self):
+        super().__init__()
+        self.used = torch.nn.Linear(3, 4)
+        self.pooler = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+class TinyModel(torch.nn.Module):
+    """Stand-in with the three sub-modules wrap_encoders touches."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.img_enc = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        self.txt_enc = TinyText()
+        self.sim = torch.nn.Linear(4, 1, bias=False)
+
+
+def tiny_loss(model, x, gather):
+    """x (B, 3) -> image/text embeddings -> (gathered) -> scalar loss."""
+    img = model.img_enc(x)[:, None]
+    txt = model.txt_enc(x.cos())[:, None]
+    img, txt, _, _ = gather(img, txt, [1] * len(x), None)
+    return model.sim((img[:, 0] * txt[:, 0]).tanh()).square().sum()
+
+
+def inputs():
+    return torch.arange(12, dtype=torch.float64).reshape(4, 3).sin()
+
+
+def ddp_worker(rank, world, port, out_dir):
+    """Per-rank slice -> gather -> shared loss -> backward; saves the averaged grads."""
+    set_rank_env(rank, world, port)
+    distributed.init_from_env("cpu")
+    try:
+        model = distributed.wrap_encoders(TinyModel().double())
+        model.img_enc.eval()  # per-rank BN batch statistics would differ from one process's
+        tiny_loss(model, inputs()[2 * rank: 2 * rank + 2], distributed.gather_batch).backward()
+        grads = {}
+        for part in ("img_enc", "txt_enc", "sim"):
+            for name, p in distributed.unwrap(getattr(model, part)).named_parameters():
+                if p.grad is not None:
+                    grads[f"{part}.{name}"] = p.grad
+        torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+    finally:
+        distributed.cleanup()
+
+
+def test_wrapped_gradients_equal_single_process(tmp_path):
+    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    model = TinyModel().double()
+    model.img_enc.eval()
+    tiny_loss(model, inputs(), lambda *a: a).backward()
+    expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert "txt_enc.pooler.weight" not in expected and len(expected) == 7
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"grads{rank}.pt")
+        assert sorted(grads) == sorted(expected)
+        for name, g in expected.items():
+            assert torch.allclose(grads[name], g, rtol=0, atol=1e-12), name
