@@ -1,0 +1,30 @@
+"""Train X-Dim on precomputed region features.
+
+    python train.py --data_path DATA --data_name f30k_precomp --model_name runs/f30k ...
+    torchrun --nproc_per_node 4 train.py ...   (--batch_size stays the global batch)
+
+Options: `python train.py --help`. Bad input prints one `error: ...` line and exits 2.
+"""
+import sys
+
+import lib.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
+from lib import distributed
+from lib.errors import XDimError
+from lib.options import get_argument_parser
+
+
+def main(argv=None):
+    opt = get_argument_parser().parse_args(argv)
+    from lib.training import train
+    try:
+        train(opt)
+    except XDimError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
