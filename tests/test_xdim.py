@@ -1,0 +1,136 @@
+"""The X-Dim similarity against a float64, one-pair-at-a-time transcription of the spec."""
+import numpy as np
+import pytest
+import torch
+
+from lib.xdim import XDimSimilarity
+
+
+def reference_weights(E, lam, log_t_mask):
+    """Spec section 4, steps 1-5 of the dependency weights, float64 numpy."""
+    P = 1.0 / (1.0 + np.exp(-E))
+    theta = P.mean(axis=1) + lam * P.std(axis=1, ddof=1)
+    M = np.tanh(np.exp(np.exp(log_t_mask) * (P - theta[:, None])))
+    W = M * P
+    W = W / (np.sqrt((W ** 2).sum(axis=1, keepdims=True)) + 1e-8)
+    return W, W.sum(axis=0)
+
+
+def reference_pair(v, w, W, delta, log_t_attn):
+    """One image (R, d) and one caption's real tokens (L, d) -> score, spec steps 1-6."""
+    a = np.tanh((w * delta[None, :]) @ v.T)  # (L, R)
+    a = np.where(a > 0, a, 0.1 * a)
+    a = a / (np.sqrt((a ** 2).sum(axis=0, keepdims=True)) + 1e-8)
+    logits = np.exp(log_t_attn) * a
+    alpha = np.exp(logits - logits.max(axis=1, keepdims=True))
+    alpha = alpha / alpha.sum(axis=1, keepdims=True)
+    u = alpha @ v
+    u = u / (np.sqrt((u ** 2).sum(axis=1, keepdims=True)) + 1e-8)
+    s = (u * w) @ W.T
+    g = s.sum(axis=1) / (np.sqrt((s ** 2).sum(axis=1)) + 1e-8)
+    return g.mean()
+
+
+def reference_scores(sim, img, cap, lens):
+    as64 = lambda t: t.detach().double().numpy()
+    W, delta = reference_weights(as64(sim.E), as64(sim.lam), float(sim.log_t_mask.detach()))
+    out = np.zeros((img.shape[0], cap.shape[0]))
+    for i in range(img.shape[0]):
+        for c in range(cap.shape[0]):
+            out[i, c] = reference_pair(as64(img[i]), as64(cap[c, :lens[c]]), W, delta, float(sim.log_t_attn.detach()))
+    return out
+
+
+def random_inputs(d, n_img=3, n_cap=5, regions=7, max_len=9, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.normalize(torch.randn(n_img, regions, d, generator=gen), dim=-1)
+    cap = torch.nn.functional.normalize(torch.randn(n_cap, max_len, d, generator=gen), dim=-1)
+    lens = torch.randint(2, max_len + 1, (n_cap,), generator=gen)
+    lens[0] = max_len
+    return img, cap, lens
+
+
+def relative_error(ours, ref):
+    """max |ours - ref| over max |ref|: scores can sit near zero, so normalise by the largest."""
+    return np.abs(ours - ref).max() / np.abs(ref).max()
+
+
+@pytest.mark.parametrize("d", [8, 33, 64, 256])
+def test_scores_match_float64_reference(d):
+    torch.manual_seed(d)
+    sim = XDimSimilarity(d, rows_per_block=16)  # forces several caption and image blocks
+    img, cap, lens = random_inputs(d)
+    ours = sim(img, cap, lens).detach().numpy()
+    ref = reference_scores(sim, img, cap, lens)
+    assert ours.shape == (3, 5)
+    assert relative_error(ours, ref) <= 1e-5
+
+
+def test_float64_module_matches_reference_tightly():
+    torch.manual_seed(0)
+    sim = XDimSimilarity(24, rows_per_block=10).double()
+    img, cap, lens = random_inputs(24)
+    ours = sim(img.double(), cap.double(), lens).detach().numpy()
+    assert relative_error(ours, reference_scores(sim, img.double(), cap.double(), lens)) <= 1e-12
+
+
+def test_block_size_does_not_change_scores():
+    torch.manual_seed(1)
+    sim = XDimSimilarity(32)
+    img, cap, lens = random_inputs(32, n_img=6, n_cap=11)
+    whole = sim(img, cap, lens)
+    sim.rows_per_block = 7
+    assert torch.allclose(sim(img, cap, lens), whole, rtol=0, atol=1e-6)
+
+
+def test_mask_drives_entries_to_zero_or_above_point_seven():
+    torch.manual_seed(2)
+    sim = XDimSimilarity(128)
+    P = torch.sigmoid(sim.E.detach())
+    theta = P.mean(1, keepdim=True) + sim.lam.detach().unsqueeze(1) * P.std(1, keepdim=True)
+    mask = torch.tanh(torch.exp(torch.exp(sim.log_t_mask.detach()) * (P - theta)))
+    gap = P - theta
+    assert mask[gap < -0.1].max() < 1e-2
+    assert mask[gap > 0].min() > 0.7
+    W, delta = sim.dependency_weights()
+    raw_norm = (mask * P).double().norm(dim=1)
+    assert (gap > 0).any() and (gap < -0.1).any()
+    # Unit rows, up to the spec's epsilon on the norm (which matters for rows whose
+    # entries all sit below the threshold, so their raw norm is tiny).
+    assert torch.allclose(W.detach().double().norm(dim=1), raw_norm / (raw_norm + 1e-8), atol=1e-6)
+    assert W.detach().norm(dim=1).min() > 0.99
+    assert torch.allclose(delta, W.sum(0))
+
+
+def test_caption_score_independent_of_batch_and_padding():
+    torch.manual_seed(3)
+    sim = XDimSimilarity(16, rows_per_block=20)
+    img, cap, lens = random_inputs(16, n_img=4, n_cap=6, max_len=8)
+    full = sim(img, cap, lens)
+    alone = sim(img, cap[2:3, :lens[2]], lens[2:3])
+    assert torch.allclose(full[:, 2:3], alone, atol=1e-6)
+    padded = torch.cat([cap, 100 * torch.randn(6, 5, 16)], dim=1)  # garbage past every length
+    assert torch.allclose(sim(img, padded, lens), full, atol=1e-6)
+
+
+def test_masked_regions_take_no_part():
+    torch.manual_seed(4)
+    sim = XDimSimilarity(16)
+    img, cap, lens = random_inputs(16, n_img=2, n_cap=3, regions=6)
+    img_lens = torch.tensor([4, 6])
+    padded = img.clone()
+    padded[0, 4:] = 5.0
+    masked = sim(padded, cap, lens, img_lens)
+    assert torch.allclose(masked[0], sim(img[:1, :4], cap, lens)[0], atol=1e-6)
+    assert torch.allclose(masked[1], sim(img[1:], cap, lens)[0], atol=1e-6)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(5)
+    sim = XDimSimilarity(12, rows_per_block=8)
+    img, cap, lens = random_inputs(12)
+    img.requires_grad_(True)
+    sim(img, cap, lens).sum().backward()
+    for name, p in sim.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert img.grad.abs().sum() > 0
