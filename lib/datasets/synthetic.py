@@ -1,9 +1,11 @@
-"""Small stand-ins for the real inputs: a tiny BERT written to a local folder.
+"""Small stand-ins for the real inputs: a tiny BERT and a synthetic precomp dataset.
 
 Used by the demo and by the tests, which must never touch the network.
 """
 import json
 import os
+
+import numpy as np
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -48,3 +50,117 @@ def write_tiny_bert(folder, words, hidden_size=32, num_layers=2, num_heads=2,
         torch.manual_seed(seed)
         BertModel(BertConfig(**config)).save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------- demo dataset
+#
+# A learnable stand-in for BUTD features: each object word and colour word has a
+# fixed random prototype vector; an image shows 2-4 objects, each painted onto a
+# few regions as a noisy copy of its prototype (plus its colour's prototype), and
+# the remaining regions are background clutter that no caption mentions.
+
+DEMO_OBJECTS = [
+    "dog", "cat", "horse", "cow", "sheep", "bird", "duck", "elephant", "bear", "zebra",
+    "giraffe", "car", "truck", "bus", "bike", "boat", "train", "plane", "kite", "ball",
+    "chair", "table", "bed", "lamp", "clock", "vase", "cup", "bottle", "bowl", "book",
+    "phone", "laptop", "umbrella", "bag", "hat", "shoe", "pizza", "cake", "apple", "banana",
+]
+DEMO_COLOURS = ["red", "blue", "green", "yellow", "black", "white"]
+DEMO_PREFIXES = ["", "a photo of ", "there is ", "a picture showing ", "an image with ",
+                 "we can see ", "this is "]
+DEMO_JOINERS = [" and ", " with ", " next to ", " near ", " beside "]
+DEMO_SUFFIXES = ["", " in the scene", " here", " in this picture", " on the ground"]
+DEMO_SPLITS = {"train": 2000, "dev": 200, "test": 200, "testall": 500}
+DEMO_DATA_NAME = "demo_precomp"
+N_BACKGROUNDS = 8
+
+
+def demo_vocabulary():
+    """Every word of the demo captions (whole words), plus '##s' for plurals and punctuation."""
+    words = set(DEMO_OBJECTS + DEMO_COLOURS + ["a", "an", "two", "##s", ".", ","])
+    for phrase in DEMO_PREFIXES + DEMO_JOINERS + DEMO_SUFFIXES:
+        words.update(phrase.split())
+    return sorted(words)
+
+
+def _object_phrase(obj, colour, count):
+    words = ([colour] if colour else []) + [obj + ("s" if count == 2 else "")]
+    if count == 2:
+        return "two " + " ".join(words)
+    article = "an" if words[0][0] in "aeiou" else "a"
+    return article + " " + " ".join(words)
+
+
+def _demo_caption(objects, rng):
+    """One caption naming the image's objects (a random subset of >= 2 when it has 4) in a random template.
+
+    objects: list of (object index, colour index or -1, count).
+    """
+    chosen = [objects[i] for i in rng.permutation(len(objects))]
+    if len(chosen) == 4 and rng.random() < 0.3:
+        chosen = chosen[:3]
+    phrases = [_object_phrase(DEMO_OBJECTS[o], DEMO_COLOURS[c] if c >= 0 and rng.random() < 0.85 else "",
+                              count) for o, c, count in chosen]
+    joiners = [DEMO_JOINERS[rng.integers(len(DEMO_JOINERS))] for _ in phrases[1:]]
+    body = phrases[0] + "".join(j + p for j, p in zip(joiners, phrases[1:]))
+    text = (DEMO_PREFIXES[rng.integers(len(DEMO_PREFIXES))] + body
+            + DEMO_SUFFIXES[rng.integers(len(DEMO_SUFFIXES))])
+    if rng.random() < 0.5:
+        text = text[0].upper() + text[1:]
+    return text + ("." if rng.random() < 0.5 else "")
+
+
+def _demo_image(prototypes, rng, n_regions, noise):
+    """Regions (n_regions, img_dim) float32 of one image and its objects [(object, colour, count)]."""
+    objects_proto, colours_proto, background_proto = prototypes
+    n_objects = int(rng.integers(2, 5))
+    picked = rng.choice(len(DEMO_OBJECTS), size=n_objects, replace=False)
+    objects, regions = [], []
+    for obj in picked:
+        colour = int(rng.integers(len(DEMO_COLOURS))) if rng.random() < 0.5 else -1
+        count = 2 if rng.random() < 0.15 else 1
+        objects.append((int(obj), colour, count))
+        centre = objects_proto[obj] + (0.8 * colours_proto[colour] if colour >= 0 else 0.0)
+        regions += [centre] * (count * int(rng.integers(3, 6)))
+    regions = regions[:n_regions - 4]
+    backgrounds = rng.integers(N_BACKGROUNDS, size=n_regions - len(regions))
+    regions = np.stack(regions + [background_proto[b] for b in backgrounds])
+    regions = regions + noise * rng.standard_normal(regions.shape)
+    return regions[rng.permutation(n_regions)].astype(np.float32), objects
+
+
+def write_demo_split(folder, split, n_images, prototypes, rng, n_regions=36, noise=1.0):
+    """Write `{split}_ims.npy` (n_images, n_regions, img_dim) float32 and `{split}_caps.txt` (5 per image)."""
+    images, captions = [], []
+    for _ in range(n_images):
+        regions, objects = _demo_image(prototypes, rng, n_regions, noise)
+        images.append(regions)
+        captions += [_demo_caption(objects, rng) for _ in range(5)]
+    np.save(os.path.join(folder, f"{split}_ims.npy"), np.stack(images))
+    with open(os.path.join(folder, f"{split}_caps.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(captions) + "\n")
+
+
+def write_demo_dataset(folder, img_dim=64, n_regions=36, sizes=None, seed=0, noise=1.0,
+                       with_bert=True):
+    """Write the synthetic demo in the real precomp layout; deterministic from `seed`.
+
+    Creates `{folder}/demo_precomp/{split}_ims.npy` / `{split}_caps.txt` for the
+    splits of `sizes` (default DEMO_SPLITS: train 2000, dev 200, test 200,
+    testall 500 images) and, with `with_bert`, a tiny random BERT whose vocabulary
+    covers the captions in `{folder}/bert-tiny`.
+    Returns (data_path, data_name, bert_path or None).
+    """
+    data_folder = os.path.join(folder, DEMO_DATA_NAME)
+    os.makedirs(data_folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    prototypes = (rng.standard_normal((len(DEMO_OBJECTS), img_dim)),
+                  rng.standard_normal((len(DEMO_COLOURS), img_dim)),
+                  rng.standard_normal((N_BACKGROUNDS, img_dim)))
+    for number, (split, n_images) in enumerate((sizes or DEMO_SPLITS).items(), start=1):
+        write_demo_split(data_folder, split, n_images, prototypes,
+                         np.random.default_rng([seed, number]), n_regions, noise)
+    bert_path = None
+    if with_bert:
+        bert_path = write_tiny_bert(os.path.join(folder, "bert-tiny"), demo_vocabulary(), seed=seed)
+    return folder, DEMO_DATA_NAME, bert_path

@@ -1,0 +1,413 @@
+"""Precomputed region features and captions: the "precomp" layout (spec sections 1-2).
+
+`{data_path}/{data_name}/{split}_ims.npy` holds float region features
+(n_images, R, img_dim) and is memory-mapped, never read whole (COCO train is
+33 GB); `{split}_caps.txt` holds one UTF-8 caption per line, 5 (or 1) per image.
+
+Typical use:
+
+    files = open_split(data_path, data_name, "test", img_dim=2048)
+    encoder = CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
+    loader = train_loader(opt, tokenizer)            # training
+    for epoch in ...: set_loader_epoch(loader, epoch); for batch in loader: ...
+
+Training-time randomness (region dropping, word perturbation) comes from a
+generator seeded with (seed, epoch, caption index), so it does not depend on the
+number of workers, on the batch order or on where a run was resumed.
+"""
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lib.errors import XDimError
+
+logger = logging.getLogger("lib.datasets")
+
+DEFAULT_BERT = "bert-base-uncased"
+DEV_CAPTION_LIMIT = 5000
+REGION_KEEP_PROB = 0.8
+WORD_PERTURB_PROB = 0.2
+# Shares of the perturbed words; the remaining 0.4 are deleted.
+MASK_SHARE = 0.5
+RANDOM_SHARE = 0.1
+
+
+def _first_line(error):
+    """An exception's text reduced to one line, for XDimError messages."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def load_tokenizer(bert_path=None):
+    """The fast, lower-casing BERT tokenizer of a local folder (vocab.txt) or a hub name.
+
+    Raises XDimError when it cannot be loaded.
+    """
+    from transformers import BertTokenizerFast
+    bert_path = bert_path or DEFAULT_BERT
+    if os.path.isdir(bert_path) and not os.path.isfile(os.path.join(bert_path, "vocab.txt")):
+        raise XDimError(f"{os.path.join(bert_path, 'vocab.txt')}: BERT vocabulary not found")
+    try:
+        return BertTokenizerFast.from_pretrained(bert_path, do_lower_case=True)
+    except (OSError, ValueError) as error:
+        raise XDimError(f"{bert_path}: cannot load the BERT tokenizer ({_first_line(error)})") from None
+
+
+def bert_max_positions(bert_path=None):
+    """`max_position_embeddings` of a BERT config (local folder or hub name): the longest caption."""
+    from transformers import BertConfig
+    bert_path = bert_path or DEFAULT_BERT
+    try:
+        return BertConfig.from_pretrained(bert_path).max_position_embeddings
+    except (OSError, ValueError) as error:
+        raise XDimError(f"{bert_path}: cannot read the BERT config ({_first_line(error)})") from None
+
+
+class CaptionEncoder:
+    """Caption text -> BERT token ids `[CLS] ... [SEP]` (spec section 2).
+
+    Words follow BERT's basic tokenizer (lower-casing, punctuation split) and
+    each word becomes its WordPiece sub-tokens, so without perturbation the ids
+    equal `tokenizer(caption)["input_ids"]`. Captions longer than `max_len`
+    (the BERT's position limit) are cut to `max_len` ids with `[SEP]` last.
+    """
+
+    def __init__(self, tokenizer, max_len):
+        if max_len < 2:
+            raise ValueError(f"max_len must leave room for [CLS] and [SEP], got {max_len}")
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.cls_id = tokenizer.cls_token_id
+        self.sep_id = tokenizer.sep_token_id
+        self.mask_id = tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        self._truncation_logged = False
+
+    def word_pieces(self, caption):
+        """Sub-token ids of each word: list (words) of lists of ids."""
+        encoding = self.tokenizer.backend_tokenizer.encode(caption, add_special_tokens=False)
+        words, previous = [], object()
+        for token_id, word_id in zip(encoding.ids, encoding.word_ids):
+            if word_id is None or word_id != previous:
+                words.append([])
+            words[-1].append(token_id)
+            previous = word_id
+        return words
+
+    def perturb(self, words, rng):
+        """Training-time word perturbation of `word_pieces` output, drawn from `rng`.
+
+        Each word, with probability 0.2: half the time all its sub-tokens become
+        [MASK], a tenth of the time each sub-token becomes its own uniformly drawn
+        vocabulary id (any id, as in the official code), otherwise it is deleted.
+        """
+        kept = []
+        for pieces in words:
+            if rng.random() >= WORD_PERTURB_PROB:
+                kept.append(pieces)
+                continue
+            choice = rng.random()
+            if choice < MASK_SHARE:
+                kept.append([self.mask_id] * len(pieces))
+            elif choice < MASK_SHARE + RANDOM_SHARE:
+                kept.append(rng.integers(0, self.vocab_size, size=len(pieces)).tolist())
+        return kept
+
+    def encode(self, caption, rng=None):
+        """Token ids (list of int) of one caption; perturbed only when `rng` (np.random.Generator) is given."""
+        words = self.word_pieces(caption)
+        if rng is not None:
+            words = self.perturb(words, rng)
+        ids = [self.cls_id] + [token for pieces in words for token in pieces] + [self.sep_id]
+        if len(ids) > self.max_len:
+            ids = ids[:self.max_len - 1] + [self.sep_id]
+            if not self._truncation_logged:
+                self._truncation_logged = True
+                logger.warning("caption truncated to the BERT's %d positions (further truncations "
+                               "are not reported): %.80s", self.max_len, caption)
+        return ids
+
+
+# ---------------------------------------------------------------- split files
+
+@dataclass
+class SplitFiles:
+    """One split on disk: memory-mapped features and the caption list.
+
+    images: np.memmap (n_images, R, img_dim) float; captions: list[str] with
+    captions `c * captions_per_image ... + captions_per_image - 1` describing image c.
+    """
+    images: np.ndarray
+    captions: list
+    captions_per_image: int
+    images_path: str
+    captions_path: str
+
+    @property
+    def n_images(self):
+        return self.images.shape[0]
+
+    @property
+    def n_captions(self):
+        return len(self.captions)
+
+
+def _load_features(path, img_dim):
+    try:
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise XDimError(f"{path}: not a readable .npy array ({_first_line(error)})") from None
+    if not isinstance(images, np.ndarray) or images.ndim != 3 or images.dtype.kind != "f":
+        shape, dtype = getattr(images, "shape", "?"), getattr(images, "dtype", type(images).__name__)
+        raise XDimError(f"{path}: expected a 3-D float array (images, regions, features), "
+                        f"got shape {shape} dtype {dtype}")
+    if images.shape[0] == 0 or images.shape[1] == 0:
+        raise XDimError(f"{path}: holds no region features (shape {images.shape})")
+    if img_dim is not None and images.shape[2] != img_dim:
+        raise XDimError(f"{path}: region features have size {images.shape[2]}, "
+                        f"expected {img_dim} (--img_dim)")
+    return images
+
+
+def _read_captions(path):
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    captions = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise XDimError(f"{path}: line {number} is not valid UTF-8 "
+                            f"(byte {error.start} of the line)") from None
+        text = text.lstrip("\ufeff").strip() if number == 1 else text.strip()
+        if not text:
+            raise XDimError(f"{path}: line {number} is empty")
+        captions.append(text)
+    return captions
+
+
+def open_split(data_path, data_name, split, img_dim=None):
+    """Open `{data_path}/{data_name}/{split}_{ims.npy,caps.txt}` as a SplitFiles.
+
+    Detects 5 or 1 captions per image. `dev` keeps only its first 5000 captions
+    (and their images), the validation set used during training. With `img_dim`,
+    checks the feature size. Raises XDimError on any problem with the files.
+    """
+    folder = os.path.join(data_path, data_name)
+    if not os.path.isdir(folder):
+        raise XDimError(f"{folder}: data folder not found (expected --data_path/--data_name "
+                        f"holding {split}_ims.npy and {split}_caps.txt)")
+    images_path = os.path.join(folder, f"{split}_ims.npy")
+    captions_path = os.path.join(folder, f"{split}_caps.txt")
+    for path in (images_path, captions_path):
+        if not os.path.isfile(path):
+            raise XDimError(f"{path}: split file not found")
+    images = _load_features(images_path, img_dim)
+    captions = _read_captions(captions_path)
+    n_images = images.shape[0]
+    if len(captions) == 5 * n_images:
+        per_image = 5
+    elif len(captions) == n_images:
+        per_image = 1
+    else:
+        raise XDimError(f"{captions_path}: {len(captions)} captions for {n_images} images in "
+                        f"{os.path.basename(images_path)} (need 5 per image or 1 per image)")
+    if split == "dev" and len(captions) > DEV_CAPTION_LIMIT:
+        captions = captions[:DEV_CAPTION_LIMIT]
+        images = images[:DEV_CAPTION_LIMIT // per_image]
+    return SplitFiles(images, captions, per_image, images_path, captions_path)
+
+
+# ---------------------------------------------------------------- datasets
+
+def item_rng(seed, epoch, index):
+    """The generator of one training item: a function of (seed, epoch, index) only (non-negative ints)."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+def drop_regions(image, rng, keep_prob=REGION_KEEP_PROB):
+    """Keep each region (row of `image`, (R, img_dim)) with probability `keep_prob`, in order.
+
+    At least one region is kept: if every draw fails, the region with the lowest draw stays.
+    Returns (R', img_dim).
+    """
+    draws = rng.random(image.shape[0])
+    keep = draws < keep_prob
+    if not keep.any():
+        keep[np.argmin(draws)] = True
+    return image[keep]
+
+
+def _image(split_files, image_index):
+    """One image's regions as a float32 tensor (R, img_dim), copied out of the memory map."""
+    return np.array(split_files.images[image_index], dtype=np.float32)
+
+
+class PrecompDataset(Dataset):
+    """One item per caption: (image (R', img_dim) float32, token_ids (L,) long, caption_index, image_index).
+
+    With train=True, regions are dropped (keep p=0.8) and words perturbed, from
+    `item_rng(seed, epoch, caption_index)`; call `set_epoch` before each epoch.
+    """
+
+    def __init__(self, split_files, caption_encoder, train, seed=0):
+        self.files = split_files
+        self.encoder = caption_encoder
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.files.n_captions
+
+    def __getitem__(self, index):
+        image_index = index // self.files.captions_per_image
+        image = _image(self.files, image_index)
+        caption = self.files.captions[index]
+        if self.train:
+            rng = item_rng(self.seed, self.epoch, index)
+            image = drop_regions(image, rng)
+            ids = self.encoder.encode(caption, rng)
+        else:
+            ids = self.encoder.encode(caption)
+        return torch.from_numpy(image), torch.tensor(ids, dtype=torch.long), index, image_index
+
+
+class ImageDataset(Dataset):
+    """One item per image, all regions: (image (R, img_dim) float32, image_index)."""
+
+    def __init__(self, split_files):
+        self.files = split_files
+
+    def __len__(self):
+        return self.files.n_images
+
+    def __getitem__(self, index):
+        return torch.from_numpy(_image(self.files, index)), index
+
+
+class CaptionDataset(Dataset):
+    """One item per caption, never perturbed: (token_ids (L,) long, caption_index)."""
+
+    def __init__(self, split_files, caption_encoder):
+        self.files = split_files
+        self.encoder = caption_encoder
+
+    def __len__(self):
+        return self.files.n_captions
+
+    def __getitem__(self, index):
+        return torch.tensor(self.encoder.encode(self.files.captions[index]), dtype=torch.long), index
+
+
+def pad_images(images):
+    """List of (R_i, img_dim) tensors -> (B, max R_i, img_dim) zero-padded, lengths (B,) long."""
+    lengths = torch.tensor([image.shape[0] for image in images], dtype=torch.long)
+    padded = images[0].new_zeros(len(images), int(lengths.max()), images[0].shape[1])
+    for row, image in enumerate(images):
+        padded[row, :image.shape[0]] = image
+    return padded, lengths
+
+
+def pad_tokens(token_ids):
+    """List of (L_i,) long tensors -> (B, max L_i) padded with id 0, lengths (B,) long."""
+    lengths = torch.tensor([ids.shape[0] for ids in token_ids], dtype=torch.long)
+    padded = torch.zeros(len(token_ids), int(lengths.max()), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        padded[row, :ids.shape[0]] = ids
+    return padded, lengths
+
+
+def collate_pairs(batch):
+    """PrecompDataset items -> (images (B, Rmax, img_dim), image_lengths (B,), captions (B, Lmax),
+    lengths (B,), caption_indices (B,), image_indices (B,)); zero padding, batch order kept."""
+    images, token_ids, caption_indices, image_indices = zip(*batch)
+    images, image_lengths = pad_images(images)
+    captions, lengths = pad_tokens(token_ids)
+    return (images, image_lengths, captions, lengths,
+            torch.tensor(caption_indices, dtype=torch.long), torch.tensor(image_indices, dtype=torch.long))
+
+
+def collate_images(batch):
+    """ImageDataset items -> (images (B, Rmax, img_dim), image_lengths (B,), image_indices (B,))."""
+    images, indices = zip(*batch)
+    images, lengths = pad_images(images)
+    return images, lengths, torch.tensor(indices, dtype=torch.long)
+
+
+def collate_captions(batch):
+    """CaptionDataset items -> (captions (B, Lmax) long, lengths (B,), caption_indices (B,))."""
+    token_ids, indices = zip(*batch)
+    captions, lengths = pad_tokens(token_ids)
+    return captions, lengths, torch.tensor(indices, dtype=torch.long)
+
+
+# ---------------------------------------------------------------- loaders
+
+class EpochShuffleSampler(Sampler):
+    """A permutation of range(n) that depends only on (seed, epoch), like DistributedSampler."""
+
+    def __init__(self, n, seed=0):
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+def train_loader(opt, tokenizer, sampler=None, batch_size=None, split="train", max_len=None):
+    """Shuffled training batches of `collate_pairs` tuples over `opt.data_path/opt.data_name/split`.
+
+    opt: options namespace (data_path, data_name, img_dim, batch_size, workers,
+    seed, bert_path). `sampler`: e.g. a DistributedSampler; by default an
+    EpochShuffleSampler(seed=opt.seed). `batch_size` overrides opt.batch_size
+    (e.g. the per-process share). `max_len` defaults to the BERT config's
+    max_position_embeddings. The last incomplete batch is dropped. Workers are
+    not persistent, so `set_loader_epoch(loader, epoch)` reaches them.
+    """
+    files = open_split(opt.data_path, opt.data_name, split, img_dim=opt.img_dim)
+    if max_len is None:
+        max_len = bert_max_positions(opt.bert_path)
+    dataset = PrecompDataset(files, CaptionEncoder(tokenizer, max_len), train=True, seed=opt.seed)
+    return DataLoader(dataset, batch_size=batch_size or opt.batch_size,
+                      sampler=sampler if sampler is not None else EpochShuffleSampler(len(dataset), opt.seed),
+                      num_workers=opt.workers, collate_fn=collate_pairs, drop_last=True)
+
+
+def set_loader_epoch(loader, epoch):
+    """Select `epoch`'s shuffle and per-item randomness for a `train_loader` (call before iterating)."""
+    loader.dataset.set_epoch(epoch)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+
+
+def image_loader(split_files, batch_size, workers=0):
+    """Every image of a split once, in order: batches of `collate_images` tuples."""
+    return DataLoader(ImageDataset(split_files), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, collate_fn=collate_images)
+
+
+def caption_loader(split_files, caption_encoder, batch_size, workers=0):
+    """Every caption of a split once, in order, unperturbed: batches of `collate_captions` tuples."""
+    return DataLoader(CaptionDataset(split_files, caption_encoder), batch_size=batch_size,
+                      shuffle=False, num_workers=workers, collate_fn=collate_captions)
