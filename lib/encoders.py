@@ -106,13 +106,15 @@ class TextEncoder(nn.Module):
         return emb if self.no_txtnorm else l2norm(emb)
 
 
-def read_vocab(bert_dir):
-    """The vocabulary of a local BERT folder as a list of tokens, or None for a hub name."""
-    path = os.path.join(bert_dir, "vocab.txt")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
+def bert_vocab(bert_path):
+    """BERT's vocabulary as a list of tokens ordered by id (a local folder or a hub name)."""
+    path = os.path.join(bert_path, "vocab.txt")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    from transformers import BertTokenizerFast
+    by_id = BertTokenizerFast.from_pretrained(bert_path).get_vocab()
+    return sorted(by_id, key=by_id.get)
 
 
 def materialize_bert_dir(config, vocab):
@@ -129,6 +131,9 @@ def materialize_bert_dir(config, vocab):
             json.dump(config, f)
         with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump({"do_lower_case": True}, f)
-        with open(os.path.join(folder, "vocab.txt"), "w", encoding="utf-8") as f:
+        # Written last and renamed into place: its presence means the folder is complete.
+        partial = os.path.join(folder, f"vocab.txt.{os.getpid()}.tmp")
+        with open(partial, "w", encoding="utf-8") as f:
             f.write("\n".join(vocab) + "\n")
+        os.replace(partial, os.path.join(folder, "vocab.txt"))
     return folder

@@ -1,0 +1,177 @@
+"""Checkpoint files: ours (self-contained, `weights_only`-safe) and the official release's.
+
+Our format is a dict: `format` ("xdim"), `model` (flat state dict with `img_enc.`,
+`txt_enc.` and `sim.` prefixes), `optimizer`, `epoch`, `best_rsum`, `Eiters`,
+`opt` (options as a plain dict), `bert_config` and `vocab` (so evaluation needs
+no BERT download), plus whatever the trainer adds (e.g. random states).
+
+The official release (spec section 8) pickles `opt` as an `argparse.Namespace`
+and stores `model` as a list of three state dicts with `module.` prefixes and
+its own key names; `official_state_dict` maps them onto ours with one table.
+"""
+import argparse
+import os
+
+import torch
+
+from lib.errors import XDimError
+
+FORMAT = "xdim"
+
+# (part, official key) -> our key. Parts: 0 image encoder, 1 text encoder, 2 similarity.
+OFFICIAL_KEYS = {
+    (0, "fc.weight"): "img_enc.fc.weight",
+    (0, "fc.bias"): "img_enc.fc.bias",
+    (0, "mlp.layers.0.weight"): "img_enc.mlp_in.weight",
+    (0, "mlp.layers.0.bias"): "img_enc.mlp_in.bias",
+    (0, "mlp.bns.0.weight"): "img_enc.mlp_bn.weight",
+    (0, "mlp.bns.0.bias"): "img_enc.mlp_bn.bias",
+    (0, "mlp.bns.0.running_mean"): "img_enc.mlp_bn.running_mean",
+    (0, "mlp.bns.0.running_var"): "img_enc.mlp_bn.running_var",
+    (0, "mlp.bns.0.num_batches_tracked"): "img_enc.mlp_bn.num_batches_tracked",
+    (0, "mlp.layers.1.weight"): "img_enc.mlp_out.weight",
+    (0, "mlp.layers.1.bias"): "img_enc.mlp_out.bias",
+    (1, "linear.weight"): "txt_enc.proj.weight",
+    (1, "linear.bias"): "txt_enc.proj.bias",
+    (2, "weights.weight"): "sim.E",
+    (2, "sim_map.weight"): "sim.lam",
+    (2, "temp_learnable.weight"): "sim.log_t_mask",
+    (2, "temp_scale.weight"): "sim.log_t_attn",
+}
+# BERT's own keys keep their names under this prefix.
+OFFICIAL_PREFIXES = {(1, "bert."): "txt_enc.bert."}
+# Entries the official model holds but never uses (BatchNorm after the MLP's last layer, sim_eval).
+OFFICIAL_UNUSED = ((0, "mlp.bns.1."), (2, "sim_eval.weight"))
+# A buffer transformers 4.x saved in 2023 and current versions no longer keep in the state dict.
+LEGACY_BUFFERS = ("txt_enc.bert.embeddings.position_ids",)
+PART_NAMES = ("image encoder", "text encoder", "similarity")
+
+
+def save_checkpoint(state, path):
+    """torch.save `state` to `path` atomically: a crash mid-write leaves the old file intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def make_checkpoint(model, epoch, best_rsum, extra=None):
+    """Everything a resume or an evaluation needs, in our format (loads with weights_only=True)."""
+    state = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": model.optimizer.state_dict(),
+        "epoch": int(epoch),
+        "best_rsum": float(best_rsum),
+        "Eiters": int(model.Eiters),
+        "opt": dict(vars(model.opt)),
+        "bert_config": model.bert_config,
+        "vocab": model.vocab(),
+    }
+    state.update(extra or {})
+    return state
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint of either format with `weights_only=True`.
+
+    The official files' `argparse.Namespace` is admitted through PyTorch's safe-globals
+    allowlist. Raises XDimError (one line) for a missing, corrupt or foreign file.
+    """
+    if not os.path.isfile(path):
+        raise XDimError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated, corrupt or unsafe files
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise XDimError(f"{path}: not a readable checkpoint ({detail[:200]})") from None
+    if not (isinstance(ckpt, dict) and "model" in ckpt and (ckpt.get("format") == FORMAT or is_official(ckpt))):
+        raise XDimError(f"{path}: not an X-Dim checkpoint (expected our format or the official release's)")
+    return ckpt
+
+
+def is_official(ckpt):
+    """True for the official release's layout: `model` is a list of three state dicts."""
+    model = ckpt.get("model")
+    return isinstance(model, (list, tuple)) and len(model) == 3 and all(isinstance(p, dict) for p in model)
+
+
+def official_options(ckpt):
+    """The official checkpoint's options as a plain dict."""
+    opt = ckpt.get("opt")
+    return dict(vars(opt)) if isinstance(opt, argparse.Namespace) else dict(opt or {})
+
+
+def official_state_dict(parts, expected, path="checkpoint"):
+    """Map the official `model` list onto our flat key names.
+
+    parts: the three official state dicts; expected: our state dict (name -> tensor),
+    used for the key set and shapes. Returns our-named tensors; raises XDimError naming
+    the first unknown, missing or mis-shaped key.
+    """
+    ours = {}
+    for part, state in enumerate(parts):
+        for official_key, tensor in state.items():
+            key = official_key[len("module."):] if official_key.startswith("module.") else official_key
+            if any(part == p and key.startswith(prefix) for p, prefix in OFFICIAL_UNUSED):
+                continue
+            name = _our_name(part, key)
+            if name is None or (name not in expected and name not in LEGACY_BUFFERS):
+                raise XDimError(f"{path}: unexpected key {official_key!r} in the official {PART_NAMES[part]}")
+            if name in expected:
+                ours[name] = _fit_shape(tensor, expected[name].shape, official_key, path)
+    missing = [name for name in expected if name not in ours]
+    if missing:
+        raise XDimError(f"{path}: official checkpoint lacks {_official_name(missing[0])!r} (our {missing[0]!r})")
+    return ours
+
+
+def _our_name(part, key):
+    if (part, key) in OFFICIAL_KEYS:
+        return OFFICIAL_KEYS[(part, key)]
+    for (p, prefix), target in OFFICIAL_PREFIXES.items():
+        if p == part and key.startswith(prefix):
+            return target + key[len(prefix):]
+    return None
+
+
+def _official_name(name):
+    for (part, key), ours in OFFICIAL_KEYS.items():
+        if ours == name:
+            return f"model[{part}].module.{key}"
+    for (part, prefix), target in OFFICIAL_PREFIXES.items():
+        if name.startswith(target):
+            return f"model[{part}].module.{prefix}{name[len(target):]}"
+    return name
+
+
+def _fit_shape(tensor, shape, official_key, path):
+    """The official scalars and vectors carry leading singleton dims ((1, d), (1, 1)); drop them."""
+    if tensor.shape == shape:
+        return tensor
+    leading = tensor.dim() - len(shape)
+    if leading > 0 and tensor.shape[leading:] == shape and all(n == 1 for n in tensor.shape[:leading]):
+        return tensor.reshape(shape)
+    raise XDimError(f"{path}: key {official_key!r} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+
+
+def check_state_dict(state, expected, path="checkpoint"):
+    """Raise XDimError naming the first missing, unexpected or mis-shaped key of `state`."""
+    for name, tensor in expected.items():
+        if name not in state:
+            raise XDimError(f"{path}: missing key {name!r}")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise XDimError(f"{path}: key {name!r} has shape {tuple(state[name].shape)}, the model expects "
+                            f"{tuple(tensor.shape)} (a model of another size?)")
+    for name in state:
+        if name not in expected and name not in LEGACY_BUFFERS:
+            raise XDimError(f"{path}: unexpected key {name!r}")

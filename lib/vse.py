@@ -1,0 +1,198 @@
+"""VSEModel: the encoders, the X-Dim similarity, the loss and the optimizer, wired together.
+
+Public API (outside scripts rely on these names):
+`VSEModel(opt)`, `forward_emb`, `forward_sim`, `train_emb`, `VSEModel.from_checkpoint`.
+"""
+import contextlib
+
+import torch
+from torch.nn.utils import clip_grad_norm_
+
+from lib import checkpoint as ckpt_io
+from lib import distributed
+from lib.encoders import (BUNDLED_BERT_BASE, ImageEncoder, TextEncoder, bert_config_dict, bert_vocab,
+                          materialize_bert_dir)
+from lib.errors import XDimError
+from lib.loss import ContrastiveLoss
+from lib.options import DEFAULT_BERT, default_options
+from lib.xdim import XDimSimilarity
+
+WEIGHT_DECAY = 1e-4
+BERT_LR_FACTOR = 0.1
+
+
+def resolve_device(name="auto"):
+    """'auto' -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise XDimError(f"--device {name}: {exc}") from None
+
+
+class VSEModel:
+    """X-Dim: image encoder, BERT text encoder and X-Dim similarity, trained with the hinge loss.
+
+    `opt` uses the official option names (lib.options). `bert_config` (a dict) builds
+    BERT's architecture without pretrained weights, for loading a checkpoint;
+    otherwise the pretrained BERT at `opt.bert_path` (default bert-base-uncased) is loaded.
+    """
+
+    def __init__(self, opt, bert_config=None):
+        self.opt = opt
+        if not getattr(opt, "bert_path", None):
+            opt.bert_path = DEFAULT_BERT
+        self.device = resolve_device(getattr(opt, "device", "auto"))
+        self.img_enc = ImageEncoder(opt.img_dim, opt.embed_size, no_imgnorm=opt.no_imgnorm)
+        self.txt_enc = TextEncoder(opt.embed_size, bert_path=opt.bert_path, bert_config=bert_config,
+                                   no_txtnorm=opt.no_txtnorm)
+        self.sim = XDimSimilarity(opt.embed_size)
+        for module in self.modules().values():
+            module.to(self.device)
+        self.criterion = ContrastiveLoss(margin=opt.margin, max_violation=opt.max_violation)
+        self.optimizer = self._build_optimizer()
+        self.Eiters = 0
+
+    def _build_optimizer(self):
+        """AdamW: base lr for the image encoder, text projection and similarity; base x 0.1 for BERT."""
+        lr = self.opt.learning_rate
+        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
+        groups = [
+            {"name": "main", "params": trainable(self.img_enc) + trainable(self.txt_enc.proj) + trainable(self.sim),
+             "lr": lr, "base_lr": lr},
+            {"name": "bert", "params": trainable(self.txt_enc.bert),
+             "lr": lr * BERT_LR_FACTOR, "base_lr": lr * BERT_LR_FACTOR},
+        ]
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=WEIGHT_DECAY)
+
+    # ----- parts and modes -------------------------------------------------
+    def modules(self):
+        """The three parts by name, unwrapped from DistributedDataParallel if wrapped."""
+        parts = {"img_enc": self.img_enc, "txt_enc": self.txt_enc, "sim": self.sim}
+        return {name: getattr(module, "module", module) for name, module in parts.items()}
+
+    def parameters(self):
+        return [p for module in self.modules().values() for p in module.parameters()]
+
+    def train_start(self):
+        for module in (self.img_enc, self.txt_enc, self.sim):
+            module.train()
+
+    def val_start(self):
+        for module in (self.img_enc, self.txt_enc, self.sim):
+            module.eval()
+
+    def set_max_violation(self, max_violation):
+        self.criterion.max_violation = bool(max_violation)
+
+    def set_learning_rate_factor(self, factor):
+        """Every group's lr becomes its base lr times `factor` (0.1 after lr_update)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    def autocast(self):
+        """bf16 autocast on the model's device when opt.amp == 'bf16', else a no-op."""
+        if getattr(self.opt, "amp", "none") != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    # ----- forward ----------------------------------------------------------
+    def encode_images(self, images, image_lengths=None):
+        """images (n, R, img_dim) -> (n, R, d) float32 on model.device (image_lengths unused here)."""
+        with self.autocast():
+            return self.img_enc(images.to(self.device, non_blocking=True).float()).float()
+
+    def encode_captions(self, captions, lengths=None):
+        """captions (n, L) token ids, 0 = padding -> (n, L, d) float32 on model.device."""
+        with self.autocast():
+            return self.txt_enc(captions.to(self.device, non_blocking=True).long()).float()
+
+    def forward_emb(self, images, captions, lengths, image_lengths=None):
+        """-> (img_emb (n_img, R, d), cap_emb (n_cap, L, d), cap_lens (n_cap,) on model.device)."""
+        cap_lens = torch.as_tensor(lengths, device=self.device).long()
+        return self.encode_images(images, image_lengths), self.encode_captions(captions, cap_lens), cap_lens
+
+    def forward_sim(self, img_emb, cap_emb, cap_lens, image_lengths=None):
+        """-> (n_img, n_cap) float32 scores; `image_lengths` masks padded regions out of attention."""
+        with self.autocast():
+            return self.sim(img_emb, cap_emb, cap_lens, image_lengths).float()
+
+    def train_emb(self, images, captions, lengths, image_lengths=None):
+        """One optimisation step on a batch of matching pairs; returns the loss (float).
+
+        Under torchrun the embeddings of all processes are gathered first, so the loss
+        sees the whole global batch's negatives. A non-finite loss raises XDimError
+        before any weight changes.
+        """
+        self.Eiters += 1
+        img_emb, cap_emb, cap_lens = self.forward_emb(images, captions, lengths, image_lengths)
+        if image_lengths is not None:
+            image_lengths = torch.as_tensor(image_lengths, device=self.device).long()
+        img_emb, cap_emb, cap_lens, image_lengths = distributed.gather_batch(img_emb, cap_emb, cap_lens, image_lengths)
+        region_lens = image_lengths if self.opt.mask_padded_regions else None
+        loss = self.criterion(self.forward_sim(img_emb, cap_emb, cap_lens, region_lens))
+        if not torch.isfinite(loss):
+            raise XDimError(f"loss is {loss.item()} at iteration {self.Eiters}: training stopped "
+                            f"(the last saved checkpoint is intact; try a lower --learning_rate)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.opt.grad_clip > 0:
+            clip_grad_norm_(self.parameters(), self.opt.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+    # ----- state ------------------------------------------------------------
+    def state_dict(self):
+        """Flat weights dict: `img_enc.*`, `txt_enc.*`, `sim.*`."""
+        return {f"{name}.{key}": value
+                for name, module in self.modules().items() for key, value in module.state_dict().items()}
+
+    def load_state_dict(self, state, path="checkpoint"):
+        """Load weights after checking every key and shape (XDimError names the first bad one)."""
+        expected = self.state_dict()
+        ckpt_io.check_state_dict(state, expected, path)
+        for name, module in self.modules().items():
+            prefix = name + "."
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                    if k.startswith(prefix) and k in expected})
+
+    @property
+    def bert_config(self):
+        return self.modules()["txt_enc"].bert.config.to_dict()
+
+    @classmethod
+    def from_checkpoint(cls, path, bert_path=None, device=None):
+        """Load our checkpoint or an official release checkpoint for evaluation.
+
+        BERT's weights come from the checkpoint; its architecture and vocabulary from
+        `bert_path` if given, else from our checkpoint itself, else (official files)
+        from the bundled bert-base-uncased config and vocab. No network is needed.
+        """
+        ckpt = ckpt_io.load_checkpoint(path)
+        official = ckpt_io.is_official(ckpt)
+        saved = ckpt_io.official_options(ckpt) if official else dict(ckpt.get("opt") or {})
+        opt = default_options()
+        for key, value in saved.items():
+            setattr(opt, key, value)
+        if bert_path:
+            opt.bert_path, config = bert_path, bert_config_dict(bert_path)
+        elif official:
+            opt.bert_path, config = BUNDLED_BERT_BASE, bert_config_dict(BUNDLED_BERT_BASE)
+        else:
+            config = ckpt["bert_config"]
+            opt.bert_path = materialize_bert_dir(config, ckpt["vocab"])
+        opt.device = device or "auto"
+        opt.amp = "none"
+        model = cls(opt, bert_config=config)
+        state = ckpt["model"]
+        if official:
+            state = ckpt_io.official_state_dict(state, model.state_dict(), path)
+        model.load_state_dict(state, path)
+        model.Eiters = int(ckpt.get("Eiters", 0) or 0)
+        model.val_start()
+        return model
+
+    def vocab(self):
+        """BERT's vocabulary (list of tokens by id), stored in checkpoints."""
+        return bert_vocab(self.opt.bert_path)
