@@ -83,20 +83,20 @@ class XDimSimilarity(nn.Module):
     def _score_block(self, regions, img_lens, captions, W):
         """regions (b, R, d) against one caption block -> (b, n_cap_block) float32."""
         b, R, d = regions.shape
-        n_cap, L = captions.mask.shape[2:]
+        n_cap, L = captions.mask.shape[:2]
         # Step 1: relevance of every word to every region, dimensions weighted by delta.
-        relevance = regions.reshape(b * R, d) @ captions.weighted.reshape(n_cap * L, d).t()
-        relevance = torch.tanh(relevance).view(b, R, n_cap, L)
+        relevance = captions.weighted.reshape(n_cap * L, d) @ regions.reshape(b * R, d).t()
+        relevance = torch.tanh(relevance).view(n_cap, L, b, R)
         # Step 2: LeakyReLU, then l2n across the caption's real words for each region.
         relevance = F.leaky_relu(relevance, 0.1) * captions.mask
-        relevance = l2norm(relevance, dim=3, eps=EPS)
-        # Steps 3-4: attention over regions, only for real tokens.
-        logits = torch.exp(self.log_t_attn) * relevance.reshape(b, R, n_cap * L)[:, :, captions.token_index]
+        relevance = l2norm(relevance, dim=1, eps=EPS)
+        # Steps 3-4: attention over regions, only for real tokens; rows stay contiguous in R.
+        logits = torch.exp(self.log_t_attn) * relevance.reshape(n_cap * L, b, R)[captions.token_index]
         if img_lens is not None:
-            padded = torch.arange(R, device=regions.device).view(1, R, 1) >= img_lens.view(b, 1, 1)
+            padded = torch.arange(R, device=regions.device).view(1, 1, R) >= img_lens.view(1, b, 1)
             logits = logits.masked_fill(padded, float("-inf"))
-        attention = torch.softmax(logits, dim=1)  # (b, R, T)
-        context = torch.bmm(attention.transpose(1, 2).to(regions.dtype), regions)  # (b, T, d)
+        attention = torch.softmax(logits, dim=2).to(regions.dtype)  # (T, b, R)
+        context = torch.bmm(attention.transpose(0, 1), regions)  # (b, T, d)
         # Step 4's l2n is folded into step 5's norms: with n = ||context|| + eps,
         # sum(s) / (||s|| + eps) equals sum(s') / (||s'|| + eps * n) for s' = n * s.
         context_norm = torch.linalg.vector_norm(context, dim=2) + EPS
@@ -117,7 +117,7 @@ def accumulation_dtype(tensor):
 class _CaptionBlock:
     """One block of captions, prepared once and scored against every image block.
 
-    weighted (n, L, d): words times delta; mask (1, 1, n, L); token_index (T,): flat
+    weighted (n, L, d): words times delta; mask (n, L, 1, 1); token_index (T,): flat
     positions of real tokens; words (T, d): their embeddings; owner (T,): each real
     token's caption; lengths (n,), at least 1.
     """
@@ -126,7 +126,7 @@ class _CaptionBlock:
         n, L, _ = cap_emb.shape
         real = torch.arange(L, device=cap_emb.device).unsqueeze(0) < cap_lens.unsqueeze(1)
         self.weighted = cap_emb * delta.to(cap_emb.dtype)
-        self.mask = real.view(1, 1, n, L).to(cap_emb.dtype)
+        self.mask = real.view(n, L, 1, 1).to(cap_emb.dtype)
         self.token_index = real.reshape(-1).nonzero().squeeze(1)
         self.words = cap_emb.reshape(n * L, -1)[self.token_index]
         self.owner = self.token_index // L
