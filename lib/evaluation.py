@@ -22,7 +22,6 @@ import pickle
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lib.errors import XDimError
@@ -140,9 +139,8 @@ def _check_order(indices, expected_start):
 
 def encode_images(model, split_files, batch_size=128, workers=0, storage="float32", progress=True):
     """Encode every image of the split once: -> (n_img, R, d) CPU tensor in the storage dtype."""
-    from lib.datasets.precomp import ImageDataset, collate_images
-    loader = DataLoader(ImageDataset(split_files), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate_images)
+    from lib.datasets.precomp import image_loader
+    loader = image_loader(split_files, batch_size, workers)
     out, done = None, 0
     for images, image_lengths, indices in tqdm(loader, desc="encode images", disable=not progress):
         _check_order(indices, done)
@@ -157,9 +155,8 @@ def encode_images(model, split_files, batch_size=128, workers=0, storage="float3
 def encode_captions(model, split_files, caption_encoder, batch_size=128, workers=0,
                     storage="float32", progress=True):
     """Encode every caption of the split once: -> RaggedCaptions."""
-    from lib.datasets.precomp import CaptionDataset, collate_captions
-    loader = DataLoader(CaptionDataset(split_files, caption_encoder), batch_size=batch_size,
-                        shuffle=False, num_workers=workers, collate_fn=collate_captions)
+    from lib.datasets.precomp import caption_loader
+    loader = caption_loader(split_files, caption_encoder, batch_size, workers)
     ragged = None
     for captions, lengths, indices in tqdm(loader, desc="encode captions", disable=not progress):
         _check_order(indices, 0 if ragged is None else len(ragged))
