@@ -15,7 +15,9 @@ import warnings  # noqa: E402
 def _load_tensorboard_logger():
     """The tensorboard_logger module, or None (with a warning) when it cannot load."""
     try:
-        import tensorboard_logger
+        with warnings.catch_warnings():  # its protobuf-3 modules use deprecated descriptor calls
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import tensorboard_logger
     except Exception as exc:  # ImportError, or protobuf's TypeError for a foreign backend
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         warnings.warn("TensorBoard logging disabled: tensorboard_logger could not be "

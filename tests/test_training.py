@@ -50,3 +50,235 @@ def test_tb_logger_falls_back_when_protobuf_backend_is_foreign(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "active False" in res.stdout
     assert "TensorBoard logging disabled" in res.stderr
+
+
+# ---------------------------------------------------------------- training runs
+
+import math  # noqa: E402
+
+import torch  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+import train as train_script  # noqa: E402
+from lib import training  # noqa: E402
+from lib.checkpoint import load_checkpoint  # noqa: E402
+from lib.datasets.synthetic import write_demo_dataset  # noqa: E402
+from lib.errors import XDimError  # noqa: E402
+from lib.options import default_options  # noqa: E402
+from lib.vse import VSEModel  # noqa: E402
+
+from conftest import TINY_IMG_DIM  # noqa: E402
+
+
+def make_opt(tmp_path, data, bert_dir, name="run", **overrides):
+    """Small CPU training options on `data` = (data_path, data_name) of TINY_IMG_DIM features."""
+    settings = dict(data_path=data[0], data_name=data[1], img_dim=TINY_IMG_DIM, bert_path=bert_dir,
+                    embed_size=32, batch_size=32, num_epochs=2, lr_update=1, workers=0,
+                    log_step=2, val_step=10 ** 9, device="cpu", seed=3,
+                    logger_name=str(tmp_path / name / "log"),
+                    model_name=str(tmp_path / name / "ckpt"))
+    settings.update(overrides)
+    return default_options(**settings)
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def flat_weights(state):
+    """Every tensor of a (possibly nested) model state, by dotted key."""
+    if torch.is_tensor(state):
+        return {"": state}
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    out = {}
+    for key, value in items:
+        for sub, tensor in flat_weights(value).items():
+            out[f"{key}.{sub}" if sub else str(key)] = tensor
+    return out
+
+
+def assert_same_weights(a, b, atol):
+    fa, fb = flat_weights(a), flat_weights(b)
+    assert sorted(fa) == sorted(fb)
+    for key in fa:
+        if fa[key].is_floating_point():
+            assert torch.allclose(fa[key], fb[key], rtol=0, atol=atol), key
+        else:
+            assert torch.equal(fa[key], fb[key]), key
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, tiny_precomp, tiny_bert_dir):
+    """A finished 1-epoch run on the tiny data: (opt, result). Read-only."""
+    tmp = tmp_path_factory.mktemp("one_epoch")
+    opt = make_opt(tmp, tiny_precomp, tiny_bert_dir, num_epochs=1)
+    return opt, training.train(opt)
+
+
+def test_one_epoch_writes_checkpoints_and_logs(one_epoch):
+    opt, result = one_epoch
+    assert result["iterations"] == 160 // 32 and len(result["losses"]) == 5
+    assert all(math.isfinite(x) for x in result["losses"])
+    ckpt = load_checkpoint(os.path.join(opt.model_name, "checkpoint.pth"))
+    best = load_checkpoint(os.path.join(opt.model_name, "model_best.pth"))
+    assert ckpt["epoch"] == 1 and ckpt["Eiters"] == 5
+    assert ckpt["best_rsum"] == pytest.approx(result["best_rsum"]) == pytest.approx(result["last_metrics"]["rsum"])
+    assert_same_weights(ckpt["model"], best["model"], atol=0)
+    log = open(os.path.join(opt.logger_name, "train.log"), encoding="utf-8").read()
+    assert "options:" in log and "rsum" in log and "epoch 0 [2/5]" in log
+    scalars = read_scalars(opt.logger_name)
+    assert [step for step, _ in scalars["loss"]] == [1, 2, 3, 4, 5]
+    assert [v for _, v in scalars["loss"]] == pytest.approx(result["losses"], rel=1e-6)
+    # Epoch 0 < lr_update (1): base lr; the summed-violation loss is used (warm-up).
+    assert scalars["lr"][0][1] == pytest.approx(opt.learning_rate)
+    assert scalars["rsum"] == [(5, pytest.approx(result["best_rsum"], rel=1e-6))]
+    for tag in ("r1", "r5", "r10", "r1i", "r5i", "r10i", "medr", "meanr", "epoch"):
+        assert tag in scalars
+
+
+def test_resume_continues_exactly(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir):
+    first, _ = one_epoch
+    straight = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="straight", num_epochs=2)
+    full = training.train(straight)
+    resumed = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="resumed", num_epochs=2,
+                       resume=os.path.join(first.model_name, "checkpoint.pth"))
+    rest = training.train(resumed)
+    assert rest["losses"] == pytest.approx(full["losses"][5:], rel=0, abs=1e-6)
+    a = load_checkpoint(os.path.join(straight.model_name, "checkpoint.pth"))
+    b = load_checkpoint(os.path.join(resumed.model_name, "checkpoint.pth"))
+    assert a["epoch"] == b["epoch"] == 2 and a["Eiters"] == b["Eiters"] == 10
+    assert a["best_rsum"] == pytest.approx(b["best_rsum"])
+    assert_same_weights(a["model"], b["model"], atol=1e-6)
+    assert_same_weights(a["optimizer"]["state"], b["optimizer"]["state"], atol=1e-6)
+    # Epoch 1 >= lr_update: every group's lr is a tenth of what it was in epoch 0.
+    first_lrs = [g["lr"] for g in load_checkpoint(os.path.join(first.model_name, "checkpoint.pth"))
+                 ["optimizer"]["param_groups"]]
+    assert [g["lr"] for g in b["optimizer"]["param_groups"]] == pytest.approx([0.1 * x for x in first_lrs])
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir,
+                                                   monkeypatch):
+    first, _ = one_epoch
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    path = folder / "checkpoint.pth"
+    path.write_bytes(open(os.path.join(first.model_name, "checkpoint.pth"), "rb").read())
+
+    def crash_mid_write(obj, f, *args, **kwargs):
+        if hasattr(f, "write"):
+            f.write(b"PK\x03\x04 partial")
+        else:
+            with open(f, "wb") as out:
+                out.write(b"PK\x03\x04 partial")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=2, resume=str(path),
+                   model_name=str(folder))
+    with pytest.raises(OSError, match="simulated"):
+        training.train(opt)  # epoch 1 trains, then its checkpoint write dies half-way
+    monkeypatch.undo()
+    kept = load_checkpoint(str(path))
+    assert kept["epoch"] == 1 and kept["Eiters"] == 5
+    assert_same_weights(kept["model"], weights(os.path.join(first.model_name, "checkpoint.pth")), atol=0)
+
+
+def run_main(argv, capsys):
+    """-> (exit code, last line of stderr): library progress bars may precede the error."""
+    code = train_script.main(argv)
+    return code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def cli(tmp_path, data, bert_dir, embed_size=32):
+    return ["--data_path", data[0], "--data_name", data[1], "--img_dim", str(TINY_IMG_DIM),
+            "--bert_path", bert_dir, "--embed_size", str(embed_size), "--batch_size", "32",
+            "--workers", "0", "--device", "cpu", "--num_epochs", "2",
+            "--logger_name", str(tmp_path / "log"), "--model_name", str(tmp_path / "ckpt")]
+
+
+def test_resume_errors(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir, capsys):
+    first, _ = one_epoch
+    args = cli(tmp_path, tiny_precomp, tiny_bert_dir)
+    missing = str(tmp_path / "nope.pth")
+    code, err = run_main(args + ["--resume", missing], capsys)
+    assert code == 2 and err.startswith("error: ") and missing in err
+
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x00\x01 definitely not a checkpoint" * 10)
+    code, err = run_main(args + ["--resume", str(corrupt)], capsys)
+    assert code == 2 and err.startswith("error: ") and str(corrupt) in err
+
+    other = os.path.join(first.model_name, "checkpoint.pth")  # trained with embed_size 32
+    code, err = run_main(cli(tmp_path, tiny_precomp, tiny_bert_dir, embed_size=48) + ["--resume", other],
+                         capsys)
+    assert code == 2 and err.startswith("error: ") and other in err and "shape" in err
+    assert not (tmp_path / "ckpt" / "checkpoint.pth").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_precomp, tiny_bert_dir,
+                                                              monkeypatch):
+    from lib.loss import ContrastiveLoss
+    original = ContrastiveLoss.forward
+    calls = []
+
+    def poisoned(self, scores):
+        calls.append(1)
+        loss = original(self, scores)
+        return loss * float("nan") if len(calls) == 7 else loss
+
+    monkeypatch.setattr(ContrastiveLoss, "forward", poisoned)
+    opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=3)
+    with pytest.raises(XDimError, match=r"nan at iteration 7\b"):
+        training.train(opt)
+    kept = load_checkpoint(os.path.join(opt.model_name, "checkpoint.pth"))
+    assert kept["epoch"] == 1 and kept["Eiters"] == 5
+    assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
+    log = open(os.path.join(opt.logger_name, "train.log"), encoding="utf-8").read()
+    assert "epoch 1 [2/5]" not in log
+
+
+# ---------------------------------------------------------------- two processes
+
+def hold_eval_mode():
+    """Keep BatchNorm on running statistics and dropout off while training (exact comparisons)."""
+    VSEModel.train_start = VSEModel.val_start
+
+
+def two_process_worker(rank, world, port, options, out_dir):
+    from test_distributed import set_rank_env
+    from lib import distributed
+    set_rank_env(rank, world, port)
+    hold_eval_mode()
+    try:
+        result = training.train(argparse_namespace(options), augment=False)
+        if rank == 0:
+            torch.save(result["losses"], os.path.join(out_dir, "losses.pt"))
+    finally:
+        distributed.cleanup()
+
+
+def argparse_namespace(options):
+    import argparse
+    return argparse.Namespace(**options)
+
+
+def test_two_processes_equal_one_process(tmp_path, tiny_precomp, tiny_bert_dir, monkeypatch):
+    from test_distributed import free_port
+    # Global batch 48 over 160 captions: 3 steps; 24 captions per process with 2.
+    single = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="single", batch_size=48, num_epochs=1)
+    double = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="double", batch_size=48, num_epochs=1)
+    mp.spawn(two_process_worker, args=(2, free_port(), vars(double), str(tmp_path)), nprocs=2, join=True)
+    monkeypatch.setattr(VSEModel, "train_start", VSEModel.val_start)
+    reference = training.train(single, augment=False)
+    losses = torch.load(tmp_path / "losses.pt")
+    assert len(losses) == len(reference["losses"]) == 3
+    assert losses == pytest.approx(reference["losses"], rel=0, abs=1e-5)
+    a = load_checkpoint(os.path.join(single.model_name, "checkpoint.pth"))
+    b = load_checkpoint(os.path.join(double.model_name, "checkpoint.pth"))
+    assert a["Eiters"] == b["Eiters"] == 3
+    assert_same_weights(a["model"], b["model"], atol=1e-5)
+    # The weights moved: three steps are not a no-op.
+    untrained = flat_weights(training.build_model(single).state_dict())
+    trained = flat_weights(a["model"])
+    assert max(float((trained[k] - untrained[k]).abs().max())
+               for k in trained if trained[k].is_floating_point()) > 1e-4
