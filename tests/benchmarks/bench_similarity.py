@@ -48,8 +48,10 @@ def parse_args():
     parser.add_argument("--noise", type=float, default=0.3,
                         help="word noise in the speed test (0.3 keeps recalls off 100 percent)")
     parser.add_argument("--mem_images", type=int, default=5000, help="images in the memory test (x5 captions)")
-    parser.add_argument("--mem_d", type=int, default=32, help="embedding size in the memory test")
-    parser.add_argument("--mem_regions", type=int, default=4, help="regions per image in the memory test")
+    parser.add_argument("--mem_d", type=int, default=16, help="embedding size in the memory test")
+    parser.add_argument("--mem_regions", type=int, default=2, help="regions per image in the memory test")
+    parser.add_argument("--mem_max_words", type=int, default=3,
+                        help="captions of 1..this many words in the memory test (scoring time grows with it)")
     parser.add_argument("--mem_img_dim", type=int, default=16, help="region feature size in the memory test")
     parser.add_argument("--mean_tokens", type=float, default=14.0,
                         help="mean caption length for the COCO 5K storage projection")
@@ -60,6 +62,10 @@ def parse_args():
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler's top operators of forward_sim (float32 and bf16)")
     parser.add_argument("--skip_memory", action="store_true", help="skip the memory test")
+    parser.add_argument("--skip_speed", action="store_true", help="skip the speed test")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 avoids OpenMP stalls when "
+                             "other processes share the cores")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -246,8 +252,8 @@ def vm_hwm_bytes():
     return rss_peak_bytes()
 
 
-def write_memory_split(folder, n_img, regions, img_dim, seed):
-    """A testall-like split of n_img images and 5 n_img captions of 7..17 words (+2 tokens)."""
+def write_memory_split(folder, n_img, regions, img_dim, max_words, seed):
+    """A testall-like split of n_img images and 5 n_img captions of 1..max_words words (+2 tokens)."""
     from lib.datasets.synthetic import write_tiny_bert
     rng = np.random.default_rng(seed)
     words = [f"w{k}" for k in range(200)]
@@ -257,7 +263,7 @@ def write_memory_split(folder, n_img, regions, img_dim, seed):
             rng.standard_normal((n_img, regions, img_dim), dtype=np.float32))
     with open(os.path.join(split_dir, "testall_caps.txt"), "w") as f:
         for _ in range(5 * n_img):
-            f.write(" ".join(rng.choice(words, rng.integers(7, 18))) + "\n")
+            f.write(" ".join(rng.choice(words, rng.integers(1, max_words + 1))) + "\n")
     return write_tiny_bert(os.path.join(folder, "bert"), words, seed=seed)
 
 
@@ -266,7 +272,8 @@ def memory_report(args, device):
     from lib.options import default_options
     from lib.vse import VSEModel
     with tempfile.TemporaryDirectory() as folder:
-        bert = write_memory_split(folder, args.mem_images, args.mem_regions, args.mem_img_dim, args.seed)
+        bert = write_memory_split(folder, args.mem_images, args.mem_regions, args.mem_img_dim,
+                                  args.mem_max_words, args.seed)
         opt = default_options(embed_size=args.mem_d, img_dim=args.mem_img_dim, bert_path=bert,
                               device=str(device), data_path=folder, data_name="coco_precomp")
         model = VSEModel(opt)
@@ -276,13 +283,15 @@ def memory_report(args, device):
         before = vm_hwm_bytes() if exact_peak else rss_peak_bytes()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        img_emb, captions = evaluation.encode_split(model, split, encoder, batch_size=256, progress=False)
+        (img_emb, captions), t_encode = timed(
+            lambda: evaluation.encode_split(model, split, encoder, batch_size=256, progress=False), device)
         sims, t_score = timed(lambda: evaluation.model_sims(model, img_emb, captions, progress=False), device)
         peak = (vm_hwm_bytes() if exact_peak else rss_peak_bytes()) - before
         n_tokens = len(captions.tokens)
         print(f"memory: encode + score {split.n_images} images x {len(captions)} captions "
               f"(d={args.mem_d}, R={args.mem_regions}, {n_tokens} tokens, mean "
-              f"{n_tokens / len(captions):.1f}) with lib.evaluation; scoring took {t_score:.1f} s")
+              f"{n_tokens / len(captions):.1f}) with lib.evaluation: encoding {t_encode:.1f} s, "
+              f"scoring {t_score:.1f} s")
         print(f"  held: scores {sims.nbytes / 2**20:.1f} MiB, image embeddings "
               f"{img_emb.numel() * img_emb.element_size() / 2**20:.1f} MiB, ragged captions "
               f"{captions.nbytes / 2**20:.1f} MiB")
@@ -306,11 +315,15 @@ def main():
     args = parse_args()
     device = torch.device(args.device)
     torch.set_grad_enabled(False)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
+          f"load average at start {os.getloadavg()[0]:.2f}")
     if not args.skip_memory:  # first, so the speed test's large tensors do not hide the peak
         memory_report(args, device)
     storage_projection(args)
-    speed_report(args, device)
+    if not args.skip_speed:
+        speed_report(args, device)
 
 
 if __name__ == "__main__":
