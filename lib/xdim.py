@@ -28,7 +28,7 @@ class XDimSimilarity(nn.Module):
     training, what autograd keeps).
     """
 
-    def __init__(self, embed_size, rows_per_block=4096):
+    def __init__(self, embed_size, rows_per_block=2048):
         super().__init__()
         self.E = nn.Parameter(torch.randn(embed_size, embed_size))
         self.lam = nn.Parameter(2.5 + 0.1 * torch.randn(embed_size))
@@ -53,20 +53,28 @@ class XDimSimilarity(nn.Module):
         img_lens (n_img,) or None: when given, regions past an image's length take no
         part in attention.
         Returns (n_img, n_cap), float32 (float64 for float64 inputs).
+
+        Under autocast only step 5, the d x d product (over 90% of the FLOPs), runs in
+        the autocast dtype; steps 1-4, whose rounding errors the attention temperature
+        amplifies, and all reductions stay in float32.
         """
+        device = img_emb.device.type
         W, delta = self.dependency_weights()
+        step5_weight = W.t().to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else W.t()
+        dtype = accumulation_dtype(img_emb)
+        img_emb, cap_emb = img_emb.to(dtype), cap_emb.to(dtype)
         cap_lens = torch.as_tensor(cap_lens, device=cap_emb.device).long()
         if img_lens is not None:
             img_lens = torch.as_tensor(img_lens, device=img_emb.device).long()
-        scores = img_emb.new_empty(img_emb.shape[0], cap_emb.shape[0], dtype=accumulation_dtype(img_emb))
-        for c0, c1 in self._caption_blocks(cap_lens):
-            tokens = int(cap_lens[c0:c1].sum())
-            step = max(1, self.rows_per_block // max(tokens, 1))
-            captions = _CaptionBlock(cap_emb[c0:c1], cap_lens[c0:c1], delta)
-            for i0 in range(0, img_emb.shape[0], step):
-                i1 = min(i0 + step, img_emb.shape[0])
-                lens = None if img_lens is None else img_lens[i0:i1]
-                scores[i0:i1, c0:c1] = self._score_block(img_emb[i0:i1], lens, captions, W)
+        scores = img_emb.new_empty(img_emb.shape[0], cap_emb.shape[0])
+        with torch.autocast(device, enabled=False):
+            for c0, c1 in self._caption_blocks(cap_lens):
+                step = max(1, self.rows_per_block // max(int(cap_lens[c0:c1].sum()), 1))
+                captions = _CaptionBlock(cap_emb[c0:c1], cap_lens[c0:c1], delta)
+                for i0 in range(0, img_emb.shape[0], step):
+                    lens = None if img_lens is None else img_lens[i0:i0 + step]
+                    scores[i0:i0 + step, c0:c1] = self._score_block(img_emb[i0:i0 + step], lens, captions,
+                                                                    step5_weight)
         return scores
 
     def _caption_blocks(self, cap_lens):
@@ -80,8 +88,11 @@ class XDimSimilarity(nn.Module):
         if start < len(ends):
             yield start, len(ends)
 
-    def _score_block(self, regions, img_lens, captions, W):
-        """regions (b, R, d) against one caption block -> (b, n_cap_block) float32."""
+    def _score_block(self, regions, img_lens, captions, step5_weight):
+        """regions (b, R, d) against one caption block -> (b, n_cap_block).
+
+        step5_weight (d, d) is W transposed, in the dtype step 5 runs in.
+        """
         b, R, d = regions.shape
         n_cap, L = captions.mask.shape[:2]
         # Step 1: relevance of every word to every region, dimensions weighted by delta.
@@ -90,21 +101,21 @@ class XDimSimilarity(nn.Module):
         # Step 2: LeakyReLU, then l2n across the caption's real words for each region.
         relevance = F.leaky_relu(relevance, 0.1) * captions.mask
         relevance = l2norm(relevance, dim=1, eps=EPS)
-        # Steps 3-4: attention over regions, only for real tokens; rows stay contiguous in R.
-        logits = torch.exp(self.log_t_attn) * relevance.reshape(n_cap * L, b, R)[captions.token_index]
+        # Steps 3-4: attention over regions for real tokens only, laid out (b, T, R) for one batched product.
+        logits = torch.exp(self.log_t_attn) * relevance.reshape(n_cap * L, b, R).transpose(0, 1)[:, captions.token_index]
         if img_lens is not None:
-            padded = torch.arange(R, device=regions.device).view(1, 1, R) >= img_lens.view(1, b, 1)
+            padded = torch.arange(R, device=regions.device).view(1, 1, R) >= img_lens.view(b, 1, 1)
             logits = logits.masked_fill(padded, float("-inf"))
-        attention = torch.softmax(logits, dim=2).to(regions.dtype)  # (T, b, R)
-        context = torch.bmm(attention.transpose(0, 1), regions)  # (b, T, d)
+        context = torch.bmm(torch.softmax(logits, dim=2).contiguous(), regions)  # (b, T, d)
         # Step 4's l2n is folded into step 5's norms: with n = ||context|| + eps,
         # sum(s) / (||s|| + eps) equals sum(s') / (||s'|| + eps * n) for s' = n * s.
         context_norm = torch.linalg.vector_norm(context, dim=2) + EPS
-        # Step 5: the dependency-aware aggregation, one matrix product for all rows.
-        aggregated = (context * captions.words).reshape(b * len(captions.token_index), d) @ W.t().to(context.dtype)
-        aggregated = aggregated.view(b, -1, d).to(accumulation_dtype(regions))
-        word_scores = aggregated.sum(dim=2) / (torch.linalg.vector_norm(aggregated, dim=2) + EPS * context_norm)
-        # Step 6: mean over each caption's real tokens (a segment sum, kept out of autocast).
+        # Step 5: the dependency-aware aggregation, one matrix product for all (image, token) rows.
+        rows = (context * captions.words).view(-1, d)
+        aggregated = (rows.to(step5_weight.dtype) @ step5_weight).view(b, -1, d)
+        norms = torch.linalg.vector_norm(aggregated, dim=2, dtype=regions.dtype)
+        word_scores = aggregated.sum(dim=2, dtype=regions.dtype) / (norms + EPS * context_norm)
+        # Step 6: mean over each caption's real tokens (a segment sum).
         totals = word_scores.new_zeros(b, n_cap).index_add_(1, captions.owner, word_scores)
         return totals / captions.lengths
 
