@@ -24,12 +24,15 @@ full-batch loss that every process computes identically after the gather.
 So gradient clipping and the optimizer step, run after backward on each rank,
 see the single-process gradient on every rank and keep the replicas in sync.
 """
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 from torch.distributed.nn.functional import all_gather as autograd_all_gather
 from torch.nn.parallel import DistributedDataParallel
+
+WAIT_MINUTES = 120
 
 
 def is_distributed():
@@ -71,7 +74,8 @@ def init_from_env(device):
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        # Validation runs on rank 0 alone while the others wait at a barrier: allow it time.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=WAIT_MINUTES))
     return device
 
 
@@ -150,7 +154,8 @@ def unwrap(module):
 
 
 def _ddp(module, device):
-    # find_unused_parameters: BERT's pooler (and any unused head) gets no grad.
+    # find_unused_parameters: any parameter outside the loss (e.g. BERT's pooler, if
+    # trainable) would otherwise make DDP wait for its gradient forever.
     # broadcast_buffers=False: validation runs on rank 0 alone, so a forward
     # must never start a collective; SyncBatchNorm keeps BN statistics global.
     device_ids = [device.index] if device.type == "cuda" else None

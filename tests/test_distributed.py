@@ -1,22 +1,24 @@
 """lib.distributed on two CPU processes (gloo)."""
+import datetime
 import os
-import socket
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lib import distributed
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def join_group(rank, world, rendezvous):
+    """Join a gloo group as torchrun's process `rank` would, rendezvous through a file.
 
-
-def set_rank_env(rank, world, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    A file rendezvous (not torchrun's TCP port) cannot meet another test run's processes.
+    `init_from_env` then finds the group already there and only reads the environment.
+    """
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    assert distributed.init_from_env("cpu") == torch.device("cpu")
 
 
 def slice_for(rank):
@@ -29,9 +31,8 @@ def slice_for(rank):
     return img, cap, cap_lens, img_lens
 
 
-def gather_worker(rank, world, port, out_dir):
-    set_rank_env(rank, world, port)
-    distributed.init_from_env("cpu")
+def gather_worker(rank, world, out_dir):
+    join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     try:
         img, cap, cap_lens, img_lens = slice_for(rank)
         img.requires_grad_(True)
@@ -57,7 +58,7 @@ def test_gather_batch_is_identity_without_process_group():
 
 
 def test_gather_batch_two_processes(tmp_path):
-    mp.spawn(gather_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(gather_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     img0, cap0, lens0, _ = slice_for(0)
     img1, cap1, lens1, _ = slice_for(1)
     # Expected global batch, built by hand: rank 0's rows then rank 1's, zero-padded.
@@ -119,10 +120,9 @@ def inputs():
     return torch.arange(12, dtype=torch.float64).reshape(4, 3).sin()
 
 
-def ddp_worker(rank, world, port, out_dir):
+def ddp_worker(rank, world, out_dir):
     """Per-rank slice -> gather -> shared loss -> backward; saves the averaged grads."""
-    set_rank_env(rank, world, port)
-    distributed.init_from_env("cpu")
+    join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     try:
         model = distributed.wrap_encoders(TinyModel().double())
         model.img_enc.eval()  # per-rank BN batch statistics would differ from one process's
@@ -138,7 +138,7 @@ def ddp_worker(rank, world, port, out_dir):
 
 
 def test_wrapped_gradients_equal_single_process(tmp_path):
-    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     model = TinyModel().double()
     model.img_enc.eval()
     tiny_loss(model, inputs(), lambda *a: a).backward()

@@ -256,10 +256,10 @@ def make_comparable(patch):
     patch(VSEModel, "_build_optimizer", sgd)
 
 
-def two_process_worker(rank, world, port, options, out_dir):
-    from test_distributed import set_rank_env
+def two_process_worker(rank, world, options, out_dir):
+    from test_distributed import join_group
     from lib import distributed
-    set_rank_env(rank, world, port)
+    join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     torch.set_num_threads(1)  # two processes on two cores, as torchrun's OMP_NUM_THREADS=1
     make_comparable(setattr)
     try:
@@ -276,11 +276,10 @@ def argparse_namespace(options):
 
 
 def test_two_processes_equal_one_process(tmp_path, tiny_precomp, tiny_bert_dir, monkeypatch):
-    from test_distributed import free_port
     # Global batch 48 over 160 captions: 3 steps; 24 captions per process with 2.
     single = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="single", batch_size=48, num_epochs=1)
     double = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="double", batch_size=48, num_epochs=1)
-    mp.spawn(two_process_worker, args=(2, free_port(), vars(double), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(two_process_worker, args=(2, vars(double), str(tmp_path)), nprocs=2, join=True)
     make_comparable(monkeypatch.setattr)
     reference = training.train(single, augment=False)
     losses = torch.load(tmp_path / "losses.pt")
