@@ -18,7 +18,11 @@ def _load_tensorboard_logger():
         with warnings.catch_warnings():  # its protobuf-3 modules use deprecated descriptor calls
             warnings.simplefilter("ignore", DeprecationWarning)
             import tensorboard_logger
-    except Exception as exc:  # ImportError, or protobuf's TypeError for a foreign backend
+    except ImportError:
+        warnings.warn("TensorBoard logging disabled: tensorboard_logger is not installed "
+                      "(pip install tensorboard_logger==0.1.0).", stacklevel=3)
+        return None
+    except Exception as exc:  # protobuf's TypeError when another backend was loaded first
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         warnings.warn("TensorBoard logging disabled: tensorboard_logger could not be "
                       f"imported ({type(exc).__name__}: {first_line}). Import lib.tb_logger "

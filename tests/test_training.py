@@ -40,6 +40,14 @@ def test_tb_logger_disabled_is_noop(tmp_path):
     assert not logger.active and not (tmp_path / "x").exists()
 
 
+def test_tb_logger_without_tensorboard_logger_is_noop(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard_logger", None)  # import raises ImportError
+    with pytest.warns(UserWarning, match="tensorboard_logger is not installed"):
+        logger = TBLogger(str(tmp_path / "x"))
+    logger.log_value("loss", 1.0, 1)
+    assert not logger.active and not (tmp_path / "x").exists()
+
+
 def test_tb_logger_falls_back_when_protobuf_backend_is_foreign(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
     code = ("import google.protobuf.descriptor\n"
