@@ -11,6 +11,17 @@ from lib.tb_logger import TBLogger
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train on one intra-op thread: on shared cores OpenMP's spinning threads can slow
+    these small steps down many times over; on an idle machine one thread costs little."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def read_scalars(logdir):
     """Parse the TFRecord events file by hand -> {tag: [(step, value)]}."""
     from tensorboard_logger.tf_protobuf import event_pb2
@@ -352,5 +363,9 @@ def test_bf16_training_close_to_float32(tmp_path, demo, tiny_bert_dir, demo_floa
     # Same start: the first losses differ by bf16 rounding only (and do differ: autocast ran).
     first, first_f32 = result["losses"][0], demo_float32[1]["losses"][0]
     assert 0 < abs(first - first_f32) < 1e-2 * first_f32
-    # Rounding changes the trajectory; on 100 dev images a few points of 600 is the noise.
-    assert abs(result["best_rsum"] - reference) < 25
+    # bf16 must learn as well as float32. On this small demo it ended between 1 point
+    # lower and 40 points higher than float32 across seeds, schedules and thread counts
+    # (CPU and GPU alike): rounding takes it along another trajectory. Only falling more
+    # than a few points behind fails.
+    assert result["best_rsum"] > reference - 10
+    assert result["best_rsum"] > demo_float32[0] + 150
