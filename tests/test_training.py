@@ -175,6 +175,21 @@ def test_resume_continues_exactly(tmp_path, one_epoch, tiny_precomp, tiny_bert_d
     assert [g["lr"] for g in b["optimizer"]["param_groups"]] == pytest.approx([0.1 * x for x in first_lrs])
 
 
+def test_reset_start_epoch_and_mid_epoch_validation(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir):
+    first, first_result = one_epoch
+    opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=1, val_step=2, reset_start_epoch=True,
+                   resume=os.path.join(first.model_name, "checkpoint.pth"))
+    result = training.train(opt)
+    # Weights from the checkpoint, but epoch, iteration counter and best rSum start afresh.
+    assert result["iterations"] == 5
+    assert result["losses"][0] != pytest.approx(first_result["losses"][0], rel=1e-3)
+    ckpt = load_checkpoint(os.path.join(opt.model_name, "checkpoint.pth"))
+    assert ckpt["epoch"] == 1 and ckpt["Eiters"] == 5
+    # Validation at iterations 2 and 4 (val_step) and at the end of the epoch (5).
+    assert [step for step, _ in read_scalars(opt.logger_name)["rsum"]] == [2, 4, 5]
+    assert ckpt["best_rsum"] == pytest.approx(max(v for _, v in read_scalars(opt.logger_name)["rsum"]), rel=1e-6)
+
+
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir,
                                                    monkeypatch):
     first, _ = one_epoch
