@@ -26,6 +26,7 @@ from lib import distributed
 from lib.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from lib.datasets import precomp
 from lib.errors import XDimError
+from lib.evaluation import validate
 from lib.tb_logger import TBLogger
 from lib.vse import VSEModel, resolve_device
 
@@ -180,7 +181,6 @@ class Trainer:
         """rSum on dev (main rank); every rank returns after the main one finished."""
         metrics = None
         if distributed.is_main():
-            from lib.evaluation import validate
             metrics = validate(self.model, self.dev_files, self.caption_encoder,
                                batch_size=self.opt.batch_size, workers=0, progress=True)
             self.last_metrics = metrics
