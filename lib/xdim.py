@@ -23,12 +23,15 @@ class XDimSimilarity(nn.Module):
     scales, `log_t_mask` and `log_t_attn` the mask and attention temperatures in
     log space.
 
-    `rows_per_block` bounds memory: about that many (image, token) rows of d
-    floats are alive at once, several times over (activations and, when
-    training, what autograd keeps).
+    `rows_per_block` sets the block size: about that many (image, token) rows of d
+    floats are alive at once, several times over. None picks a default per device:
+    cache-sized blocks on CPUs, large ones on GPUs (fewer, bigger kernels). When
+    training, autograd keeps every block's activations whatever the size.
     """
 
-    def __init__(self, embed_size, rows_per_block=2048):
+    DEFAULT_ROWS_PER_BLOCK = {"cpu": 2048, "cuda": 32768}
+
+    def __init__(self, embed_size, rows_per_block=None):
         super().__init__()
         self.E = nn.Parameter(torch.randn(embed_size, embed_size))
         self.lam = nn.Parameter(2.5 + 0.1 * torch.randn(embed_size))
@@ -68,8 +71,9 @@ class XDimSimilarity(nn.Module):
             img_lens = torch.as_tensor(img_lens, device=img_emb.device).long()
         scores = img_emb.new_empty(img_emb.shape[0], cap_emb.shape[0])
         with torch.autocast(device, enabled=False):
-            for c0, c1 in self._caption_blocks(cap_lens):
-                step = max(1, self.rows_per_block // max(int(cap_lens[c0:c1].sum()), 1))
+            block_rows = self.rows_per_block or self.DEFAULT_ROWS_PER_BLOCK.get(device, 2048)
+            for c0, c1 in self._caption_blocks(cap_lens, block_rows):
+                step = max(1, block_rows // max(int(cap_lens[c0:c1].sum()), 1))
                 captions = _CaptionBlock(cap_emb[c0:c1], cap_lens[c0:c1], delta)
                 for i0 in range(0, img_emb.shape[0], step):
                     lens = None if img_lens is None else img_lens[i0:i0 + step]
@@ -77,12 +81,13 @@ class XDimSimilarity(nn.Module):
                                                                     step5_weight)
         return scores
 
-    def _caption_blocks(self, cap_lens):
-        """Consecutive caption ranges [c0, c1) holding at most rows_per_block tokens (>= 1 caption)."""
+    @staticmethod
+    def _caption_blocks(cap_lens, rows):
+        """Consecutive caption ranges [c0, c1) holding at most `rows` tokens (>= 1 caption)."""
         ends = torch.cumsum(cap_lens, 0).tolist()
         start, base = 0, 0
         for index, end in enumerate(ends):
-            if end - base > self.rows_per_block and index > start:
+            if end - base > rows and index > start:
                 yield start, index
                 start, base = index, ends[index - 1]
         if start < len(ends):
