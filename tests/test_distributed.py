@@ -1,7 +1,9 @@
 """lib.distributed on two CPU processes (gloo)."""
 import datetime
 import os
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -16,9 +18,21 @@ def join_group(rank, world, rendezvous):
     `init_from_env` then finds the group already there and only reads the environment.
     """
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)  # two processes on two cores, as torchrun's OMP_NUM_THREADS=1
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
     assert distributed.init_from_env("cpu") == torch.device("cpu")
+
+
+def spawn(worker, args, nprocs=2, timeout=300):
+    """torch.multiprocessing.spawn, but a hung worker fails the test instead of hanging CI."""
+    context = mp.start_processes(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{worker.__name__}: worker processes still running after {timeout} s")
 
 
 def slice_for(rank):
@@ -58,7 +72,7 @@ def test_gather_batch_is_identity_without_process_group():
 
 
 def test_gather_batch_two_processes(tmp_path):
-    mp.spawn(gather_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    spawn(gather_worker, (2, str(tmp_path)))
     img0, cap0, lens0, _ = slice_for(0)
     img1, cap1, lens1, _ = slice_for(1)
     # Expected global batch, built by hand: rank 0's rows then rank 1's, zero-padded.
@@ -120,25 +134,31 @@ def inputs():
     return torch.arange(12, dtype=torch.float64).reshape(4, 3).sin()
 
 
+def ddp_gradients(rank):
+    """Per-rank slice -> gather -> shared loss -> backward -> the averaged grads by name."""
+    model = distributed.wrap_encoders(TinyModel().double())
+    model.img_enc.eval()  # per-rank BN batch statistics would differ from one process's
+    tiny_loss(model, inputs()[2 * rank: 2 * rank + 2], distributed.gather_batch).backward()
+    grads = {}
+    for part in ("img_enc", "txt_enc", "sim"):
+        for name, p in distributed.unwrap(getattr(model, part)).named_parameters():
+            if p.grad is not None:
+                grads[f"{part}.{name}"] = p.grad
+    return grads
+
+
 def ddp_worker(rank, world, out_dir):
-    """Per-rank slice -> gather -> shared loss -> backward; saves the averaged grads."""
     join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     try:
-        model = distributed.wrap_encoders(TinyModel().double())
-        model.img_enc.eval()  # per-rank BN batch statistics would differ from one process's
-        tiny_loss(model, inputs()[2 * rank: 2 * rank + 2], distributed.gather_batch).backward()
-        grads = {}
-        for part in ("img_enc", "txt_enc", "sim"):
-            for name, p in distributed.unwrap(getattr(model, part)).named_parameters():
-                if p.grad is not None:
-                    grads[f"{part}.{name}"] = p.grad
-        torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+        # The DDP wrappers die inside ddp_gradients, while the process group still exists:
+        # a gloo group destroyed by the last wrapper's destructor can deadlock on the GIL.
+        torch.save(ddp_gradients(rank), os.path.join(out_dir, f"grads{rank}.pt"))
     finally:
         distributed.cleanup()
 
 
 def test_wrapped_gradients_equal_single_process(tmp_path):
-    mp.spawn(ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    spawn(ddp_worker, (2, str(tmp_path)))
     model = TinyModel().double()
     model.img_enc.eval()
     tiny_loss(model, inputs(), lambda *a: a).backward()

@@ -76,7 +76,6 @@ def test_tb_logger_falls_back_when_protobuf_backend_is_foreign(tmp_path):
 import math  # noqa: E402
 
 import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
 import train as train_script  # noqa: E402
 from lib import training  # noqa: E402
@@ -87,6 +86,7 @@ from lib.options import default_options  # noqa: E402
 from lib.vse import VSEModel  # noqa: E402
 
 from conftest import TINY_IMG_DIM  # noqa: E402
+from test_distributed import join_group, spawn  # noqa: E402
 
 
 def make_opt(tmp_path, data, bert_dir, name="run", **overrides):
@@ -291,10 +291,8 @@ def make_comparable(patch):
 
 
 def two_process_worker(rank, world, options, out_dir):
-    from test_distributed import join_group
     from lib import distributed
     join_group(rank, world, os.path.join(out_dir, "rendezvous"))
-    torch.set_num_threads(1)  # two processes on two cores, as torchrun's OMP_NUM_THREADS=1
     make_comparable(setattr)
     try:
         result = training.train(argparse_namespace(options), augment=False)
@@ -313,7 +311,7 @@ def test_two_processes_equal_one_process(tmp_path, tiny_precomp, tiny_bert_dir, 
     # Global batch 48 over 160 captions: 3 steps; 24 captions per process with 2.
     single = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="single", batch_size=48, num_epochs=1)
     double = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="double", batch_size=48, num_epochs=1)
-    mp.spawn(two_process_worker, args=(2, vars(double), str(tmp_path)), nprocs=2, join=True)
+    spawn(two_process_worker, (2, vars(double), str(tmp_path)))
     make_comparable(monkeypatch.setattr)
     reference = training.train(single, augment=False)
     losses = torch.load(tmp_path / "losses.pt")
