@@ -207,7 +207,7 @@ def recall_report(args, sim, device):
     m32 = evaluation.evaluate_sims(s32, args.captions_per_image)[0]
     m16 = evaluation.evaluate_sims(s16, args.captions_per_image)[0]
     keys = evaluation.METRIC_KEYS[:6]
-    worst = max(abs(m32[k] - m16[k]) for k in keys)
+    worst = round(max(abs(m32[k] - m16[k]) for k in keys), 6)  # recalls are multiples of 100 / n
     print(f"recalls on {args.recall_images} images x {len(lens)} captions (same model):")
     print("  float32: " + " ".join(f"{k}={m32[k]:.1f}" for k in keys))
     print("  bf16:    " + " ".join(f"{k}={m16[k]:.1f}" for k in keys))
