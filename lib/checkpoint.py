@@ -3,7 +3,7 @@
 Our format is a dict: `format` ("xdim"), `model` (flat state dict with `img_enc.`,
 `txt_enc.` and `sim.` prefixes), `optimizer`, `epoch`, `best_rsum`, `Eiters`,
 `opt` (options as a plain dict), `bert_config` and `vocab` (so evaluation needs
-no BERT download), plus whatever the trainer adds (e.g. random states).
+no BERT download).
 
 The official release (spec section 8) pickles `opt` as an `argparse.Namespace`
 and stores `model` as a list of three state dicts with `module.` prefixes and
@@ -63,9 +63,9 @@ def save_checkpoint(state, path):
             os.remove(tmp)
 
 
-def make_checkpoint(model, epoch, best_rsum, extra=None):
+def make_checkpoint(model, epoch, best_rsum):
     """Everything a resume or an evaluation needs, in our format (loads with weights_only=True)."""
-    state = {
+    return {
         "format": FORMAT,
         "model": model.state_dict(),
         "optimizer": model.optimizer.state_dict(),
@@ -76,8 +76,6 @@ def make_checkpoint(model, epoch, best_rsum, extra=None):
         "bert_config": model.bert_config,
         "vocab": model.vocab(),
     }
-    state.update(extra or {})
-    return state
 
 
 def load_checkpoint(path, map_location="cpu"):
