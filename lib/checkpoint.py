@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from lib.errors import XDimError
+from lib.errors import XDimError, first_line
 
 FORMAT = "xdim"
 
@@ -90,8 +90,7 @@ def load_checkpoint(path, map_location="cpu"):
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated, corrupt or unsafe files
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise XDimError(f"{path}: not a readable checkpoint ({detail[:200]})") from None
+        raise XDimError(f"{path}: not a readable checkpoint ({first_line(exc)[:200]})") from None
     if not (isinstance(ckpt, dict) and "model" in ckpt and (ckpt.get("format") == FORMAT or is_official(ckpt))):
         raise XDimError(f"{path}: not an X-Dim checkpoint (expected our format or the official release's)")
     return ckpt

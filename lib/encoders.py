@@ -8,9 +8,14 @@ import tempfile
 import torch
 import torch.nn as nn
 
-from lib.errors import XDimError
+from lib.errors import XDimError, first_line
 from lib.options import DEFAULT_BERT
 
+# How to get BERT when the hub cannot be reached (said by every BERT loading error).
+BERT_DOWNLOAD_HINT = (
+    f"on a machine with internet, run `python -c \"from transformers import BertModel, "
+    f"BertTokenizerFast as T; n='{DEFAULT_BERT}'; BertModel.from_pretrained(n).save_pretrained('bert'); "
+    f"T.from_pretrained(n).save_pretrained('bert')\"` and pass --bert_path bert")
 # bert-base-uncased's config.json and vocab.txt (no weights), shipped for offline use.
 BUNDLED_BERT_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  "data", "bert-base-uncased")
@@ -69,17 +74,8 @@ def build_bert(bert_path=None, config=None):
     try:
         return BertModel.from_pretrained(bert_path)
     except (OSError, ValueError) as exc:
-        raise XDimError(
-            f"{bert_path}: cannot load pretrained BERT weights ({first_line(exc)}). Training needs "
-            f"them: on a machine with internet, run `python -c \"from transformers import BertModel, "
-            f"BertTokenizerFast as T; n='{DEFAULT_BERT}'; BertModel.from_pretrained(n).save_pretrained"
-            f"('bert'); T.from_pretrained(n).save_pretrained('bert')\"` and pass --bert_path bert"
-        ) from None
-
-
-def first_line(exc):
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+        raise XDimError(f"{bert_path}: cannot load pretrained BERT weights ({first_line(exc)}). "
+                        f"Training needs them: {BERT_DOWNLOAD_HINT}") from None
 
 
 class TextEncoder(nn.Module):

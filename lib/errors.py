@@ -3,3 +3,9 @@
 
 class XDimError(Exception):
     """A user-facing error: the message is one line naming the file and the problem."""
+
+
+def first_line(exc):
+    """The first line of an exception's message (its type name when the message is empty)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -23,23 +23,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lib.errors import XDimError
+from lib.encoders import BERT_DOWNLOAD_HINT, bert_config_dict
+from lib.errors import XDimError, first_line
+from lib.options import DEFAULT_BERT
 
 logger = logging.getLogger("lib.datasets")
 
-DEFAULT_BERT = "bert-base-uncased"
 DEV_CAPTION_LIMIT = 5000
 REGION_KEEP_PROB = 0.8
 WORD_PERTURB_PROB = 0.2
 # Shares of the perturbed words; the remaining 0.4 are deleted.
 MASK_SHARE = 0.5
 RANDOM_SHARE = 0.1
-
-
-def _first_line(error):
-    """An exception's text reduced to one line, for XDimError messages."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -56,17 +51,13 @@ def load_tokenizer(bert_path=None):
     try:
         return BertTokenizerFast.from_pretrained(bert_path, do_lower_case=True)
     except (OSError, ValueError) as error:
-        raise XDimError(f"{bert_path}: cannot load the BERT tokenizer ({_first_line(error)})") from None
+        raise XDimError(f"{bert_path}: cannot load the BERT tokenizer ({first_line(error)}); "
+                        f"{BERT_DOWNLOAD_HINT}") from None
 
 
 def bert_max_positions(bert_path=None):
     """`max_position_embeddings` of a BERT config (local folder or hub name): the longest caption."""
-    from transformers import BertConfig
-    bert_path = bert_path or DEFAULT_BERT
-    try:
-        return BertConfig.from_pretrained(bert_path).max_position_embeddings
-    except (OSError, ValueError) as error:
-        raise XDimError(f"{bert_path}: cannot read the BERT config ({_first_line(error)})") from None
+    return bert_config_dict(bert_path or DEFAULT_BERT)["max_position_embeddings"]
 
 
 class CaptionEncoder:
@@ -162,7 +153,7 @@ def _load_features(path, img_dim):
     try:
         images = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise XDimError(f"{path}: not a readable .npy array ({_first_line(error)})") from None
+        raise XDimError(f"{path}: not a readable .npy array ({first_line(error)})") from None
     if not isinstance(images, np.ndarray) or images.ndim != 3 or images.dtype.kind != "f":
         shape, dtype = getattr(images, "shape", "?"), getattr(images, "dtype", type(images).__name__)
         raise XDimError(f"{path}: expected a 3-D float array (images, regions, features), "
