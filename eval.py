@@ -26,8 +26,8 @@ def build_parser(description=None, **defaults):
         help="checkpoint to evaluate (ours or the official release's); may be left out when "
              "--ensemble gives score files")
     add("--data_path", default=None,
-        help="folder holding {data_name}/ (default: the checkpoint's data_path)")
-    add("--data_name", default=None, help="f30k_precomp or coco_precomp (default: the checkpoint's)")
+        help="folder holding {data_name}/ (None: the checkpoint's data_path)")
+    add("--data_name", default=None, help="f30k_precomp or coco_precomp (None: the checkpoint's)")
     add("--split", default="test", help="split to evaluate: test, testall, dev, ...")
     add("--fold5", action="store_true",
         help="also report the 5-fold 1K protocol (COCO testall): each fold and their mean")
