@@ -1,28 +1,29 @@
 """Multi-process (torchrun) training helpers.
 
 One process per device. Every process encodes its own slice of the global
-batch, `gather_batch` all-gathers the embeddings, and every process computes
-the same loss over the full global batch (the triplet loss needs all negatives).
+batch; `gather_captions` all-gathers the caption embeddings, each process
+scores its own images against every caption (its rows of the global score
+matrix), and `gather_rows` all-gathers those rows, so every process computes
+the same loss over the full global batch (the triplet loss needs all
+negatives) while the similarity work is split, not repeated.
 
 Why plain gradient averaging gives exactly the single-process gradient
 ----------------------------------------------------------------------
-Let N processes each encode a slice k of the global batch, and let L be the
-full-batch loss that every process computes identically after the gather.
-
-* Encoder parameters (image encoder, text encoder): on rank k they only reach
-  L through slice k, contributing g_k = dL/dtheta via slice k. The autograd
-  all_gather's backward sums, into the owner of slice k, the gradients that all
-  N processes computed for that slice: N identical copies, so rank k holds
-  N * g_k. Averaging over ranks (DDP's all_reduce / N) gives
-  (1/N) * sum_k N * g_k = sum_k g_k, the gradient of one process that saw the
-  whole batch.
-* Similarity module: it runs on the full gathered batch on every rank, so
-  every rank already holds the full gradient G; the average of N copies of G
-  is G. Averaging it anyway keeps the parameters bit-identical across ranks
-  despite any floating-point nondeterminism.
-
-So gradient clipping and the optimizer step, run after backward on each rank,
-see the single-process gradient on every rank and keep the replicas in sync.
+Let N processes each own a slice k of the global batch (images, captions and
+the score rows of those images), and let L be the full-batch loss that every
+process computes identically after `gather_rows`. The backward of an autograd
+all_gather sums, into the owner of each slice, the gradients that all N
+processes computed for it: N identical copies. So on rank k
+* the score rows k receive N * dL/dS_k, hence the image encoder's and the
+  similarity module's gradients are N times their share through rows k;
+* the caption slice k receives, through `gather_captions`, the sum over all
+  ranks' rows of N * (their gradient w.r.t. captions k), N times the text
+  encoder's share through captions k.
+Every parameter's full gradient is the sum of its shares over the slices, so
+averaging over ranks (DDP's all_reduce / N) gives (1/N) * sum_k N * share_k,
+exactly the gradient of one process that saw the whole batch; gradient
+clipping and the optimizer step then see it on every rank and keep the
+replicas in sync.
 """
 import datetime
 import os
@@ -105,7 +106,7 @@ def _pad_to(x, batch, length):
 
 
 def _gather_padded(x, sizes, dim1_max):
-    """All-gather x (B_k, T_k, d) with autograd -> (sum_k B_k, max T, d), rank order."""
+    """All-gather x (B_k, T_k, ...) with autograd -> (sum_k B_k, max T, ...), rank order."""
     b_max = int(sizes[:, 0].max())
     parts = autograd_all_gather(_pad_to(x, b_max, dim1_max))
     return torch.cat([p[: int(b)] for p, b in zip(parts, sizes[:, 0])], dim=0)
@@ -115,37 +116,35 @@ def _gather_lengths(lengths, sizes, device):
     """All-gather per-sample lengths (B_k,) -> (sum_k B_k,) long tensor (no grad)."""
     b_max = int(sizes[:, 0].max())
     local = torch.zeros(b_max, dtype=torch.long, device=device)
-    local[: len(lengths)] = torch.as_tensor(lengths, dtype=torch.long, device=device)
+    local[: len(lengths)] = lengths
     out = [torch.empty_like(local) for _ in range(world_size())]
     dist.all_gather(out, local)
     return torch.cat([o[: int(b)] for o, b in zip(out, sizes[:, 0])])
 
 
-def gather_batch(img_emb, cap_emb, cap_lens, image_lengths=None):
-    """Concatenate every rank's embeddings in rank order, differentiably.
+def gather_captions(cap_emb, cap_lens):
+    """Every rank's captions in rank order, differentiably.
 
-    img_emb (B, R, d), cap_emb (B, L, d), cap_lens (B,) tensor or list of ints,
-    image_lengths (B,) or None. Returns the same four for the global batch:
-    (B_total, R_max, d), (B_total, L_max, d), cap_lens (same kind as given),
-    image_lengths (long tensor, or None when None was given). R and L are
-    zero-padded to the largest over ranks; ranks may hold different B.
-    Identity when not distributed. Gradients flow back to each slice's owner
-    (see the module docstring for why averaging them is then exact).
+    cap_emb (B_k, L_k, d), cap_lens (B_k,) long tensor -> (sum_k B_k, max L, d)
+    zero-padded, and (sum_k B_k,). Identity when not distributed.
     """
     if not is_distributed():
-        return img_emb, cap_emb, cap_lens, image_lengths
-    device = img_emb.device
-    sizes = _all_sizes([img_emb.shape[0], img_emb.shape[1], cap_emb.shape[1]], device)
-    img_all = _gather_padded(img_emb, sizes, int(sizes[:, 1].max()))
-    cap_all = _gather_padded(cap_emb, sizes, int(sizes[:, 2].max()))
-    lens_all = _gather_lengths(cap_lens, sizes, device)
-    if not torch.is_tensor(cap_lens):
-        lens_all = lens_all.tolist()
-    elif cap_lens.device != device:
-        lens_all = lens_all.to(cap_lens.device)
-    if image_lengths is not None:
-        image_lengths = _gather_lengths(image_lengths, sizes, device)
-    return img_all, cap_all, lens_all, image_lengths
+        return cap_emb, cap_lens
+    sizes = _all_sizes(list(cap_emb.shape[:2]), cap_emb.device)
+    return (_gather_padded(cap_emb, sizes, int(sizes[:, 1].max())),
+            _gather_lengths(cap_lens, sizes, cap_emb.device))
+
+
+def gather_rows(scores):
+    """Every rank's score rows in rank order, differentiably.
+
+    scores (B_k, B) of this rank's images against all captions -> (sum_k B_k, B).
+    Identity when not distributed.
+    """
+    if not is_distributed():
+        return scores
+    sizes = _all_sizes(list(scores.shape), scores.device)
+    return _gather_padded(scores, sizes, scores.shape[1])
 
 
 def unwrap(module):
@@ -170,8 +169,9 @@ def wrap_encoders(model):
     On CUDA the image encoder's BatchNorm layers become SyncBatchNorm, so their
     statistics are those of the global batch. PyTorch's SyncBatchNorm refuses
     CPU tensors, so on CPU (gloo) each rank normalises with its own slice.
-    The similarity module is wrapped too so that its (already identical)
-    gradients are averaged and the replicas stay bit-identical.
+    The similarity module is wrapped too: each rank holds N times its share of
+    the similarity's gradient (module docstring), which averaging turns into
+    the full gradient.
     No-op outside a process group. Returns the model.
     """
     if not is_distributed():

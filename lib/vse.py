@@ -121,17 +121,19 @@ class VSEModel:
     def train_emb(self, images, captions, lengths, image_lengths=None):
         """One optimisation step on a batch of matching pairs; returns the loss (float).
 
-        Under torchrun the embeddings of all processes are gathered first, so the loss
-        sees the whole global batch's negatives. A non-finite loss raises XDimError
-        before any weight changes.
+        Under torchrun each process scores its own images against the captions of
+        all processes and the score rows are gathered, so the loss sees the whole
+        global batch's negatives. A non-finite loss raises XDimError before any
+        weight changes.
         """
         self.Eiters += 1
         img_emb, cap_emb, cap_lens = self.forward_emb(images, captions, lengths, image_lengths)
-        if image_lengths is not None:
-            image_lengths = torch.as_tensor(image_lengths, device=self.device).long()
-        img_emb, cap_emb, cap_lens, image_lengths = distributed.gather_batch(img_emb, cap_emb, cap_lens, image_lengths)
-        region_lens = image_lengths if self.opt.mask_padded_regions else None
-        loss = self.criterion(self.forward_sim(img_emb, cap_emb, cap_lens, region_lens))
+        region_lens = None
+        if self.opt.mask_padded_regions and image_lengths is not None:
+            region_lens = torch.as_tensor(image_lengths, device=self.device).long()
+        cap_emb, cap_lens = distributed.gather_captions(cap_emb, cap_lens)
+        scores = distributed.gather_rows(self.forward_sim(img_emb, cap_emb, cap_lens, region_lens))
+        loss = self.criterion(scores)
         if not torch.isfinite(loss):
             raise XDimError(f"loss is {loss.item()} at iteration {self.Eiters}: training stopped "
                             f"(the last saved checkpoint is intact; try a lower --learning_rate)")

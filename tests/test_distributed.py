@@ -36,65 +36,62 @@ def spawn(worker, args, nprocs=2, timeout=300):
 
 
 def slice_for(rank):
-    """Rank 0: B=2, R=3, L=4; rank 1: B=1, R=2, L=5 (d=2); values unique per rank."""
-    b, r, l = [(2, 3, 4), (1, 2, 5)][rank]
-    img = torch.arange(b * r * 2, dtype=torch.float64).reshape(b, r, 2) + 100 * rank
+    """Rank 0: 2 captions of length 4, rank 1: 1 of length 5 (d=2), and each rank's score
+    rows (its images against the 3 captions of the global batch); values unique per rank."""
+    b, l = [(2, 4), (1, 5)][rank]
+    rows = torch.arange(b * 3, dtype=torch.float64).reshape(b, 3) + 100 * rank
     cap = torch.arange(b * l * 2, dtype=torch.float64).reshape(b, l, 2) - 100 * rank
-    cap_lens = [l - i for i in range(b)]
-    img_lens = torch.tensor([r] * b)
-    return img, cap, cap_lens, img_lens
+    cap_lens = torch.tensor([l - i for i in range(b)])
+    return rows, cap, cap_lens
 
 
 def gather_worker(rank, world, out_dir):
     join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     try:
-        img, cap, cap_lens, img_lens = slice_for(rank)
-        img.requires_grad_(True)
+        rows, cap, cap_lens = slice_for(rank)
+        rows.requires_grad_(True)
         cap.requires_grad_(True)
-        g_img, g_cap, g_lens, g_img_lens = distributed.gather_batch(img, cap, cap_lens, img_lens)
+        g_cap, g_lens = distributed.gather_captions(cap, cap_lens)
+        g_rows = distributed.gather_rows(rows)
         # Each global row i weighted by (i + 1): the gathered loss is the same on both ranks.
-        w_img = torch.arange(1, g_img.shape[0] + 1, dtype=torch.float64)[:, None, None]
+        w_rows = torch.arange(1, g_rows.shape[0] + 1, dtype=torch.float64)[:, None]
         w_cap = 10 * torch.arange(1, g_cap.shape[0] + 1, dtype=torch.float64)[:, None, None]
-        ((g_img * w_img).sum() + (g_cap * w_cap).sum()).backward()
-        torch.save({"img": g_img.detach(), "cap": g_cap.detach(), "lens": g_lens,
-                    "img_lens": g_img_lens, "img_grad": img.grad, "cap_grad": cap.grad,
+        ((g_rows * w_rows).sum() + (g_cap * w_cap).sum()).backward()
+        torch.save({"rows": g_rows.detach(), "cap": g_cap.detach(), "lens": g_lens,
+                    "rows_grad": rows.grad, "cap_grad": cap.grad,
                     "world": distributed.world_size(), "rank": distributed.rank()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         distributed.cleanup()
 
 
-def test_gather_batch_is_identity_without_process_group():
-    img, cap, cap_lens, _ = slice_for(0)
-    out = distributed.gather_batch(img, cap, cap_lens, None)
-    assert out[0] is img and out[1] is cap and out[2] is cap_lens and out[3] is None
+def test_gathers_are_identity_without_process_group():
+    rows, cap, cap_lens = slice_for(0)
+    assert distributed.gather_rows(rows) is rows
+    out = distributed.gather_captions(cap, cap_lens)
+    assert out[0] is cap and out[1] is cap_lens
     assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
 
 
-def test_gather_batch_two_processes(tmp_path):
+def test_gathers_on_two_processes(tmp_path):
     spawn(gather_worker, (2, str(tmp_path)))
-    img0, cap0, lens0, _ = slice_for(0)
-    img1, cap1, lens1, _ = slice_for(1)
-    # Expected global batch, built by hand: rank 0's rows then rank 1's, zero-padded.
-    exp_img = torch.zeros(3, 3, 2, dtype=torch.float64)
-    exp_img[:2, :3] = img0
-    exp_img[2:, :2] = img1
+    rows0, cap0, lens0 = slice_for(0)
+    rows1, cap1, lens1 = slice_for(1)
+    # Expected global batch, built by hand: rank 0's items then rank 1's, zero-padded.
     exp_cap = torch.zeros(3, 5, 2, dtype=torch.float64)
     exp_cap[:2, :4] = cap0
     exp_cap[2:, :5] = cap1
     for rank in range(2):
         res = torch.load(tmp_path / f"rank{rank}.pt")
         assert res["world"] == 2 and res["rank"] == rank
-        assert torch.equal(res["img"], exp_img)
+        assert torch.equal(res["rows"], torch.cat([rows0, rows1]))
         assert torch.equal(res["cap"], exp_cap)
-        assert res["lens"] == lens0 + lens1
-        assert res["img_lens"].tolist() == [3, 3, 2]
+        assert res["lens"].tolist() == [4, 3, 5]
     # d loss / d slice = weight of its global row, summed over the 2 ranks' identical losses.
     res0 = torch.load(tmp_path / "rank0.pt")
     res1 = torch.load(tmp_path / "rank1.pt")
-    assert torch.equal(res0["img_grad"][:, 0, 0], torch.tensor([2.0, 4.0], dtype=torch.float64))
-    assert torch.equal(res0["img_grad"], 2 * torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None, None].expand(2, 3, 2))
-    assert torch.equal(res1["img_grad"], torch.full((1, 2, 2), 6.0, dtype=torch.float64))
+    assert torch.equal(res0["rows_grad"], torch.tensor([[2.0] * 3, [4.0] * 3], dtype=torch.float64))
+    assert torch.equal(res1["rows_grad"], torch.full((1, 3), 6.0, dtype=torch.float64))
     assert torch.equal(res0["cap_grad"], 20 * torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None, None].expand(2, 4, 2))
     assert torch.equal(res1["cap_grad"], torch.full((1, 5, 2), 60.0, dtype=torch.float64))
 
@@ -122,12 +119,18 @@ class TinyModel(torch.nn.Module):
         self.sim = torch.nn.Linear(4, 1, bias=False)
 
 
-def tiny_loss(model, x, gather):
-    """x (B, 3) -> image/text embeddings -> (gathered) -> scalar loss."""
-    img = model.img_enc(x)[:, None]
+def tiny_loss(model, x):
+    """x (B_k, 3) -> image/text embeddings -> rows of the global score matrix -> scalar loss.
+
+    As VSEModel.train_emb: captions gathered, this rank's image rows scored against
+    all of them, rows gathered (both identities in one process).
+    """
+    img = model.img_enc(x)
     txt = model.txt_enc(x.cos())[:, None]
-    img, txt, _, _ = gather(img, txt, [1] * len(x), None)
-    return model.sim((img[:, 0] * txt[:, 0]).tanh()).square().sum()
+    txt, _ = distributed.gather_captions(txt, torch.ones(len(x), dtype=torch.long))
+    rows = model.sim((img[:, None, :] * txt[None, :, 0, :]).tanh())[..., 0]  # (B_k, B)
+    scores = distributed.gather_rows(rows)
+    return scores.square().sum() + scores.diagonal().sum()
 
 
 def inputs():
@@ -138,7 +141,7 @@ def ddp_gradients(rank):
     """Per-rank slice -> gather -> shared loss -> backward -> the averaged grads by name."""
     model = distributed.wrap_encoders(TinyModel().double())
     model.img_enc.eval()  # per-rank BN batch statistics would differ from one process's
-    tiny_loss(model, inputs()[2 * rank: 2 * rank + 2], distributed.gather_batch).backward()
+    tiny_loss(model, inputs()[2 * rank: 2 * rank + 2]).backward()
     grads = {}
     for part in ("img_enc", "txt_enc", "sim"):
         for name, p in distributed.unwrap(getattr(model, part)).named_parameters():
@@ -161,7 +164,7 @@ def test_wrapped_gradients_equal_single_process(tmp_path):
     spawn(ddp_worker, (2, str(tmp_path)))
     model = TinyModel().double()
     model.img_enc.eval()
-    tiny_loss(model, inputs(), lambda *a: a).backward()
+    tiny_loss(model, inputs()).backward()
     expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert "txt_enc.pooler.weight" not in expected and len(expected) == 7
     for rank in range(2):
