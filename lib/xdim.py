@@ -116,7 +116,10 @@ class XDimSimilarity(nn.Module):
         # sum(s) / (||s|| + eps) equals sum(s') / (||s'|| + eps * n) for s' = n * s.
         context_norm = torch.linalg.vector_norm(context, dim=2) + EPS
         # Step 5: the dependency-aware aggregation, one matrix product for all (image, token) rows.
-        rows = (context * captions.words).view(-1, d)
+        if torch.is_grad_enabled():
+            rows = (context * captions.words).view(-1, d)
+        else:  # evaluation: reuse context's memory (autograd would need the original)
+            rows = context.mul_(captions.words).view(-1, d)
         aggregated = (rows.to(step5_weight.dtype) @ step5_weight).view(b, -1, d)
         norms = torch.linalg.vector_norm(aggregated, dim=2, dtype=regions.dtype)
         word_scores = aggregated.sum(dim=2, dtype=regions.dtype) / (norms + EPS * context_norm)
