@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from lib import distributed
@@ -60,22 +59,13 @@ def per_rank_batch(batch_size, world):
 def make_train_loader(opt, tokenizer, augment=True):
     """This process's training batches: a per-rank share of each global batch.
 
-    Under torchrun a DistributedSampler (seeded by opt.seed, reshuffled by
-    set_epoch) splits every global batch; in one process the data module's
-    (seed, epoch) shuffle. `augment=False` turns region dropping and word
-    perturbation off (used to compare runs exactly).
+    Under torchrun each process reads its share of every epoch's shuffle; the
+    shuffle depends only on (seed, epoch). `augment=False` turns region dropping
+    and word perturbation off (used to compare runs exactly).
     """
     world = distributed.world_size()
-    batch = per_rank_batch(opt.batch_size, world)
-    sampler = None
-    if world > 1:
-        files = precomp.open_split(opt.data_path, opt.data_name, "train", img_dim=opt.img_dim)
-        sampler = DistributedSampler(range(files.n_captions), num_replicas=world,
-                                     rank=distributed.rank(), shuffle=True, seed=opt.seed,
-                                     drop_last=True)
-    loader = precomp.train_loader(opt, tokenizer, sampler=sampler, batch_size=batch)
-    loader.dataset.train = augment
-    return loader
+    return precomp.train_loader(opt, tokenizer, batch_size=per_rank_batch(opt.batch_size, world),
+                                augment=augment, num_replicas=world, rank=distributed.rank())
 
 
 def setup_text_log(folder, enabled):

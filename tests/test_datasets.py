@@ -193,11 +193,11 @@ def test_train_loader_deterministic_across_workers_and_resume(tiny_precomp, tiny
             assert torch.equal(a, b)
 
 
-def test_train_loader_accepts_a_sampler(tiny_precomp, tiny_bert_dir, tokenizer):
+def test_train_loader_reads_its_replica_share(tiny_precomp, tiny_bert_dir, tokenizer):
     opt = default_options(data_path=tiny_precomp[0], data_name=tiny_precomp[1], img_dim=TINY_IMG_DIM,
                           batch_size=4, workers=0, seed=0, bert_path=tiny_bert_dir)
     sampler = torch.utils.data.DistributedSampler(range(160), num_replicas=2, rank=1, shuffle=True, seed=0)
-    loader = train_loader(opt, tokenizer, sampler=sampler, batch_size=8)
+    loader = train_loader(opt, tokenizer, batch_size=8, num_replicas=2, rank=1)
     batches = loader_batches(loader, 0)
     sampler.set_epoch(0)
     assert torch.cat([b[4] for b in batches]).tolist() == list(sampler)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lib.encoders import BERT_DOWNLOAD_HINT, bert_config_dict
 from lib.errors import XDimError, first_line
@@ -238,7 +238,7 @@ def drop_regions(image, rng, keep_prob=REGION_KEEP_PROB):
 
 
 def _image(split_files, image_index):
-    """One image's regions as a float32 tensor (R, img_dim), copied out of the memory map."""
+    """One image's regions as a float32 array (R, img_dim), copied out of the memory map."""
     return np.array(split_files.images[image_index], dtype=np.float32)
 
 
@@ -366,22 +366,30 @@ class EpochShuffleSampler(Sampler):
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
-def train_loader(opt, tokenizer, sampler=None, batch_size=None, split="train", max_len=None):
+def train_loader(opt, tokenizer, batch_size=None, split="train", max_len=None, augment=True,
+                 num_replicas=1, rank=0):
     """Shuffled training batches of `collate_pairs` tuples over `opt.data_path/opt.data_name/split`.
 
     opt: options namespace (data_path, data_name, img_dim, batch_size, workers,
-    seed, bert_path). `sampler`: e.g. a DistributedSampler; by default an
-    EpochShuffleSampler(seed=opt.seed). `batch_size` overrides opt.batch_size
-    (e.g. the per-process share). `max_len` defaults to the BERT config's
-    max_position_embeddings. The last incomplete batch is dropped. Workers are
-    not persistent, so `set_loader_epoch(loader, epoch)` reaches them.
+    seed, bert_path). `batch_size` overrides opt.batch_size (e.g. the
+    per-process share). `max_len` defaults to the BERT config's
+    max_position_embeddings. `augment=False` turns region dropping and word
+    perturbation off. With `num_replicas` > 1 this process (`rank`) reads its
+    share of every epoch's shuffle (DistributedSampler); otherwise the shuffle
+    is an EpochShuffleSampler. Both depend only on (opt.seed, epoch). The last
+    incomplete batch is dropped. Workers are not persistent, so
+    `set_loader_epoch(loader, epoch)` reaches them.
     """
     files = open_split(opt.data_path, opt.data_name, split, img_dim=opt.img_dim)
     if max_len is None:
         max_len = bert_max_positions(opt.bert_path)
-    dataset = PrecompDataset(files, CaptionEncoder(tokenizer, max_len), train=True, seed=opt.seed)
-    return DataLoader(dataset, batch_size=batch_size or opt.batch_size,
-                      sampler=sampler if sampler is not None else EpochShuffleSampler(len(dataset), opt.seed),
+    dataset = PrecompDataset(files, CaptionEncoder(tokenizer, max_len), train=augment, seed=opt.seed)
+    if num_replicas > 1:
+        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
+                                     seed=opt.seed, drop_last=True)
+    else:
+        sampler = EpochShuffleSampler(len(dataset), opt.seed)
+    return DataLoader(dataset, batch_size=batch_size or opt.batch_size, sampler=sampler,
                       num_workers=opt.workers, collate_fn=collate_pairs, drop_last=True)
 
 
