@@ -36,9 +36,10 @@ def build_parser(description=None, **defaults):
     add("--workers", type=int, default=2, help="data loader worker processes")
     add("--storage", default="float32", choices=list(evaluation.STORAGE_DTYPES),
         help="dtype of the stored image and caption embeddings (float16/bfloat16 halve the memory)")
-    add("--img_block", type=int, default=32, help="images per scoring shard")
+    add("--img_block", type=int, default=evaluation.DEFAULT_IMG_BLOCK, help="images per scoring shard")
     add("--shard_elements", type=int, default=evaluation.DEFAULT_SHARD_ELEMENTS,
-        help="bound on img_block x caption tokens x d per scoring shard (memory of one forward_sim call)")
+        help="bound on caption tokens x d (padded) per scoring shard; the similarity bounds "
+             "its own working memory inside a shard")
     add("--save_sims", metavar="FILE", default=None,
         help="write the evaluated score matrix (the ensemble, with --ensemble) as a float32 "
              ".npy (n_images, n_captions)")

@@ -29,6 +29,11 @@ from lib.errors import XDimError
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 METRIC_KEYS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum",
                "i2t_medr", "i2t_meanr", "t2i_medr", "t2i_meanr"]
+# A shard is what one forward_sim call receives: DEFAULT_IMG_BLOCK images and a block of
+# captions padded to at most DEFAULT_SHARD_ELEMENTS floats. The similarity bounds its own
+# working memory inside a call, so shards can be large: few calls, one dependency-weight
+# computation each.
+DEFAULT_IMG_BLOCK = 128
 DEFAULT_SHARD_ELEMENTS = 2 ** 24
 
 
@@ -178,25 +183,25 @@ def encode_split(model, split_files, caption_encoder, batch_size=128, workers=0,
     return img_emb, captions
 
 
-def plan_caption_blocks(sorted_lengths, img_block, d, max_elements):
+def plan_caption_blocks(sorted_lengths, d, max_elements):
     """Split length-sorted captions into consecutive blocks for scoring.
 
-    A block grows while img_block x block_size x (its longest caption) x d stays
-    within `max_elements` (the size of one per-word intermediate in the
-    similarity), and holds at least one caption. -> list of (start, end).
+    A block grows while block_size x (its longest caption) x d (its padded
+    embeddings) stays within `max_elements`, and holds at least one caption.
+    -> list of (start, end).
     """
     blocks, start = [], 0
     n = len(sorted_lengths)
     while start < n:
         end = start + 1
-        while end < n and img_block * (end + 1 - start) * int(sorted_lengths[end]) * d <= max_elements:
+        while end < n and (end + 1 - start) * int(sorted_lengths[end]) * d <= max_elements:
             end += 1
         blocks.append((start, end))
         start = end
     return blocks
 
 
-def score_sharded(img_emb, captions, score_fn, img_block=32, max_elements=DEFAULT_SHARD_ELEMENTS,
+def score_sharded(img_emb, captions, score_fn, img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS,
                   device="cpu", progress=True):
     """Score every image against every caption, one (image block, caption block) shard at a time.
 
@@ -208,7 +213,7 @@ def score_sharded(img_emb, captions, score_fn, img_block=32, max_elements=DEFAUL
     sims = np.empty((n_img, n_cap), dtype=np.float32)
     order = torch.argsort(captions.lengths, stable=True)
     img_block = max(1, min(img_block, n_img))
-    cap_blocks = plan_caption_blocks(captions.lengths[order], img_block, captions.d, max_elements)
+    cap_blocks = plan_caption_blocks(captions.lengths[order], captions.d, max_elements)
     img_starts = range(0, n_img, img_block)
     bar = tqdm(total=len(cap_blocks) * len(img_starts), desc="score", disable=not progress)
     for c0, c1 in cap_blocks:
@@ -224,7 +229,8 @@ def score_sharded(img_emb, captions, score_fn, img_block=32, max_elements=DEFAUL
     return sims
 
 
-def model_sims(model, img_emb, captions, img_block=32, max_elements=DEFAULT_SHARD_ELEMENTS, progress=True):
+def model_sims(model, img_emb, captions, img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS,
+               progress=True):
     """The model's (n_img, n_cap) float32 scores via model.forward_sim, sharded."""
     model.val_start()
     with torch.no_grad():
@@ -369,7 +375,7 @@ def results_table(results, name):
 # ---------------------------------------------------------------------------
 
 def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
-                   img_block=32, max_elements=DEFAULT_SHARD_ELEMENTS, progress=True):
+                   img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS, progress=True):
     """Encode and score one split (split_files from lib.datasets.precomp.open_split).
 
     -> (sims float32 numpy (n_img, n_cap), metrics dict of the whole matrix:

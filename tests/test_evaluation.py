@@ -209,10 +209,10 @@ def _toy_score(img, cap, lens):
 
 def test_plan_caption_blocks_respects_budget():
     lengths = torch.tensor([2, 2, 3, 5, 5, 9])
-    # budget 2 images x d=1: block of size s with longest L allowed while 2*s*L <= 20
-    assert ev.plan_caption_blocks(lengths, 2, 1, 20) == [(0, 3), (3, 5), (5, 6)]
+    # d=1: block of size s with longest L allowed while s*L <= 10
+    assert ev.plan_caption_blocks(lengths, 1, 10) == [(0, 3), (3, 5), (5, 6)]
     # a caption larger than the budget still gets its own block
-    assert ev.plan_caption_blocks(torch.tensor([50]), 2, 1, 20) == [(0, 1)]
+    assert ev.plan_caption_blocks(torch.tensor([50]), 1, 10) == [(0, 1)]
 
 
 def test_sharded_scores_equal_float64_reference():
@@ -226,7 +226,7 @@ def test_sharded_scores_equal_float64_reference():
         calls.append(c.shape)
         return _toy_score(i, c, lens)
 
-    sims = ev.score_sharded(img, ragged, score, img_block=3, max_elements=3 * 6 * 6 * 4, progress=False)
+    sims = ev.score_sharded(img, ragged, score, img_block=3, max_elements=6 * 6 * 4, progress=False)
     assert sims.dtype == np.float32 and sims.shape == (11, 23)
     assert len(calls) > 4 * 2  # really sharded in both directions
     reference = np.zeros((11, 23))
