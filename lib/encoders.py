@@ -113,6 +113,24 @@ def bert_vocab(bert_path):
     return sorted(by_id, key=by_id.get)
 
 
+def write_bert_folder(folder, config, vocab):
+    """Write a BERT folder without weights: config.json, tokenizer_config.json, vocab.txt.
+
+    config: dict; vocab: tokens ordered by id. vocab.txt is written last and renamed
+    into place, so its presence means the folder is complete.
+    """
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"do_lower_case": True, "model_max_length": config["max_position_embeddings"]}, f)
+    partial = os.path.join(folder, f"vocab.txt.{os.getpid()}.tmp")
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+    os.replace(partial, os.path.join(folder, "vocab.txt"))
+    return folder
+
+
 def materialize_bert_dir(config, vocab):
     """Write a BERT config and vocabulary (no weights) to a folder and return its path.
 
@@ -122,14 +140,5 @@ def materialize_bert_dir(config, vocab):
     blob = json.dumps([config, vocab], sort_keys=True).encode("utf-8")
     folder = os.path.join(tempfile.gettempdir(), "xdim-bert-" + hashlib.sha1(blob).hexdigest()[:16])
     if not os.path.isfile(os.path.join(folder, "vocab.txt")):
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config, f)
-        with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump({"do_lower_case": True}, f)
-        # Written last and renamed into place: its presence means the folder is complete.
-        partial = os.path.join(folder, f"vocab.txt.{os.getpid()}.tmp")
-        with open(partial, "w", encoding="utf-8") as f:
-            f.write("\n".join(vocab) + "\n")
-        os.replace(partial, os.path.join(folder, "vocab.txt"))
+        write_bert_folder(folder, config, vocab)
     return folder

@@ -2,10 +2,11 @@
 
 Used by the demo and by the tests, which must never touch the network.
 """
-import json
 import os
 
 import numpy as np
+
+from lib.encoders import write_bert_folder
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -19,10 +20,7 @@ def write_tiny_bert(folder, words, hidden_size=32, num_layers=2, num_heads=2,
     in order), so `[PAD]` has id 0 as in bert-base-uncased.
     Returns the folder path.
     """
-    os.makedirs(folder, exist_ok=True)
     vocab = list(dict.fromkeys(SPECIAL_TOKENS + list(words)))
-    with open(os.path.join(folder, "vocab.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
     config = {
         "architectures": ["BertModel"],
         "model_type": "bert",
@@ -40,10 +38,7 @@ def write_tiny_bert(folder, words, hidden_size=32, num_layers=2, num_heads=2,
         "layer_norm_eps": 1e-12,
         "pad_token_id": 0,
     }
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"do_lower_case": True, "model_max_length": max_position_embeddings}, f)
+    write_bert_folder(folder, config, vocab)
     if with_weights:
         import torch
         from transformers import BertConfig, BertModel
