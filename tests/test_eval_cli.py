@@ -16,6 +16,7 @@ from lib.checkpoint import make_checkpoint, save_checkpoint
 from lib.datasets.precomp import load_tokenizer, open_split, train_loader
 from lib.options import default_options
 from lib.vse import VSEModel
+from official_format import write_official_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBED = 32
@@ -133,10 +134,9 @@ def _official_checkpoint(model, path):
     sim = {"weights.weight": sd["sim.E"], "sim_map.weight": sd["sim.lam"].view(1, d),
            "temp_learnable.weight": sd["sim.log_t_mask"].view(1, 1),
            "temp_scale.weight": sd["sim.log_t_attn"].view(1, 1), "sim_eval.weight": torch.randn(1, d)}
-    parts = [{f"module.{k}": v for k, v in part.items()} for part in (image, text, sim)]
     opt = argparse.Namespace(**{k: v for k, v in vars(model.opt).items()
                                 if k not in ("device", "amp", "bert_path", "seed", "mask_padded_regions")})
-    torch.save({"model": parts, "opt": opt, "epoch": 3, "best_rsum": 100.0, "Eiters": 7}, path)
+    write_official_checkpoint(path, [image, text, sim], opt)
 
 
 def test_official_checkpoint_end_to_end(trained, tiny_bert_dir, tiny_precomp, tmp_path, capsys):
