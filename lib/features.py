@@ -1,0 +1,291 @@
+"""Region features from the bottom-up-attention (BUTD) extractors, converted to the precomp layout.
+
+Two inputs are read, one image at a time:
+- the original extractor's TSV files: one line per image, tab-separated fields
+  `image_id, image_w, image_h, num_boxes, boxes, features`, where `boxes` and
+  `features` are base64 strings of float32 arrays (num_boxes, 4) and
+  (num_boxes, feature_dim);
+- a folder of bottom-up-attention.pytorch `.npz` files, one per image (the file
+  name without `.npz` is the image id), holding `x` (num_bbox, feature_dim),
+  `bbox` (num_bbox, 4), `num_bbox`, `image_w`, `image_h`.
+
+`convert` writes, into an output folder, for a split name S:
+- `S_ims.npy`  float32 (n, regions, feature_dim), what `open_split` reads;
+- `S_ids.txt`  the image ids, one per line, in the same order;
+- `S_boxes.npy` float32 (n, regions, 4): x1, y1, x2, y2 in pixels;
+- `S_image_info.npy` int64 (n, 3): image width, height and the number of real
+  (not padded) regions.
+
+Region count rule: every image gets exactly `regions` rows (36, the layout's
+size). An image with more keeps its first `regions` boxes in the order the
+extractor wrote them (with the fixed-36 extractor settings used for COCO and
+Flickr30K nothing is dropped); an image with fewer is padded with zero rows,
+and its true count is kept in `S_image_info.npy` (retrieve.py masks the padding).
+
+Conversion streams: the records are counted first (a newline scan of the TSV
+files, a file listing for npz), then each record is decoded and written straight
+into memory-mapped outputs, so memory does not grow with the number of images.
+Outputs are written under temporary names and renamed only when every record was
+read, so a malformed record (reported with its file and line) leaves the folder
+as it was.
+"""
+import base64
+import binascii
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from lib.errors import XDimError, first_line
+
+REGIONS = 36
+TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
+NPZ_KEYS = ("x", "bbox", "num_bbox", "image_w", "image_h")
+OUTPUT_SUFFIXES = ("_ims.npy", "_ids.txt", "_boxes.npy", "_image_info.npy")
+
+
+@dataclass
+class RegionRecord:
+    """One image as an extractor wrote it.
+
+    boxes (num_boxes, 4) float32, features (num_boxes, feature_dim) float32;
+    `where` names the record for error messages ("file.tsv line 7").
+    """
+    image_id: str
+    width: int
+    height: int
+    boxes: np.ndarray
+    features: np.ndarray
+    where: str
+
+
+# ---------------------------------------------------------------- readers
+
+def count_tsv_records(paths):
+    """Number of non-blank lines over the TSV files (a streaming byte scan)."""
+    total = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            total += sum(1 for line in f if line.strip())
+    return total
+
+
+def _parse_int(text, name, where):
+    try:
+        return int(text)
+    except ValueError:
+        raise XDimError(f"{where}: {name} is not an integer ({text[:40]!r})") from None
+
+
+def _decode_floats(text, name, where):
+    """A base64 string of float32 values -> 1-D float32 array."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise XDimError(f"{where}: {name} is not valid base64") from None
+    if len(raw) % 4:
+        raise XDimError(f"{where}: {name} holds {len(raw)} bytes, not a whole number of float32 values")
+    return np.frombuffer(raw, dtype=np.float32)
+
+
+def _tsv_record(row, where):
+    """One line's fields (list of str) -> RegionRecord, XDimError naming `where` if malformed."""
+    if len(row) != len(TSV_FIELDS):
+        raise XDimError(f"{where}: {len(row)} tab-separated fields, expected {len(TSV_FIELDS)} "
+                        f"({', '.join(TSV_FIELDS)})")
+    image_id, width, height, num_boxes, boxes, features = row
+    num_boxes = _parse_int(num_boxes, "num_boxes", where)
+    if num_boxes < 1:
+        raise XDimError(f"{where}: num_boxes is {num_boxes}, an image needs at least one region")
+    boxes = _decode_floats(boxes, "boxes", where)
+    if boxes.size != 4 * num_boxes:
+        raise XDimError(f"{where}: boxes hold {boxes.size} values, expected 4 x num_boxes = {4 * num_boxes}")
+    features = _decode_floats(features, "features", where)
+    if features.size == 0 or features.size % num_boxes:
+        raise XDimError(f"{where}: features hold {features.size} values, not a multiple of "
+                        f"num_boxes = {num_boxes}")
+    return RegionRecord(image_id.strip(), _parse_int(width, "image_w", where),
+                        _parse_int(height, "image_h", where), boxes.reshape(num_boxes, 4),
+                        features.reshape(num_boxes, -1), where)
+
+
+def read_tsv(paths):
+    """Yield the RegionRecords of the original extractor's TSV files, in file and line order.
+
+    Lines are split on tabs directly (the extractor's csv writer never quotes these
+    fields), which keeps line numbers exact and needs no csv field-size limit.
+    """
+    for path in paths:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path} line {number}"
+                try:
+                    row = line.rstrip(b"\r\n").decode("utf-8").split("\t")
+                except UnicodeDecodeError:
+                    raise XDimError(f"{where}: not valid UTF-8") from None
+                yield _tsv_record(row, where)
+
+
+def list_npz(folder):
+    """The `.npz` files of a folder, sorted by name (the conversion order)."""
+    if not os.path.isdir(folder):
+        raise XDimError(f"{folder}: no such folder (expected bottom-up-attention.pytorch .npz files)")
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".npz"))
+    if not names:
+        raise XDimError(f"{folder}: holds no .npz files")
+    return [os.path.join(folder, name) for name in names]
+
+
+def _npz_record(path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in NPZ_KEYS if key not in data.files]
+            if missing:
+                raise XDimError(f"{path}: missing {', '.join(missing)} (a bottom-up-attention.pytorch "
+                                f"file holds {', '.join(NPZ_KEYS)})")
+            features, boxes = data["x"], data["bbox"]
+            num_boxes, width, height = (int(np.asarray(data[k]).reshape(-1)[0])
+                                        for k in ("num_bbox", "image_w", "image_h"))
+    except (OSError, ValueError, EOFError) as err:
+        raise XDimError(f"{path}: not a readable .npz file ({first_line(err)})") from None
+    if num_boxes < 1:
+        raise XDimError(f"{path}: num_bbox is {num_boxes}, an image needs at least one region")
+    if features.ndim != 2 or features.shape[0] != num_boxes:
+        raise XDimError(f"{path}: x has shape {features.shape}, expected (num_bbox = {num_boxes}, feature size)")
+    if boxes.shape != (num_boxes, 4):
+        raise XDimError(f"{path}: bbox has shape {boxes.shape}, expected ({num_boxes}, 4)")
+    image_id = os.path.basename(path)[:-len(".npz")]
+    return RegionRecord(image_id, width, height, boxes.astype(np.float32), features.astype(np.float32), path)
+
+
+def read_npz(paths):
+    """Yield the RegionRecords of bottom-up-attention.pytorch `.npz` files, in the given order."""
+    for path in paths:
+        yield _npz_record(path)
+
+
+# ---------------------------------------------------------------- writer
+
+def output_paths(out_folder, split):
+    """{suffix: path} of the files `convert` writes for `split`."""
+    return {suffix: os.path.join(out_folder, split + suffix) for suffix in OUTPUT_SUFFIXES}
+
+
+def fit_regions(record, regions):
+    """-> (features (regions, D), boxes (regions, 4), real count): the first `regions` rows, zero-padded."""
+    real = min(len(record.features), regions)
+    features = np.zeros((regions, record.features.shape[1]), dtype=np.float32)
+    boxes = np.zeros((regions, 4), dtype=np.float32)
+    features[:real] = record.features[:real]
+    boxes[:real] = record.boxes[:real]
+    return features, boxes, real
+
+
+class _SplitWriter:
+    """Memory-mapped outputs under temporary names; `commit` renames them into place."""
+
+    def __init__(self, out_folder, split, n_images, regions, feature_dim):
+        self.final = output_paths(out_folder, split)
+        self.temporary = {suffix: os.path.join(out_folder, f".{split}{suffix}.{os.getpid()}.tmp")
+                          for suffix in OUTPUT_SUFFIXES}
+        open_memmap = np.lib.format.open_memmap
+        self.features = open_memmap(self.temporary["_ims.npy"], mode="w+", dtype=np.float32,
+                                    shape=(n_images, regions, feature_dim))
+        self.boxes = open_memmap(self.temporary["_boxes.npy"], mode="w+", dtype=np.float32,
+                                 shape=(n_images, regions, 4))
+        self.info = open_memmap(self.temporary["_image_info.npy"], mode="w+", dtype=np.int64,
+                                shape=(n_images, 3))
+        self.ids = open(self.temporary["_ids.txt"], "w", encoding="utf-8")
+
+    def write(self, row, image_id, features, boxes, info):
+        self.features[row], self.boxes[row], self.info[row] = features, boxes, info
+        self.ids.write(image_id + "\n")
+
+    def close(self):
+        for array in (self.features, self.boxes, self.info):
+            array.flush()
+        del self.features, self.boxes, self.info
+        self.ids.close()
+
+    def commit(self):
+        self.close()
+        for suffix, path in self.temporary.items():
+            os.replace(path, self.final[suffix])
+
+    def discard(self):
+        if not self.ids.closed:
+            self.close()
+        for path in self.temporary.values():
+            if os.path.exists(path):
+                os.remove(path)
+
+
+@dataclass
+class ConversionSummary:
+    """What `convert` wrote: counts of images, and of images cut to or padded up to `regions`."""
+    n_images: int
+    feature_dim: int
+    regions: int
+    truncated: int
+    padded: int
+    paths: dict
+
+
+def _check_id(record, seen):
+    if not record.image_id or any(c in record.image_id for c in "\n\r"):
+        raise XDimError(f"{record.where}: image id {record.image_id!r} is empty or spans lines")
+    if record.image_id in seen:
+        raise XDimError(f"{record.where}: image id {record.image_id!r} appears twice")
+    seen.add(record.image_id)
+
+
+def _check_features(record, feature_dim):
+    if record.features.shape[1] != feature_dim:
+        raise XDimError(f"{record.where}: features of size {record.features.shape[1]}, "
+                        f"earlier images have {feature_dim}")
+    if not (np.isfinite(record.features).all() and np.isfinite(record.boxes).all()):
+        raise XDimError(f"{record.where}: features or boxes hold NaN or infinite values")
+
+
+def convert(records, n_images, out_folder, split, regions=REGIONS, overwrite=False, progress=True):
+    """Stream `n_images` RegionRecords into the precomp files of `split` in `out_folder`.
+
+    Raises XDimError (leaving the folder unchanged) on a malformed record, a
+    duplicate id, a record count other than `n_images`, or existing outputs
+    without `overwrite`. -> ConversionSummary.
+    """
+    if n_images < 1:
+        raise XDimError("no image records to convert")
+    if regions < 1:
+        raise XDimError(f"--regions must be at least 1, got {regions}")
+    final = output_paths(out_folder, split)
+    existing = [path for path in final.values() if os.path.exists(path)]
+    if existing and not overwrite:
+        raise XDimError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+    os.makedirs(out_folder, exist_ok=True)
+    writer, seen, truncated, padded, row = None, set(), 0, 0, 0
+    try:
+        for record in tqdm(records, total=n_images, desc=f"convert {split}", disable=not progress):
+            if writer is None:
+                writer = _SplitWriter(out_folder, split, n_images, regions, record.features.shape[1])
+            if row == n_images:
+                raise XDimError(f"{record.where}: more records than the {n_images} counted")
+            _check_id(record, seen)
+            _check_features(record, writer.features.shape[2])
+            features, boxes, real = fit_regions(record, regions)
+            truncated += len(record.features) > regions
+            padded += len(record.features) < regions
+            writer.write(row, record.image_id, features, boxes, (record.width, record.height, real))
+            row += 1
+        if row != n_images:
+            raise XDimError(f"read {row} image records, expected {n_images}")
+        feature_dim = writer.features.shape[2]
+        writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    return ConversionSummary(n_images, feature_dim, regions, truncated, padded, final)
