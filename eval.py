@@ -47,6 +47,10 @@ def build_parser(description=None, **defaults):
         help="score matrices to average with the model's (or alone, without --model_path): "
              "--save_sims files or the official code's saved {'npts', 'sims'} files")
     add("--json", metavar="FILE", default=None, help="write every metric to this JSON file")
+    add("--shortlist", type=int, metavar="K", default=None,
+        help="also report two-stage recalls: each query keeps the K best items by global vectors "
+             "(the checkpoint's .shortlist.pth head, else mean pooling; needs faiss-cpu) and X-Dim "
+             "ranks those (see README, Retrieval on your own data)")
     add("--no_progress", action="store_true", help="hide the progress bars")
     add_runtime_options(parser)
     parser.set_defaults(**defaults)
@@ -68,16 +72,22 @@ def model_scores(args):
                                                 args.storage, not args.no_progress)
     sims = scoring.model_sims(model, img_emb, captions, args.img_block, args.shard_elements,
                                  not args.no_progress)
-    return sims, split.captions_per_image, f"{data_name} {args.split}"
+    global_vectors = None
+    if args.shortlist:
+        from lib.retrieval import evaluation_vectors
+        global_vectors = evaluation_vectors(model, args.model_path, img_emb, captions)
+    return sims, split.captions_per_image, f"{data_name} {args.split}", global_vectors
 
 
 def evaluate(args):
     """Scores from the model and/or files -> (results of metrics.run_protocol, table label)."""
     if not args.model_path and not args.ensemble:
         raise XDimError("nothing to evaluate: give --model_path and/or --ensemble FILE...")
+    if args.shortlist is not None and (args.shortlist < 1 or not args.model_path):
+        raise XDimError("--shortlist K needs K >= 1 and --model_path (global vectors come from the model)")
     matrices, cpi, label = [], None, "ensemble"
     if args.model_path:
-        sims, cpi, label = model_scores(args)
+        sims, cpi, label, global_vectors = model_scores(args)
         matrices.append(sims)
     matrices += [score_files.load_score_file(path) for path in args.ensemble]
     sims = matrices[0] if len(matrices) == 1 else score_files.ensemble_sims(matrices)
@@ -88,6 +98,12 @@ def evaluate(args):
     results = metrics.run_protocol(sims, cpi, args.fold5, args.fold_images)
     results.update({"n_images": sims.shape[0], "n_captions": sims.shape[1], "captions_per_image": cpi,
                     "model_path": args.model_path, "ensemble": list(args.ensemble)})
+    if args.shortlist:
+        from lib.retrieval import two_stage_protocol
+        img_global, cap_global, description = global_vectors
+        results["shortlist"] = two_stage_protocol(sims, img_global, cap_global, args.shortlist, cpi,
+                                                  args.fold5, args.fold_images)
+        results["shortlist"]["vectors"] = description
     return results, label
 
 
@@ -102,6 +118,11 @@ def main(argv=None, description=None, **defaults):
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(metrics.results_table(results, label))
+    if "shortlist" in results:
+        two_stage = results["shortlist"]
+        print(f"\ntwo stages: X-Dim on the {two_stage['k']} best by {two_stage['vectors']['kind']} "
+              f"global vectors per query, {100 * two_stage['pair_fraction']:.2f}% of the pair scores")
+        print(metrics.results_table(two_stage, f"{label} shortlist {two_stage['k']}"))
     return 0
 
 

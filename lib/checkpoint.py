@@ -10,6 +10,7 @@ and stores `model` as a list of three state dicts with `module.` prefixes and
 its own key names; `official_state_dict` maps them onto ours with one table.
 """
 import argparse
+import hashlib
 import os
 
 import torch
@@ -172,3 +173,13 @@ def check_state_dict(state, expected, path="checkpoint"):
     for name in state:
         if name not in expected and name not in LEGACY_BUFFERS:
             raise XDimError(f"{path}: unexpected key {name!r}")
+
+
+def weights_fingerprint(state):
+    """SHA-256 (hex) of a state dict's names, dtypes, shapes and values: equal exactly when the weights are."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode("utf-8"))
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()

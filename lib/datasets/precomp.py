@@ -127,7 +127,8 @@ class SplitFiles:
         return len(self.captions)
 
 
-def _load_features(path, img_dim):
+def load_region_features(path, img_dim=None):
+    """`path` (a {split}_ims.npy) memory-mapped, checked: (n_images, R, img_dim) float, n and R > 0."""
     try:
         images = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
@@ -144,7 +145,8 @@ def _load_features(path, img_dim):
     return images
 
 
-def _read_captions(path):
+def read_captions(path):
+    """The captions of a {split}_caps.txt (list of str), checked: UTF-8, no empty line."""
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")
     if lines[-1] == b"":
@@ -179,8 +181,8 @@ def open_split(data_path, data_name, split, img_dim=None):
     for path in (images_path, captions_path):
         if not os.path.isfile(path):
             raise XDimError(f"{path}: split file not found")
-    images = _load_features(images_path, img_dim)
-    captions = _read_captions(captions_path)
+    images = load_region_features(images_path, img_dim)
+    captions = read_captions(captions_path)
     n_images = images.shape[0]
     if len(captions) == 5 * n_images:
         per_image = 5

@@ -1,0 +1,551 @@
+"""Two-stage retrieval over a gallery index: a FAISS shortlist of global vectors, then X-Dim.
+
+X-Dim scores a pair by cross-attention between words and regions, so exhaustive
+search costs one similarity per gallery item and query. Here:
+
+1. Stage one: every gallery item has one global vector (lib.shortlist); a FAISS
+   inner-product index returns the `shortlist` items whose vectors best match the
+   query's. Exact (`IndexFlatIP`) up to APPROXIMATE_FROM items, HNSW above.
+2. Stage two: `model.forward_sim` scores the query against those items only, from
+   their stored region (or token) embeddings, and the best `top_k` are returned.
+
+An index is a folder written once by `build_index` (retrieve.py build):
+
+    manifest.json  what was indexed, with which checkpoint and global vectors
+    regions.npy    float16 (n, R, d) region embeddings        (image gallery)
+    lengths.npy    int64 (n,) real regions per image           (image gallery)
+    tokens.npy     float16 (total tokens, d) token embeddings  (caption gallery)
+    offsets.npy    int64 (n + 1,) caption c = tokens[offsets[c]:offsets[c + 1]]
+    global.npy     float32 (n, g) global vectors
+    faiss.index    the stage-one index over global.npy
+    items.txt      one line per item: image ids, or the captions themselves
+
+Embeddings are memory-mapped at query time, so a gallery larger than memory only
+reads the shortlisted rows. The manifest holds fingerprints of the checkpoint's
+weights and of the global-vector head: opening an index with other weights is an
+error (a stale index), as is any file whose size or shape disagrees with the
+manifest (a damaged index). A build writes into a temporary folder and renames it
+into place when complete, so a failed build leaves any existing index untouched.
+"""
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lib import metrics, shortlist
+from lib.checkpoint import weights_fingerprint
+from lib.datasets.precomp import CaptionEncoder, load_region_features, pad_tokens, read_captions
+from lib.errors import XDimError, first_line
+from lib.scoring import RaggedCaptions
+
+INDEX_FORMAT = "xdim-gallery-index"
+INDEX_VERSION = 1
+DEFAULT_SHORTLIST = 100
+DEFAULT_TOP_K = 10
+# Galleries up to this many items get an exact inner-product index; larger ones HNSW
+# (see README, "Retrieval on your own data": exact search over 1,000,000 vectors of
+# 1024 floats already takes about as long as stage two).
+APPROXIMATE_FROM = 1_000_000
+HNSW_NEIGHBOURS = 32
+HNSW_BUILD_DEPTH = 80
+INDEX_TYPES = ("auto", "flat", "hnsw")
+FAISS_HINT = "FAISS is not installed: pip install faiss-cpu"
+
+
+def import_faiss():
+    """The faiss module, or XDimError with the install hint."""
+    try:
+        import faiss
+    except ImportError:
+        raise XDimError(FAISS_HINT) from None
+    return faiss
+
+
+# ---------------------------------------------------------------- stage one
+
+def choose_index_type(n_items, requested="auto"):
+    """'flat' (exact) or 'hnsw' (approximate): `requested`, or by gallery size for 'auto'."""
+    if requested not in INDEX_TYPES:
+        raise XDimError(f"unknown index type {requested!r} (choose from {', '.join(INDEX_TYPES)})")
+    if requested != "auto":
+        return requested
+    return "flat" if n_items < APPROXIMATE_FROM else "hnsw"
+
+
+def new_faiss_index(size, index_type):
+    """An empty inner-product FAISS index for vectors of `size` floats."""
+    faiss = import_faiss()
+    if index_type == "flat":
+        return faiss.IndexFlatIP(size)
+    index = faiss.IndexHNSWFlat(size, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_BUILD_DEPTH
+    return index
+
+
+def faiss_search(index, queries, k):
+    """The `k` best items of each query: queries (q, g) -> (scores (q, k) float32, items (q, k) int64).
+
+    k is capped at the gallery size; an HNSW index searches at least 2k candidates deep.
+    """
+    k = min(k, index.ntotal)
+    if hasattr(index, "hnsw"):
+        index.hnsw.efSearch = max(2 * k, 64)
+    scores, items = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return scores, items
+
+
+def exact_shortlist(gallery, queries, k):
+    """Exact stage one in memory: gallery (n, g), queries (q, g) -> items (q, min(k, n)) int64, best first."""
+    index = new_faiss_index(gallery.shape[1], "flat")
+    index.add(np.ascontiguousarray(gallery, dtype=np.float32))
+    return faiss_search(index, queries, k)[1]
+
+
+# ---------------------------------------------------------------- two-stage evaluation
+
+def _two_stage_matrix(sims, candidates, axis):
+    """sims (n_img, n_cap) with every pair outside the shortlists set below all scores.
+
+    candidates (n_queries, k): the shortlisted images of each caption (axis 0) or
+    captions of each image (axis 1). The floor is finite (metrics reject inf) and
+    ties among non-shortlisted items count against the query, as all ties do.
+    """
+    out = np.full(sims.shape, sims.min() - 1.0, dtype=np.float32)
+    queries = np.arange(candidates.shape[0])[:, None]
+    if axis == 0:
+        out[candidates, queries] = sims[candidates, queries]
+    else:
+        out[queries, candidates] = sims[queries, candidates]
+    return out
+
+
+def _pair_ids(candidates, axis, n_cap):
+    """Flat pair ids (image * n_cap + caption) of the shortlisted pairs, candidates as in _two_stage_matrix."""
+    queries = np.arange(candidates.shape[0])[:, None]
+    images, caps = (candidates, queries) if axis == 0 else (queries, candidates)
+    return (images * n_cap + caps).reshape(-1)
+
+
+def two_stage_metrics(sims, img_global, cap_global, k, captions_per_image=5):
+    """Recalls when each query's exact stage one keeps `k` items and X-Dim ranks those.
+
+    sims (n_img, n_cap): the X-Dim scores (the shortlisted ones are what stage two
+    would compute); img_global (n_img, g), cap_global (n_cap, g).
+    -> (metrics dict like metrics.evaluate_sims, pair fraction): the share of the
+    n_img x n_cap pairs whose score stage two needs for all text and image queries.
+    """
+    n_cap = sims.shape[1]
+    images_of_caption = exact_shortlist(img_global, cap_global, k)
+    captions_of_image = exact_shortlist(cap_global, img_global, k)
+    t2i = metrics.evaluate_sims(_two_stage_matrix(sims, images_of_caption, 0), captions_per_image)[0]
+    i2t = metrics.evaluate_sims(_two_stage_matrix(sims, captions_of_image, 1), captions_per_image)[0]
+    merged = {key: (i2t if key.startswith("i2t") else t2i)[key] for key in metrics.METRIC_KEYS}
+    merged["rsum"] = sum(merged[f"{d}_r{r}"] for d in ("i2t", "t2i") for r in (1, 5, 10))
+    pairs = np.union1d(_pair_ids(images_of_caption, 0, n_cap), _pair_ids(captions_of_image, 1, n_cap))
+    return merged, len(pairs) / sims.size
+
+
+def evaluation_vectors(model, model_path, img_emb, captions):
+    """Global vectors of an evaluated split with the checkpoint's head (or mean pooling without one).
+
+    img_emb (n_img, R, d); captions: RaggedCaptions. -> (img_global (n_img, g), cap_global (n_cap, g),
+    the encoder's description).
+    """
+    encoder = shortlist.global_encoder(model, weights_fingerprint(model.state_dict()), model_path)
+    return (shortlist.image_vectors(encoder, img_emb), shortlist.caption_vectors(encoder, captions),
+            encoder.describe())
+
+
+def two_stage_protocol(sims, img_global, cap_global, k, captions_per_image=5, fold5=False, fold_images=1000):
+    """eval.py --shortlist: {'k', 'pair_fraction', 'all'} and, with fold5, 'folds', 'fold_mean'
+    and 'fold_pair_fraction' (each fold shortlists within its own images and captions)."""
+    results = {"k": k}
+    results["all"], results["pair_fraction"] = two_stage_metrics(sims, img_global, cap_global, k,
+                                                                  captions_per_image)
+    if fold5:
+        folds = []
+        for rows, cols in metrics.fold_slices(5, fold_images, captions_per_image):
+            fold, fraction = two_stage_metrics(sims[rows, cols], img_global[rows], cap_global[cols], k,
+                                               captions_per_image)
+            folds.append(fold)
+        results["folds"], results["fold_mean"] = folds, metrics.mean_metrics(folds)
+        results["fold_pair_fraction"] = fraction
+    return results
+
+
+# ---------------------------------------------------------------- index files
+
+@dataclass
+class Hit:
+    """One retrieved item: its rank (1 = best), row in the gallery, id or caption, and scores."""
+    rank: int
+    index: int
+    item: str
+    score: float
+    global_score: float
+
+
+def _companion(path, suffix):
+    """'x/test_ims.npy' -> 'x/test' + suffix if that file exists, else None."""
+    for ending in ("_ims.npy", "_caps.txt"):
+        if path.endswith(ending):
+            candidate = path[:-len(ending)] + suffix
+            return candidate if os.path.isfile(candidate) else None
+    return None
+
+
+def read_image_ids(images_path, n_images):
+    """Image ids from the {split}_ids.txt beside {split}_ims.npy (convert_features.py writes it),
+    else '0' .. 'n-1'."""
+    ids_path = _companion(images_path, "_ids.txt")
+    if ids_path is None:
+        return [str(i) for i in range(n_images)]
+    with open(ids_path, encoding="utf-8") as f:
+        ids = f.read().splitlines()
+    if len(ids) != n_images:
+        raise XDimError(f"{ids_path}: {len(ids)} ids for the {n_images} images of {images_path}")
+    return ids
+
+
+def read_region_counts(images_path, n_images, regions):
+    """Real regions per image (n,) int64 from {split}_image_info.npy if present, else all `regions`."""
+    info_path = _companion(images_path, "_image_info.npy")
+    if info_path is None:
+        return np.full(n_images, regions, dtype=np.int64)
+    try:
+        info = np.load(info_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise XDimError(f"{info_path}: not a readable .npy array ({first_line(err)})") from None
+    if info.shape != (n_images, 3) or info.dtype.kind not in "iu":
+        raise XDimError(f"{info_path}: expected integers of shape ({n_images}, 3), got {info.dtype} {info.shape}")
+    counts = info[:, 2].astype(np.int64)
+    if counts.min() < 1 or counts.max() > regions:
+        raise XDimError(f"{info_path}: region counts must lie in 1..{regions}")
+    return counts
+
+
+def load_gallery_images(path, img_dim):
+    """-> (memory-mapped features (n, R, img_dim), ids, real region counts (n,)); checks the feature size."""
+    images = load_region_features(path)
+    if images.shape[2] != img_dim:
+        raise XDimError(f"{path}: region features have size {images.shape[2]}, "
+                        f"but the checkpoint expects {img_dim}")
+    return images, read_image_ids(path, len(images)), read_region_counts(path, len(images), images.shape[1])
+
+
+def _write_items(path, items):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(item + "\n" for item in items)
+
+
+def _write_json(path, data):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+
+
+def _encode_image_gallery(model, encoder, images, counts, folder, batch_size, progress):
+    """Region embeddings (float16) and global vectors of every image, streamed to `folder`."""
+    n, regions = images.shape[:2]
+    d = model.opt.embed_size
+    region_file = np.lib.format.open_memmap(os.path.join(folder, "regions.npy"), mode="w+",
+                                            dtype=np.float16, shape=(n, regions, d))
+    global_file = np.lib.format.open_memmap(os.path.join(folder, "global.npy"), mode="w+",
+                                            dtype=np.float32, shape=(n, encoder.size))
+    for i0 in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress):
+        batch = torch.from_numpy(np.array(images[i0:i0 + batch_size], dtype=np.float32))
+        lengths = torch.from_numpy(counts[i0:i0 + batch_size])
+        emb = model.encode_images(batch, lengths).cpu()
+        region_file[i0:i0 + len(emb)] = emb.numpy().astype(np.float16)
+        global_file[i0:i0 + len(emb)] = encoder.images(emb, lengths).numpy()
+    np.save(os.path.join(folder, "lengths.npy"), counts)
+    region_file.flush()
+    global_file.flush()
+    return {"regions": int(regions)}
+
+
+def caption_token_ids(captions, caption_encoder, progress=True):
+    """Token ids (list of lists) of every caption."""
+    return [caption_encoder.encode(c) for c in tqdm(captions, desc="tokenize", disable=not progress)]
+
+
+def _encode_caption_gallery(model, encoder, token_ids, folder, batch_size, progress):
+    """Token embeddings (float16, unpadded) and global vectors of every caption, streamed to `folder`."""
+    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    d = model.opt.embed_size
+    token_file = np.lib.format.open_memmap(os.path.join(folder, "tokens.npy"), mode="w+",
+                                           dtype=np.float16, shape=(int(offsets[-1]), d))
+    global_file = np.lib.format.open_memmap(os.path.join(folder, "global.npy"), mode="w+",
+                                            dtype=np.float32, shape=(len(token_ids), encoder.size))
+    for c0 in tqdm(range(0, len(token_ids), batch_size), desc="encode captions", disable=not progress):
+        ids, lens = pad_tokens([torch.tensor(t) for t in token_ids[c0:c0 + batch_size]])
+        emb = model.encode_captions(ids, lens).cpu()
+        real = torch.arange(emb.shape[1]) < lens[:, None]
+        token_file[offsets[c0]:offsets[c0 + len(emb)]] = emb[real].numpy().astype(np.float16)
+        global_file[c0:c0 + len(emb)] = encoder.captions(emb, lens).numpy()
+    np.save(os.path.join(folder, "offsets.npy"), offsets)
+    token_file.flush()
+    global_file.flush()
+    return {"tokens": int(offsets[-1])}
+
+
+def _add_to_faiss(folder, size, index_type, chunk=65536):
+    """Build faiss.index from global.npy, a chunk at a time."""
+    faiss = import_faiss()
+    vectors = np.load(os.path.join(folder, "global.npy"), mmap_mode="r")
+    index = new_faiss_index(size, index_type)
+    for start in range(0, len(vectors), chunk):
+        index.add(np.ascontiguousarray(vectors[start:start + chunk]))
+    faiss.write_index(index, os.path.join(folder, "faiss.index"))
+
+
+def _replace_folder(staging, target):
+    """Move a finished index into place; an existing one is removed only after the move succeeded."""
+    previous = None
+    if os.path.exists(target):
+        previous = f"{target}.old-{os.getpid()}"
+        os.replace(target, previous)
+    os.replace(staging, target)
+    if previous:
+        shutil.rmtree(previous)
+
+
+def build_index(model, encoder, index_dir, images=None, captions=None, model_path=None, batch_size=128,
+                index_type="auto", overwrite=False, progress=True):
+    """Encode a gallery (`images`: a {split}_ims.npy, or `captions`: a text file) into `index_dir`.
+
+    model: VSEModel; encoder: lib.shortlist global-vector encoder. -> manifest dict.
+    """
+    if (images is None) == (captions is None):
+        raise XDimError("give exactly one gallery: --images FILE or --captions FILE")
+    if os.path.exists(index_dir) and not overwrite:
+        raise XDimError(f"{index_dir}: already exists (pass --overwrite to rebuild it)")
+    model.val_start()
+    if images is not None:
+        features, items, counts = load_gallery_images(images, model.opt.img_dim)
+        source = {"images": os.path.abspath(images)}
+    else:
+        items = read_captions(captions)
+        tokenizer_encoder = CaptionEncoder(_tokenizer(model), model.bert_config["max_position_embeddings"])
+        token_ids = caption_token_ids(items, tokenizer_encoder, progress)
+        query_images = _companion(captions, "_ims.npy")
+        source = {"captions": os.path.abspath(captions),
+                  "query_images": os.path.abspath(query_images) if query_images else None}
+    n_items = len(items)
+    index_type = choose_index_type(n_items, index_type)
+    staging = f"{index_dir.rstrip(os.sep)}.tmp-{os.getpid()}"
+    os.makedirs(staging)
+    try:
+        with torch.no_grad():
+            if images is not None:
+                shape = _encode_image_gallery(model, encoder, features, counts, staging, batch_size, progress)
+            else:
+                shape = _encode_caption_gallery(model, encoder, token_ids, staging, batch_size, progress)
+        _add_to_faiss(staging, encoder.size, index_type)
+        _write_items(os.path.join(staging, "items.txt"), items)
+        manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
+                    "gallery": "images" if images is not None else "captions",
+                    "count": n_items, "embed_size": model.opt.embed_size, **shape,
+                    "index_type": index_type, "global": encoder.describe(),
+                    "model": {"path": os.path.abspath(model_path) if model_path else None,
+                              "fingerprint": weights_fingerprint(model.state_dict())},
+                    "source": source}
+        _write_json(os.path.join(staging, "manifest.json"), manifest)
+        _replace_folder(staging, index_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _tokenizer(model):
+    from lib.bert import load_tokenizer
+    return load_tokenizer(model.opt.bert_path)
+
+
+# ---------------------------------------------------------------- opening an index
+
+def read_manifest(index_dir):
+    """The manifest of an index folder, checked for format and version."""
+    path = os.path.join(index_dir, "manifest.json")
+    if not os.path.isdir(index_dir):
+        raise XDimError(f"{index_dir}: no such index folder (build one with retrieve.py build)")
+    if not os.path.isfile(path):
+        raise XDimError(f"{index_dir}: not a gallery index (no manifest.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as err:
+        raise XDimError(f"{path}: damaged ({first_line(err)}); rebuild the index") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        raise XDimError(f"{path}: not a gallery index manifest")
+    if manifest.get("version") != INDEX_VERSION:
+        raise XDimError(f"{path}: index version {manifest.get('version')}, this code reads "
+                        f"{INDEX_VERSION}; rebuild the index")
+    required = ("gallery", "count", "embed_size", "index_type", "global", "model", "source")
+    missing = [key for key in required if key not in manifest]
+    if missing:
+        raise XDimError(f"{path}: damaged (missing {', '.join(missing)}); rebuild the index")
+    return manifest
+
+
+def expect_gallery(manifest, index_dir, gallery):
+    """XDimError unless the index holds `gallery` ('images' answer text queries, 'captions' image queries)."""
+    if manifest["gallery"] != gallery:
+        asked = "text queries (--query)" if gallery == "images" else "image queries (--image_index)"
+        held = "an image" if manifest["gallery"] == "images" else "a caption"
+        raise XDimError(f"{index_dir}: {held} gallery cannot answer {asked}; "
+                        f"build the index from --{gallery}")
+
+
+def check_fingerprints(manifest, index_dir, model, encoder):
+    """XDimError when the index was built with other weights or another global-vector encoder."""
+    fingerprint = weights_fingerprint(model.state_dict())
+    built = manifest["model"].get("fingerprint")
+    if built != fingerprint:
+        raise XDimError(f"{index_dir}: stale index, built with other weights ({manifest['model'].get('path')}, "
+                        f"fingerprint {str(built)[:12]}) than this checkpoint's ({fingerprint[:12]}); "
+                        f"rebuild it with retrieve.py build")
+    if manifest["global"] != encoder.describe():
+        raise XDimError(f"{index_dir}: stale index, its global vectors come from {manifest['global']}, "
+                        f"not from {encoder.describe()}; rebuild it or pass the same --head")
+
+
+def _load_array(index_dir, name, shape, dtype):
+    """A memory-mapped index array, checked against the manifest's shape and dtype."""
+    path = os.path.join(index_dir, name)
+    try:
+        array = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise XDimError(f"{path}: damaged or missing ({first_line(err)}); rebuild the index") from None
+    if array.shape != shape or array.dtype != dtype:
+        raise XDimError(f"{path}: damaged: holds {array.dtype} {array.shape}, the manifest says "
+                        f"{np.dtype(dtype)} {shape}; rebuild the index")
+    return array
+
+
+class GalleryIndex:
+    """An opened index: embeddings memory-mapped, the FAISS index in memory.
+
+    Open with `GalleryIndex.open(index_dir, model, encoder)`; then `search_text`
+    (image gallery) or `search_image` (caption gallery).
+    """
+
+    def __init__(self, index_dir, manifest, model, encoder, faiss_index, global_vectors, items, embeddings):
+        self.index_dir = index_dir
+        self.manifest = manifest
+        self.model = model
+        self.encoder = encoder
+        self.faiss_index = faiss_index
+        self.global_vectors = global_vectors
+        self.items = items
+        self.embeddings = embeddings
+        self._caption_encoder = None
+
+    @property
+    def gallery(self):
+        return self.manifest["gallery"]
+
+    def __len__(self):
+        return self.manifest["count"]
+
+    @classmethod
+    def open(cls, index_dir, model, encoder):
+        manifest = read_manifest(index_dir)
+        check_fingerprints(manifest, index_dir, model, encoder)
+        n, d, g = manifest["count"], manifest["embed_size"], encoder.size
+        global_vectors = _load_array(index_dir, "global.npy", (n, g), np.float32)
+        if manifest["gallery"] == "images":
+            regions = _load_array(index_dir, "regions.npy", (n, manifest["regions"], d), np.float16)
+            lengths = _load_array(index_dir, "lengths.npy", (n,), np.int64)
+            embeddings = (torch.from_numpy(regions), torch.from_numpy(lengths))
+        else:
+            tokens = _load_array(index_dir, "tokens.npy", (manifest["tokens"], d), np.float16)
+            offsets = _load_array(index_dir, "offsets.npy", (n + 1,), np.int64)
+            embeddings = RaggedCaptions.from_storage(torch.from_numpy(tokens), torch.from_numpy(offsets))
+        items = cls._read_items(index_dir, n)
+        faiss_index = cls._read_faiss(index_dir, n, g)
+        return cls(index_dir, manifest, model, encoder, faiss_index, global_vectors, items, embeddings)
+
+    @staticmethod
+    def _read_items(index_dir, n):
+        path = os.path.join(index_dir, "items.txt")
+        try:
+            with open(path, encoding="utf-8") as f:
+                items = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise XDimError(f"{path}: damaged or missing ({first_line(err)}); rebuild the index") from None
+        if len(items) != n:
+            raise XDimError(f"{path}: damaged: {len(items)} lines for {n} items; rebuild the index")
+        return items
+
+    @staticmethod
+    def _read_faiss(index_dir, n, size):
+        faiss = import_faiss()
+        path = os.path.join(index_dir, "faiss.index")
+        if not os.path.isfile(path):
+            raise XDimError(f"{path}: missing; rebuild the index")
+        try:
+            index = faiss.read_index(path)
+        except RuntimeError as err:
+            raise XDimError(f"{path}: damaged ({first_line(err)[:160]}); rebuild the index") from None
+        if index.ntotal != n or index.d != size:
+            raise XDimError(f"{path}: damaged: {index.ntotal} vectors of {index.d}, the manifest says "
+                            f"{n} of {size}; rebuild the index")
+        return index
+
+    # ----- queries
+    def caption_encoder(self):
+        if self._caption_encoder is None:
+            self._caption_encoder = CaptionEncoder(_tokenizer(self.model),
+                                                   self.model.bert_config["max_position_embeddings"])
+        return self._caption_encoder
+
+    def _hits(self, candidates, global_scores, scores, top_k):
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [Hit(rank + 1, int(candidates[i]), self.items[candidates[i]], float(scores[i]),
+                    float(global_scores[i])) for rank, i in enumerate(order)]
+
+    def search_text(self, text, top_k=DEFAULT_TOP_K, shortlist_size=DEFAULT_SHORTLIST):
+        """Text-to-image: the `top_k` images (list of Hit) for one caption, X-Dim scores on a shortlist."""
+        expect_gallery(self.manifest, self.index_dir, "images")
+        if not text.strip():
+            raise XDimError("empty query: give some words to search for")
+        ids = torch.tensor([self.caption_encoder().encode(text.strip())])
+        lens = torch.tensor([ids.shape[1]])
+        with torch.no_grad():
+            cap_emb = self.model.encode_captions(ids, lens)
+            query = self.encoder.captions(cap_emb.cpu(), lens).numpy()
+            global_scores, candidates = faiss_search(self.faiss_index, query, shortlist_size)
+            candidates, global_scores = candidates[0], global_scores[0]
+            regions, lengths = self.embeddings
+            picked = torch.from_numpy(candidates)
+            img = regions.index_select(0, picked).float().to(self.model.device)
+            img_lens = lengths.index_select(0, picked)
+            img_lens = None if bool((img_lens == regions.shape[1]).all()) else img_lens.to(self.model.device)
+            scores = self.model.forward_sim(img, cap_emb, lens.to(self.model.device), img_lens)[:, 0]
+        return self._hits(candidates, global_scores, scores.cpu().numpy(), top_k)
+
+    def search_image(self, regions, region_count=None, top_k=DEFAULT_TOP_K, shortlist_size=DEFAULT_SHORTLIST):
+        """Image-to-text: the `top_k` captions (list of Hit) for one image's features (R, img_dim)."""
+        expect_gallery(self.manifest, self.index_dir, "captions")
+        images = torch.from_numpy(np.array(regions, dtype=np.float32))[None]
+        count = torch.tensor([region_count or images.shape[1]])
+        with torch.no_grad():
+            img_emb = self.model.encode_images(images, count)
+            query = self.encoder.images(img_emb.cpu(), count).numpy()
+            global_scores, candidates = faiss_search(self.faiss_index, query, shortlist_size)
+            candidates, global_scores = candidates[0], global_scores[0]
+            caps, lens = self.embeddings.gather(torch.from_numpy(candidates))
+            img_lens = None if int(count) == images.shape[1] else count.to(self.model.device)
+            scores = self.model.forward_sim(img_emb, caps.to(self.model.device), lens.to(self.model.device),
+                                            img_lens)[0]
+        return self._hits(candidates, global_scores, scores.cpu().numpy(), top_k)
+
+
+def hits_as_dicts(hits):
+    return [asdict(hit) for hit in hits]

@@ -1,0 +1,236 @@
+"""Global vectors for stage one of two-stage retrieval: one vector per image and per caption.
+
+X-Dim scores a pair by cross-attention between words and regions, so a pair's
+score cannot be read off one vector per side. Stage one only needs the vectors
+to put X-Dim's best items among its first K. Two encoders provide them, with one
+interface (`images`, `captions`, `size`, `describe`):
+
+- `MeanPooling` (no parameters): the l2-normalised mean of an item's real region
+  or token embeddings. Measured on the demo, it does not shortlist well (README,
+  "Retrieval on your own data"): X-Dim's attention singles out a few regions and
+  words that a plain mean drowns in background regions and filler words.
+- `ShortlistHead`, distilled after training (`distill_head`): each region or
+  token embedding gets a learned gate in (0, 1) and a learned projection; an
+  item's vector is the l2-normalised gated sum. It is trained to reproduce
+  X-Dim's ranking on the training split (listwise KL between the softmax of
+  X-Dim's scores and of the head's, both directions, over batches of images and
+  all their captions); X-Dim and its checkpoint stay frozen and unchanged.
+
+The head is saved in its own file, by default beside the checkpoint
+(`model_best.pth` -> `model_best.shortlist.pth`); without it, retrieval falls
+back to `MeanPooling`. The file records the fingerprint of the weights it was
+distilled from, and loading it for other weights is an error.
+"""
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lib.checkpoint import save_checkpoint, weights_fingerprint
+from lib.datasets.precomp import pad_tokens
+from lib.errors import XDimError, first_line
+
+HEAD_FORMAT = "xdim-shortlist-head"
+HEAD_SUFFIX = ".shortlist.pth"
+DEFAULT_SIZE = 256
+DEFAULT_HIDDEN = 128
+
+
+def real_mask(lengths, size, n):
+    """(n, size) float mask of real positions (all ones when `lengths` is None)."""
+    if lengths is None:
+        return torch.ones(n, size)
+    return (torch.arange(size) < torch.as_tensor(lengths).reshape(-1, 1)).float()
+
+
+class MeanPooling:
+    """Parameter-free global vectors: l2-normalised mean of the real region / token embeddings."""
+
+    def __init__(self, embed_size):
+        self.size = embed_size
+
+    def describe(self):
+        return {"kind": "pooling", "size": self.size}
+
+    @staticmethod
+    def _pool(emb, mask):
+        return F.normalize((emb * mask.unsqueeze(-1)).sum(1), dim=-1)
+
+    def images(self, img_emb, lengths=None):
+        """img_emb (n, R, d), lengths (n,) real regions or None -> (n, d)."""
+        return self._pool(img_emb.float(), real_mask(lengths, img_emb.shape[1], len(img_emb)).to(img_emb.device))
+
+    def captions(self, cap_emb, lengths):
+        """cap_emb (n, L, d), lengths (n,) real tokens -> (n, d)."""
+        return self._pool(cap_emb.float(), real_mask(lengths, cap_emb.shape[1], len(cap_emb)).to(cap_emb.device))
+
+
+class _GatedSum(nn.Module):
+    """Per element: gate = sigmoid(MLP(x)), value = Linear(x); item vector = l2n(sum gate * value)."""
+
+    def __init__(self, embed_size, size, hidden):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(embed_size, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.value = nn.Linear(embed_size, size)
+
+    def forward(self, emb, mask):
+        """emb (n, S, d), mask (n, S) -> (n, size)."""
+        gates = torch.sigmoid(self.gate(emb)).squeeze(-1) * mask
+        return F.normalize((gates.unsqueeze(-1) * self.value(emb)).sum(1), dim=-1)
+
+
+class ShortlistHead(nn.Module):
+    """Distilled global vectors: a gated sum for images and one for captions (see module docstring)."""
+
+    def __init__(self, embed_size, size=DEFAULT_SIZE, hidden=DEFAULT_HIDDEN):
+        super().__init__()
+        self.config = {"embed_size": embed_size, "size": size, "hidden": hidden}
+        self.size = size
+        self.image_pool = _GatedSum(embed_size, size, hidden)
+        self.caption_pool = _GatedSum(embed_size, size, hidden)
+        # Student scores are cosines: a learned scale turns them into logits.
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+
+    def describe(self):
+        return {"kind": "head", "size": self.size, "fingerprint": weights_fingerprint(self.state_dict())}
+
+    def images(self, img_emb, lengths=None):
+        """img_emb (n, R, d), lengths (n,) real regions or None -> (n, size)."""
+        mask = real_mask(lengths, img_emb.shape[1], len(img_emb)).to(img_emb.device)
+        return self.image_pool(img_emb.float(), mask)
+
+    def captions(self, cap_emb, lengths):
+        """cap_emb (n, L, d), lengths (n,) real tokens -> (n, size)."""
+        mask = real_mask(lengths, cap_emb.shape[1], len(cap_emb)).to(cap_emb.device)
+        return self.caption_pool(cap_emb.float(), mask)
+
+
+# ---------------------------------------------------------------- distillation
+
+def listwise_kl(student, teacher, temperature):
+    """KL(softmax(teacher / T) || softmax(student)) per image row and per caption column, summed.
+
+    student, teacher (n_img, n_cap) logits; batch-mean over rows and over columns.
+    """
+    loss = 0.0
+    for dim in (1, 0):
+        target = F.softmax(teacher / temperature, dim=dim)
+        loss = loss + F.kl_div(F.log_softmax(student, dim=dim), target, reduction="sum") / teacher.shape[1 - dim]
+    return loss
+
+
+def _encode_batch(model, split_files, caption_encoder, image_ids):
+    """Frozen embeddings of images `image_ids` (sorted) and all their captions.
+
+    -> (img_emb (b, R, d), cap_emb (b * cpi, L, d), cap_lens (b * cpi,)) on model.device.
+    """
+    cpi = split_files.captions_per_image
+    images = torch.from_numpy(np.array(split_files.images[image_ids], dtype=np.float32))
+    caption_ids = (image_ids[:, None] * cpi + np.arange(cpi)).reshape(-1)
+    tokens, lens = pad_tokens([torch.tensor(caption_encoder.encode(split_files.captions[c]))
+                               for c in caption_ids])
+    return model.encode_images(images), model.encode_captions(tokens, lens), lens.to(model.device)
+
+
+def distill_head(model, split_files, caption_encoder, epochs=20, batch_images=100, lr=2e-3, temperature=0.05,
+                 size=DEFAULT_SIZE, hidden=DEFAULT_HIDDEN, seed=0, progress=True):
+    """Train a ShortlistHead to imitate X-Dim's ranking on `split_files` (the training split).
+
+    Each step takes `batch_images` random images with all their captions; X-Dim's
+    scores of that (b, b * cpi) block are the teacher. The model is frozen (eval
+    mode, no gradients). -> (head in eval mode, mean loss of the last epoch).
+    """
+    model.val_start()
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = ShortlistHead(model.opt.embed_size, size, hidden).to(model.device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    n_images = split_files.n_images
+    steps_per_epoch = max(1, math.ceil(n_images / batch_images))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    bar = tqdm(total=epochs * steps_per_epoch, desc="distill", disable=not progress)
+    for _ in range(epochs):
+        order = torch.randperm(n_images, generator=generator).numpy()
+        losses = []
+        for start in range(0, n_images, batch_images):
+            image_ids = np.sort(order[start:start + batch_images])
+            with torch.no_grad():
+                img_emb, cap_emb, cap_lens = _encode_batch(model, split_files, caption_encoder, image_ids)
+                teacher = model.forward_sim(img_emb, cap_emb, cap_lens)
+            student = head.images(img_emb) @ head.captions(cap_emb, cap_lens).t() * head.log_scale.exp()
+            loss = listwise_kl(student, teacher, temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    head.eval()
+    return head, float(np.mean(losses))
+
+
+# ---------------------------------------------------------------- files
+
+def default_head_path(model_path):
+    """Where the head of a checkpoint lives by default: `x/model_best.pth` -> `x/model_best.shortlist.pth`."""
+    stem = model_path[:-len(".pth")] if model_path.endswith(".pth") else model_path
+    return stem + HEAD_SUFFIX
+
+
+def save_head(head, path, model_fingerprint, details):
+    """Write the head, the fingerprint of the weights it imitates and `details` (a dict) atomically."""
+    save_checkpoint({"format": HEAD_FORMAT, "config": dict(head.config), "state": head.state_dict(),
+                     "model_fingerprint": model_fingerprint, "details": details}, path)
+
+
+def load_head(path, model_fingerprint, device="cpu"):
+    """A ShortlistHead from `path`, checked to belong to the weights with `model_fingerprint`."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise XDimError(f"{path}: no such shortlist head file") from None
+    except Exception as err:  # torch raises many types for damaged files
+        raise XDimError(f"{path}: not a readable shortlist head ({first_line(err)[:160]})") from None
+    if not isinstance(saved, dict) or saved.get("format") != HEAD_FORMAT:
+        raise XDimError(f"{path}: not a shortlist head file (retrieve.py distill writes them)")
+    if saved.get("model_fingerprint") != model_fingerprint:
+        raise XDimError(f"{path}: this shortlist head was distilled from other weights than the "
+                        f"checkpoint's; distill it again with retrieve.py distill")
+    head = ShortlistHead(**saved["config"])
+    head.load_state_dict(saved["state"])
+    return head.to(device).eval()
+
+
+def global_encoder(model, model_fingerprint, model_path=None, head_path=None):
+    """The head at `head_path`, else the default head file beside `model_path` if present, else MeanPooling."""
+    if head_path is None and model_path is not None and os.path.isfile(default_head_path(model_path)):
+        head_path = default_head_path(model_path)
+    if head_path is None:
+        return MeanPooling(model.opt.embed_size)
+    return load_head(head_path, model_fingerprint, model.device)
+
+
+def image_vectors(encoder, img_emb, lengths=None, batch=1024):
+    """Global vectors of stored image embeddings (n, R, d), a batch at a time -> float32 numpy (n, size)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(img_emb), batch):
+            part = None if lengths is None else lengths[start:start + batch]
+            out.append(encoder.images(img_emb[start:start + batch].float(), part).cpu())
+    return torch.cat(out).numpy()
+
+
+def caption_vectors(encoder, captions, batch=1024):
+    """Global vectors of a RaggedCaptions, a batch at a time -> float32 numpy (n, size)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(captions), batch):
+            emb, lens = captions.block(start, min(start + batch, len(captions)))
+            out.append(encoder.captions(emb, lens).cpu())
+    return torch.cat(out).numpy()

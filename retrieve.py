@@ -1,0 +1,205 @@
+"""Retrieval with an X-Dim checkpoint on your own gallery: a FAISS shortlist, then X-Dim on it.
+
+    # once per checkpoint (optional, recommended): global vectors that imitate X-Dim
+    python retrieve.py distill --model_path runs/demo/checkpoint/model_best.pth
+    # once per gallery: an image gallery (text queries) or a caption gallery (image queries)
+    python retrieve.py build --model_path CKPT --images data/mine/gallery_ims.npy --index idx/gallery
+    python retrieve.py build --model_path CKPT --captions data/mine/gallery_caps.txt --index idx/caps
+    # queries
+    python retrieve.py query --index idx/gallery --query "a man riding a horse" --top_k 10
+    python retrieve.py query --index idx/gallery --queries questions.txt --json hits.json
+    python retrieve.py query --index idx/caps --image_index 7       # an image of the split beside the captions
+    python retrieve.py query --index idx/caps --images other_ims.npy --image_id 391895
+
+Bad input prints one `error: ...` line and exits 2; an existing index is never damaged.
+"""
+import argparse
+import json
+import sys
+import time
+
+from lib.errors import XDimError
+
+
+def _add_model_options(parser, required=True):
+    parser.add_argument("--model_path", required=required, default=None,
+                        help="X-Dim checkpoint" + ("" if required else " (default: the one the index was built with)"))
+    parser.add_argument("--head", default=None, metavar="FILE",
+                        help="shortlist head (default: the .shortlist.pth file beside the checkpoint if "
+                             "there is one, else parameter-free mean pooling)")
+    parser.add_argument("--bert_path", default=None, help="BERT folder (default: the checkpoint's own)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto")
+
+
+def build_parser():
+    from lib import retrieval, shortlist
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 2)[2])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    distill = commands.add_parser("distill", help="train a shortlist head that imitates X-Dim's ranking",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    distill.add_argument("--model_path", required=True, help="X-Dim checkpoint (frozen, not modified)")
+    distill.add_argument("--data_path", default=None, help="folder holding {data_name}/ (default: the checkpoint's)")
+    distill.add_argument("--data_name", default=None, help="dataset folder name (default: the checkpoint's)")
+    distill.add_argument("--split", default="train", help="split to distill on")
+    distill.add_argument("--epochs", type=int, default=20, help="passes over the split's images")
+    distill.add_argument("--batch_images", type=int, default=100,
+                         help="images per step (with all their captions): X-Dim scores this block")
+    distill.add_argument("--learning_rate", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
+    distill.add_argument("--temperature", type=float, default=0.05, help="temperature of X-Dim's score softmax")
+    distill.add_argument("--size", type=int, default=shortlist.DEFAULT_SIZE, help="global vector size")
+    distill.add_argument("--seed", type=int, default=0, help="random seed")
+    distill.add_argument("--out", default=None, metavar="FILE",
+                         help="head file (default: beside the checkpoint, *.shortlist.pth)")
+    distill.add_argument("--bert_path", default=None, help="BERT folder (default: the checkpoint's own)")
+    distill.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto")
+
+    build = commands.add_parser("build", help="encode a gallery into an index folder",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_model_options(build)
+    gallery = build.add_mutually_exclusive_group(required=True)
+    gallery.add_argument("--images", metavar="FILE", help="{split}_ims.npy: an image gallery, for text queries")
+    gallery.add_argument("--captions", metavar="FILE",
+                         help="a text file, one caption per line: a caption gallery, for image queries")
+    build.add_argument("--index", required=True, metavar="DIR", help="index folder to create")
+    build.add_argument("--index_type", default="auto", choices=retrieval.INDEX_TYPES,
+                       help=f"stage-one index: exact inner product (flat), HNSW, or auto (flat below "
+                            f"{retrieval.APPROXIMATE_FROM:,} items)")
+    build.add_argument("--batch_size", type=int, default=128, help="items per encoder batch")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    build.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+
+    query = commands.add_parser("query", help="search an index",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    query.add_argument("--index", required=True, metavar="DIR", help="index folder (retrieve.py build)")
+    asked = query.add_mutually_exclusive_group(required=True)
+    asked.add_argument("--query", help="text to search images for")
+    asked.add_argument("--queries", metavar="FILE", help="text file, one query per line")
+    asked.add_argument("--image_index", type=int, metavar="N", help="row N of --images: search captions for it")
+    asked.add_argument("--image_id", metavar="ID", help="the image with this id in the {split}_ids.txt beside --images")
+    query.add_argument("--images", metavar="FILE", default=None,
+                       help="{split}_ims.npy holding the query image (default: the one beside the "
+                            "caption file the index was built from)")
+    query.add_argument("--top_k", type=int, default=retrieval.DEFAULT_TOP_K, help="results per query")
+    query.add_argument("--shortlist", type=int, default=retrieval.DEFAULT_SHORTLIST,
+                       help="stage-one candidates X-Dim scores per query")
+    query.add_argument("--json", metavar="FILE", default=None, help="also write the results to this JSON file")
+    _add_model_options(query, required=False)
+    return parser
+
+
+def _load(args, model_path):
+    """-> (model, its weights fingerprint, global-vector encoder)."""
+    from lib import shortlist
+    from lib.checkpoint import weights_fingerprint
+    from lib.vse import VSEModel
+    model = VSEModel.from_checkpoint(model_path, bert_path=args.bert_path, device=args.device)
+    fingerprint = weights_fingerprint(model.state_dict())
+    return model, fingerprint, shortlist.global_encoder(model, fingerprint, model_path, getattr(args, "head", None))
+
+
+def run_distill(args):
+    from lib import shortlist
+    from lib.bert import load_tokenizer
+    from lib.checkpoint import weights_fingerprint
+    from lib.datasets.precomp import CaptionEncoder, open_split
+    from lib.vse import VSEModel
+    for name in ("epochs", "batch_images", "size"):
+        if getattr(args, name) < 1:
+            raise XDimError(f"--{name} must be at least 1")
+    model = VSEModel.from_checkpoint(args.model_path, bert_path=args.bert_path, device=args.device)
+    split = open_split(args.data_path or model.opt.data_path, args.data_name or model.opt.data_name,
+                       args.split, img_dim=model.opt.img_dim)
+    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), model.bert_config["max_position_embeddings"])
+    out = args.out or shortlist.default_head_path(args.model_path)
+    start = time.time()
+    head, loss = shortlist.distill_head(model, split, encoder, args.epochs, args.batch_images, args.learning_rate,
+                                        args.temperature, args.size, seed=args.seed)
+    details = {"split": split.images_path, "epochs": args.epochs, "batch_images": args.batch_images,
+               "learning_rate": args.learning_rate, "temperature": args.temperature, "final_loss": loss}
+    shortlist.save_head(head, out, weights_fingerprint(model.state_dict()), details)
+    print(f"distilled a {args.size}-d shortlist head on {split.n_images} images in {time.time() - start:.0f} s "
+          f"(last epoch's loss {loss:.4f}) -> {out}")
+
+
+def run_build(args):
+    from lib import retrieval
+    model, _, encoder = _load(args, args.model_path)
+    start = time.time()
+    manifest = retrieval.build_index(model, encoder, args.index, images=args.images, captions=args.captions,
+                                     model_path=args.model_path, batch_size=args.batch_size,
+                                     index_type=args.index_type, overwrite=args.overwrite,
+                                     progress=not args.no_progress)
+    print(f"indexed {manifest['count']} {manifest['gallery']} in {time.time() - start:.1f} s: "
+          f"{manifest['index_type']} FAISS index of {manifest['global']['kind']} vectors "
+          f"({manifest['global']['size']}-d) -> {args.index}")
+
+
+def _query_image(args, manifest, img_dim):
+    """-> (label, features (R, img_dim), real regions) of the image asked for."""
+    from lib import retrieval
+    path = args.images or manifest["source"].get("query_images")
+    if not path:
+        raise XDimError("give --images FILE: the index's caption file has no {split}_ims.npy beside it")
+    images, ids, counts = retrieval.load_gallery_images(path, img_dim)
+    if args.image_id is not None:
+        if args.image_id not in ids:
+            raise XDimError(f"--image_id {args.image_id}: unknown id (not in the ids of {path})")
+        row = ids.index(args.image_id)
+    else:
+        row = args.image_index
+        if not 0 <= row < len(images):
+            raise XDimError(f"--image_index {row}: out of range, {path} holds images 0..{len(images) - 1}")
+    return f"image {ids[row]} (row {row} of {path})", images[row], int(counts[row])
+
+
+def run_query(args):
+    from lib import retrieval
+    from lib.datasets.precomp import read_captions
+    if args.top_k < 1 or args.shortlist < 1:
+        raise XDimError("--top_k and --shortlist must be at least 1")
+    manifest = retrieval.read_manifest(args.index)
+    text_query = args.query is not None or args.queries is not None
+    retrieval.expect_gallery(manifest, args.index, "images" if text_query else "captions")
+    model_path = args.model_path or manifest["model"].get("path")
+    if not model_path:
+        raise XDimError(f"{args.index}: the manifest names no checkpoint; give --model_path")
+    model, _, encoder = _load(args, model_path)
+    gallery = retrieval.GalleryIndex.open(args.index, model, encoder)
+    shortlist_size = max(args.shortlist, args.top_k)
+    results = []
+    if text_query:
+        texts = [args.query] if args.query is not None else read_captions(args.queries)
+        for text in texts:
+            start = time.time()
+            hits = gallery.search_text(text, args.top_k, shortlist_size)
+            results.append((text, hits, time.time() - start))
+    else:
+        label, regions, count = _query_image(args, manifest, model.opt.img_dim)
+        start = time.time()
+        results.append((label, gallery.search_image(regions, count, args.top_k, shortlist_size), time.time() - start))
+    for label, hits, seconds in results:
+        print(f"{label}: top {len(hits)} of {len(gallery)} {gallery.gallery} "
+              f"(X-Dim on {min(shortlist_size, len(gallery))} shortlisted, {1000 * seconds:.0f} ms)")
+        for hit in hits:
+            print(f"  {hit.rank:3d}. {hit.score:8.4f}  #{hit.index}  {hit.item}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([{"query": label, "seconds": seconds, "hits": retrieval.hits_as_dicts(hits)}
+                       for label, hits, seconds in results], f, indent=2)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        {"distill": run_distill, "build": run_build, "query": run_query}[args.command](args)
+    except (XDimError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
