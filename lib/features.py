@@ -23,8 +23,8 @@ Flickr30K nothing is dropped); an image with fewer is padded with zero rows,
 and its true count is kept in `S_image_info.npy` (retrieve.py masks the padding).
 
 Conversion streams: the records are counted first (a newline scan of the TSV
-files, a file listing for npz), then each record is decoded and written straight
-into memory-mapped outputs, so memory does not grow with the number of images.
+files, a file listing for npz), then each record is decoded and appended to the
+outputs, so memory does not grow with the number of images.
 Outputs are written under temporary names and renamed only when every record was
 read, so a malformed record (reported with its file and line) leaves the folder
 as it was.
@@ -184,40 +184,62 @@ def fit_regions(record, regions):
     return features, boxes, real
 
 
+class NpyWriter:
+    """Write a .npy file of known shape block by block, appending in order.
+
+    Plain appends (no memory map) keep the resident memory of a large conversion or
+    index build flat. `close` raises ValueError unless exactly shape[0] rows were written.
+    """
+
+    def __init__(self, path, shape, dtype):
+        self.path, self.shape, self.dtype, self.rows = path, tuple(shape), np.dtype(dtype), 0
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                         "fortran_order": False, "shape": self.shape})
+
+    def write(self, block):
+        """Append rows: block (b, *shape[1:])."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.shape[0]:
+            raise ValueError(f"{self.path}: block {block.shape} does not fit an array {self.shape} "
+                             f"after {self.rows} rows")
+        self.file.write(block.tobytes())
+        self.rows += len(block)
+
+    def close(self):
+        self.file.close()
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.path}: {self.rows} rows written, expected {self.shape[0]}")
+
+
 class _SplitWriter:
-    """Memory-mapped outputs under temporary names; `commit` renames them into place."""
+    """The four outputs under temporary names; `commit` renames them into place."""
 
     def __init__(self, out_folder, split, n_images, regions, feature_dim):
         self.final = output_paths(out_folder, split)
         self.temporary = {suffix: os.path.join(out_folder, f".{split}{suffix}.{os.getpid()}.tmp")
                           for suffix in OUTPUT_SUFFIXES}
-        open_memmap = np.lib.format.open_memmap
-        self.features = open_memmap(self.temporary["_ims.npy"], mode="w+", dtype=np.float32,
-                                    shape=(n_images, regions, feature_dim))
-        self.boxes = open_memmap(self.temporary["_boxes.npy"], mode="w+", dtype=np.float32,
-                                 shape=(n_images, regions, 4))
-        self.info = open_memmap(self.temporary["_image_info.npy"], mode="w+", dtype=np.int64,
-                                shape=(n_images, 3))
+        self.feature_dim = feature_dim
+        self.arrays = [NpyWriter(self.temporary["_ims.npy"], (n_images, regions, feature_dim), np.float32),
+                       NpyWriter(self.temporary["_boxes.npy"], (n_images, regions, 4), np.float32),
+                       NpyWriter(self.temporary["_image_info.npy"], (n_images, 3), np.int64)]
         self.ids = open(self.temporary["_ids.txt"], "w", encoding="utf-8")
 
-    def write(self, row, image_id, features, boxes, info):
-        self.features[row], self.boxes[row], self.info[row] = features, boxes, info
+    def write(self, image_id, features, boxes, info):
+        for array, row in zip(self.arrays, (features, boxes, info)):
+            array.write(np.asarray(row)[None])
         self.ids.write(image_id + "\n")
 
-    def close(self):
-        for array in (self.features, self.boxes, self.info):
-            array.flush()
-        del self.features, self.boxes, self.info
-        self.ids.close()
-
     def commit(self):
-        self.close()
+        for array in self.arrays:
+            array.close()
+        self.ids.close()
         for suffix, path in self.temporary.items():
             os.replace(path, self.final[suffix])
 
     def discard(self):
-        if not self.ids.closed:
-            self.close()
+        for handle in [array.file for array in self.arrays] + [self.ids]:
+            handle.close()
         for path in self.temporary.values():
             if os.path.exists(path):
                 os.remove(path)
@@ -274,15 +296,15 @@ def convert(records, n_images, out_folder, split, regions=REGIONS, overwrite=Fal
             if row == n_images:
                 raise XDimError(f"{record.where}: more records than the {n_images} counted")
             _check_id(record, seen)
-            _check_features(record, writer.features.shape[2])
+            _check_features(record, writer.feature_dim)
             features, boxes, real = fit_regions(record, regions)
             truncated += len(record.features) > regions
             padded += len(record.features) < regions
-            writer.write(row, record.image_id, features, boxes, (record.width, record.height, real))
+            writer.write(record.image_id, features, boxes, (record.width, record.height, real))
             row += 1
         if row != n_images:
             raise XDimError(f"read {row} image records, expected {n_images}")
-        feature_dim = writer.features.shape[2]
+        feature_dim = writer.feature_dim
         writer.commit()
     except BaseException:
         if writer is not None:

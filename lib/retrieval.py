@@ -40,6 +40,7 @@ from lib import metrics, shortlist
 from lib.checkpoint import weights_fingerprint
 from lib.datasets.precomp import CaptionEncoder, load_region_features, pad_tokens, read_captions
 from lib.errors import XDimError, first_line
+from lib.features import NpyWriter
 from lib.scoring import RaggedCaptions
 
 INDEX_FORMAT = "xdim-gallery-index"
@@ -248,22 +249,19 @@ def _write_json(path, data):
 
 
 def _encode_image_gallery(model, encoder, images, counts, folder, batch_size, progress):
-    """Region embeddings (float16) and global vectors of every image, streamed to `folder`."""
+    """Region embeddings (float16) and global vectors of every image, appended to files in `folder`."""
     n, regions = images.shape[:2]
-    d = model.opt.embed_size
-    region_file = np.lib.format.open_memmap(os.path.join(folder, "regions.npy"), mode="w+",
-                                            dtype=np.float16, shape=(n, regions, d))
-    global_file = np.lib.format.open_memmap(os.path.join(folder, "global.npy"), mode="w+",
-                                            dtype=np.float32, shape=(n, encoder.size))
+    region_file = NpyWriter(os.path.join(folder, "regions.npy"), (n, regions, model.opt.embed_size), np.float16)
+    global_file = NpyWriter(os.path.join(folder, "global.npy"), (n, encoder.size), np.float32)
     for i0 in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress):
         batch = torch.from_numpy(np.array(images[i0:i0 + batch_size], dtype=np.float32))
         lengths = torch.from_numpy(counts[i0:i0 + batch_size])
         emb = model.encode_images(batch, lengths).cpu()
-        region_file[i0:i0 + len(emb)] = emb.numpy().astype(np.float16)
-        global_file[i0:i0 + len(emb)] = encoder.images(emb, lengths).numpy()
+        region_file.write(emb.numpy())
+        global_file.write(encoder.images(emb, lengths).numpy())
+    region_file.close()
+    global_file.close()
     np.save(os.path.join(folder, "lengths.npy"), counts)
-    region_file.flush()
-    global_file.flush()
     return {"regions": int(regions)}
 
 
@@ -273,23 +271,20 @@ def caption_token_ids(captions, caption_encoder, progress=True):
 
 
 def _encode_caption_gallery(model, encoder, token_ids, folder, batch_size, progress):
-    """Token embeddings (float16, unpadded) and global vectors of every caption, streamed to `folder`."""
-    lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    d = model.opt.embed_size
-    token_file = np.lib.format.open_memmap(os.path.join(folder, "tokens.npy"), mode="w+",
-                                           dtype=np.float16, shape=(int(offsets[-1]), d))
-    global_file = np.lib.format.open_memmap(os.path.join(folder, "global.npy"), mode="w+",
-                                            dtype=np.float32, shape=(len(token_ids), encoder.size))
+    """Token embeddings (float16, unpadded) and global vectors of every caption, appended to files in `folder`."""
+    offsets = np.concatenate([[0], np.cumsum([len(ids) for ids in token_ids])]).astype(np.int64)
+    token_file = NpyWriter(os.path.join(folder, "tokens.npy"), (int(offsets[-1]), model.opt.embed_size),
+                           np.float16)
+    global_file = NpyWriter(os.path.join(folder, "global.npy"), (len(token_ids), encoder.size), np.float32)
     for c0 in tqdm(range(0, len(token_ids), batch_size), desc="encode captions", disable=not progress):
         ids, lens = pad_tokens([torch.tensor(t) for t in token_ids[c0:c0 + batch_size]])
         emb = model.encode_captions(ids, lens).cpu()
         real = torch.arange(emb.shape[1]) < lens[:, None]
-        token_file[offsets[c0]:offsets[c0 + len(emb)]] = emb[real].numpy().astype(np.float16)
-        global_file[c0:c0 + len(emb)] = encoder.captions(emb, lens).numpy()
+        token_file.write(emb[real].numpy())
+        global_file.write(encoder.captions(emb, lens).numpy())
+    token_file.close()
+    global_file.close()
     np.save(os.path.join(folder, "offsets.npy"), offsets)
-    token_file.flush()
-    global_file.flush()
     return {"tokens": int(offsets[-1])}
 
 
