@@ -28,7 +28,7 @@ def _add_model_options(parser, required=True):
                         help="shortlist head (default: the .shortlist.pth file beside the checkpoint if "
                              "there is one, else parameter-free mean pooling)")
     parser.add_argument("--bert_path", default=None, help="BERT folder (default: the checkpoint's own)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default %(default)s)")
 
 
 def build_parser():
@@ -38,26 +38,24 @@ def build_parser():
                                      epilog=__doc__.split("\n", 2)[2])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    distill = commands.add_parser("distill", help="train a shortlist head that imitates X-Dim's ranking",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    distill = commands.add_parser("distill", help="train a shortlist head that imitates X-Dim's ranking")
     distill.add_argument("--model_path", required=True, help="X-Dim checkpoint (frozen, not modified)")
     distill.add_argument("--data_path", default=None, help="folder holding {data_name}/ (default: the checkpoint's)")
     distill.add_argument("--data_name", default=None, help="dataset folder name (default: the checkpoint's)")
-    distill.add_argument("--split", default="train", help="split to distill on")
-    distill.add_argument("--epochs", type=int, default=20, help="passes over the split's images")
+    distill.add_argument("--split", default="train", help="split to distill on (default %(default)s)")
+    distill.add_argument("--epochs", type=int, default=20, help="passes over the split's images (default %(default)s)")
     distill.add_argument("--batch_images", type=int, default=100,
-                         help="images per step (with all their captions): X-Dim scores this block")
-    distill.add_argument("--learning_rate", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
-    distill.add_argument("--temperature", type=float, default=0.05, help="temperature of X-Dim's score softmax")
-    distill.add_argument("--size", type=int, default=shortlist.DEFAULT_SIZE, help="global vector size")
-    distill.add_argument("--seed", type=int, default=0, help="random seed")
+                         help="images per step, with all their captions: X-Dim scores this block (default %(default)s)")
+    distill.add_argument("--learning_rate", type=float, default=2e-3, help="Adam learning rate, cosine decay (default %(default)s)")
+    distill.add_argument("--temperature", type=float, default=0.05, help="temperature of the softmax over X-Dim's scores (default %(default)s)")
+    distill.add_argument("--size", type=int, default=shortlist.DEFAULT_SIZE, help="global vector size (default %(default)s)")
+    distill.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     distill.add_argument("--out", default=None, metavar="FILE",
                          help="head file (default: beside the checkpoint, *.shortlist.pth)")
     distill.add_argument("--bert_path", default=None, help="BERT folder (default: the checkpoint's own)")
-    distill.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto")
+    distill.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default %(default)s)")
 
-    build = commands.add_parser("build", help="encode a gallery into an index folder",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    build = commands.add_parser("build", help="encode a gallery into an index folder")
     _add_model_options(build)
     gallery = build.add_mutually_exclusive_group(required=True)
     gallery.add_argument("--images", metavar="FILE", help="{split}_ims.npy: an image gallery, for text queries")
@@ -66,13 +64,12 @@ def build_parser():
     build.add_argument("--index", required=True, metavar="DIR", help="index folder to create")
     build.add_argument("--index_type", default="auto", choices=retrieval.INDEX_TYPES,
                        help=f"stage-one index: exact inner product (flat), HNSW, or auto (flat below "
-                            f"{retrieval.APPROXIMATE_FROM:,} items)")
-    build.add_argument("--batch_size", type=int, default=128, help="items per encoder batch")
+                            f"{retrieval.APPROXIMATE_FROM:,} items; default %(default)s)")
+    build.add_argument("--batch_size", type=int, default=128, help="items per encoder batch (default %(default)s)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     build.add_argument("--no_progress", action="store_true", help="hide the progress bars")
 
-    query = commands.add_parser("query", help="search an index",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    query = commands.add_parser("query", help="search an index")
     query.add_argument("--index", required=True, metavar="DIR", help="index folder (retrieve.py build)")
     asked = query.add_mutually_exclusive_group(required=True)
     asked.add_argument("--query", help="text to search images for")
@@ -82,9 +79,9 @@ def build_parser():
     query.add_argument("--images", metavar="FILE", default=None,
                        help="{split}_ims.npy holding the query image (default: the one beside the "
                             "caption file the index was built from)")
-    query.add_argument("--top_k", type=int, default=retrieval.DEFAULT_TOP_K, help="results per query")
+    query.add_argument("--top_k", type=int, default=retrieval.DEFAULT_TOP_K, help="results per query (default %(default)s)")
     query.add_argument("--shortlist", type=int, default=retrieval.DEFAULT_SHORTLIST,
-                       help="stage-one candidates X-Dim scores per query")
+                       help="stage-one candidates that X-Dim scores per query (default %(default)s)")
     query.add_argument("--json", metavar="FILE", default=None, help="also write the results to this JSON file")
     _add_model_options(query, required=False)
     return parser

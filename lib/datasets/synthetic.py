@@ -136,6 +136,14 @@ def write_demo_split(folder, split, n_images, prototypes, rng, n_regions=36, noi
         f.write("\n".join(captions) + "\n")
 
 
+def demo_prototypes(img_dim=64, seed=0):
+    """The demo's object, colour and background prototype vectors (each (count, img_dim)), from `seed`."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((len(DEMO_OBJECTS), img_dim)),
+            rng.standard_normal((len(DEMO_COLOURS), img_dim)),
+            rng.standard_normal((N_BACKGROUNDS, img_dim)))
+
+
 def write_demo_dataset(folder, img_dim=64, n_regions=36, sizes=None, seed=0, noise=1.0,
                        with_bert=True):
     """Write the synthetic demo in the real precomp layout; deterministic from `seed`.
@@ -148,10 +156,7 @@ def write_demo_dataset(folder, img_dim=64, n_regions=36, sizes=None, seed=0, noi
     """
     data_folder = os.path.join(folder, DEMO_DATA_NAME)
     os.makedirs(data_folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    prototypes = (rng.standard_normal((len(DEMO_OBJECTS), img_dim)),
-                  rng.standard_normal((len(DEMO_COLOURS), img_dim)),
-                  rng.standard_normal((N_BACKGROUNDS, img_dim)))
+    prototypes = demo_prototypes(img_dim, seed)
     for number, (split, n_images) in enumerate((sizes or DEMO_SPLITS).items(), start=1):
         write_demo_split(data_folder, split, n_images, prototypes,
                          np.random.default_rng([seed, number]), n_regions, noise)
