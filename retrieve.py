@@ -43,12 +43,15 @@ def build_parser():
     distill.add_argument("--data_path", default=None, help="folder holding {data_name}/ (default: the checkpoint's)")
     distill.add_argument("--data_name", default=None, help="dataset folder name (default: the checkpoint's)")
     distill.add_argument("--split", default="train", help="split to distill on (default %(default)s)")
-    distill.add_argument("--epochs", type=int, default=20, help="passes over the split's images (default %(default)s)")
+    distill.add_argument("--epochs", type=int, default=30, help="passes over the split's images (default %(default)s)")
     distill.add_argument("--batch_images", type=int, default=100,
                          help="images per step, with all their captions: X-Dim scores this block (default %(default)s)")
     distill.add_argument("--learning_rate", type=float, default=2e-3, help="Adam learning rate, cosine decay (default %(default)s)")
     distill.add_argument("--temperature", type=float, default=0.05, help="temperature of the softmax over X-Dim's scores (default %(default)s)")
     distill.add_argument("--size", type=int, default=shortlist.DEFAULT_SIZE, help="global vector size (default %(default)s)")
+    distill.add_argument("--group", type=int, default=4,
+                         help="after the first epoch, batches are made of groups of this many images the "
+                              "head finds alike (1: random batches; default %(default)s)")
     distill.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     distill.add_argument("--out", default=None, metavar="FILE",
                          help="head file (default: beside the checkpoint, *.shortlist.pth)")
@@ -113,9 +116,10 @@ def run_distill(args):
     out = args.out or shortlist.default_head_path(args.model_path)
     start = time.time()
     head, loss = shortlist.distill_head(model, split, encoder, args.epochs, args.batch_images, args.learning_rate,
-                                        args.temperature, args.size, seed=args.seed)
+                                        args.temperature, args.size, group=args.group, seed=args.seed)
     details = {"split": split.images_path, "epochs": args.epochs, "batch_images": args.batch_images,
-               "learning_rate": args.learning_rate, "temperature": args.temperature, "final_loss": loss}
+               "learning_rate": args.learning_rate, "temperature": args.temperature, "group": args.group,
+               "final_loss": loss}
     shortlist.save_head(head, out, weights_fingerprint(model.state_dict()), details)
     print(f"distilled a {args.size}-d shortlist head on {split.n_images} images in {time.time() - start:.0f} s "
           f"(last epoch's loss {loss:.4f}) -> {out}")

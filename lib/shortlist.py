@@ -70,43 +70,57 @@ class MeanPooling:
 
 
 class _GatedSum(nn.Module):
-    """Per element: gate = sigmoid(MLP(x)), value = Linear(x); item vector = l2n(sum gate * value)."""
+    """Per element x: gate = sigmoid(MLP(x)), value = Linear(x).
+
+    -> (direction (n, size): l2n(sum of gate * value), offset (n,): a linear function
+    of the gate-weighted mean of x).
+    """
 
     def __init__(self, embed_size, size, hidden):
         super().__init__()
         self.gate = nn.Sequential(nn.Linear(embed_size, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.value = nn.Linear(embed_size, size)
+        self.offset = nn.Linear(embed_size, 1)
 
     def forward(self, emb, mask):
-        """emb (n, S, d), mask (n, S) -> (n, size)."""
+        """emb (n, S, d), mask (n, S)."""
         gates = torch.sigmoid(self.gate(emb)).squeeze(-1) * mask
-        return F.normalize((gates.unsqueeze(-1) * self.value(emb)).sum(1), dim=-1)
+        direction = F.normalize((gates.unsqueeze(-1) * self.value(emb)).sum(1), dim=-1)
+        mean = (gates.unsqueeze(-1) * emb).sum(1) / gates.sum(1, keepdim=True).clamp(min=1e-6)
+        return direction, self.offset(mean).squeeze(-1)
 
 
 class ShortlistHead(nn.Module):
-    """Distilled global vectors: a gated sum for images and one for captions (see module docstring)."""
+    """Distilled global vectors whose inner product is scale * cos(u_img, u_cap) + b_img + b_cap.
+
+    Image vector [scale * u_img, 1, b_img], caption vector [u_cap, b_cap, 1] (size + 2
+    floats each): the offsets let one vector per side express that X-Dim gives some
+    captions (and some images) higher scores against everything, which a cosine
+    alone cannot; they matter when ranking captions for an image.
+    """
 
     def __init__(self, embed_size, size=DEFAULT_SIZE, hidden=DEFAULT_HIDDEN):
         super().__init__()
         self.config = {"embed_size": embed_size, "size": size, "hidden": hidden}
-        self.size = size
+        self.size = size + 2
         self.image_pool = _GatedSum(embed_size, size, hidden)
         self.caption_pool = _GatedSum(embed_size, size, hidden)
-        # Student scores are cosines: a learned scale turns them into logits.
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
 
     def describe(self):
         return {"kind": "head", "size": self.size, "fingerprint": weights_fingerprint(self.state_dict())}
 
     def images(self, img_emb, lengths=None):
-        """img_emb (n, R, d), lengths (n,) real regions or None -> (n, size)."""
+        """img_emb (n, R, d), lengths (n,) real regions or None -> (n, size + 2)."""
         mask = real_mask(lengths, img_emb.shape[1], len(img_emb)).to(img_emb.device)
-        return self.image_pool(img_emb.float(), mask)
+        direction, offset = self.image_pool(img_emb.float(), mask)
+        return torch.cat([direction * self.log_scale.exp(), torch.ones_like(offset)[:, None], offset[:, None]], 1)
 
     def captions(self, cap_emb, lengths):
-        """cap_emb (n, L, d), lengths (n,) real tokens -> (n, size)."""
+        """cap_emb (n, L, d), lengths (n,) real tokens -> (n, size + 2)."""
         mask = real_mask(lengths, cap_emb.shape[1], len(cap_emb)).to(cap_emb.device)
-        return self.caption_pool(cap_emb.float(), mask)
+        direction, offset = self.caption_pool(cap_emb.float(), mask)
+        return torch.cat([direction, offset[:, None], torch.ones_like(offset)[:, None]], 1)
 
 
 # ---------------------------------------------------------------- distillation
@@ -136,13 +150,57 @@ def _encode_batch(model, split_files, caption_encoder, image_ids):
     return model.encode_images(images), model.encode_captions(tokens, lens), lens.to(model.device)
 
 
-def distill_head(model, split_files, caption_encoder, epochs=20, batch_images=100, lr=2e-3, temperature=0.05,
-                 size=DEFAULT_SIZE, hidden=DEFAULT_HIDDEN, seed=0, progress=True):
+def _split_image_vectors(model, head, split_files, batch=256):
+    """The head's vectors of every image of the split (n, size + 2), in eval mode without gradients."""
+    head.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, split_files.n_images, batch):
+            images = torch.from_numpy(np.array(split_files.images[start:start + batch], dtype=np.float32))
+            out.append(head.images(model.encode_images(images)).cpu())
+    head.train()
+    return torch.cat(out)
+
+
+def neighbour_order(vectors, group, generator, chunk=1024):
+    """An epoch's image order in which consecutive runs of `group` images are near neighbours.
+
+    vectors (n, g): the head's current image vectors. Anchors are taken in random
+    order; each collects its nearest images not yet taken (by inner product), and
+    the groups are shuffled. Batches cut from this order hold images (and so
+    captions) that the head confuses, the negatives it learns most from.
+    -> (n,) int64 permutation.
+    """
+    n = len(vectors)
+    neighbours = []
+    for start in range(0, n, chunk):
+        scores = vectors[start:start + chunk] @ vectors.t()
+        rows = torch.arange(len(scores))
+        scores[rows, start + rows] = -float("inf")
+        neighbours.append(scores.topk(min(2 * group, n - 1), dim=1).indices)
+    neighbours = torch.cat(neighbours).tolist()
+    taken = np.zeros(n, dtype=bool)
+    groups = []
+    for anchor in torch.randperm(n, generator=generator).tolist():
+        if taken[anchor]:
+            continue
+        members = [anchor]
+        for other in neighbours[anchor]:
+            if len(members) < group and not taken[other]:
+                members.append(other)
+        taken[members] = True
+        groups.append(members)
+    return np.array([i for k in torch.randperm(len(groups), generator=generator).tolist() for i in groups[k]])
+
+
+def distill_head(model, split_files, caption_encoder, epochs=30, batch_images=100, lr=2e-3, temperature=0.05,
+                 size=DEFAULT_SIZE, hidden=DEFAULT_HIDDEN, group=4, seed=0, progress=True):
     """Train a ShortlistHead to imitate X-Dim's ranking on `split_files` (the training split).
 
-    Each step takes `batch_images` random images with all their captions; X-Dim's
-    scores of that (b, b * cpi) block are the teacher. The model is frozen (eval
-    mode, no gradients). -> (head in eval mode, mean loss of the last epoch).
+    Each step takes `batch_images` images with all their captions; X-Dim's scores
+    of that (b, b * cpi) block are the teacher. The first epoch draws images at
+    random, later ones in `neighbour_order` groups of `group`. The model is frozen
+    (eval mode, no gradients). -> (head in eval mode, mean loss of the last epoch).
     """
     model.val_start()
     generator = torch.Generator().manual_seed(seed)
@@ -153,15 +211,19 @@ def distill_head(model, split_files, caption_encoder, epochs=20, batch_images=10
     steps_per_epoch = max(1, math.ceil(n_images / batch_images))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     bar = tqdm(total=epochs * steps_per_epoch, desc="distill", disable=not progress)
-    for _ in range(epochs):
-        order = torch.randperm(n_images, generator=generator).numpy()
+    for epoch in range(epochs):
+        if epoch == 0 or group < 2:
+            order = torch.randperm(n_images, generator=generator).numpy()
+        else:
+            order = neighbour_order(_split_image_vectors(model, head, split_files).to(model.device), group,
+                                    generator)
         losses = []
         for start in range(0, n_images, batch_images):
             image_ids = np.sort(order[start:start + batch_images])
             with torch.no_grad():
                 img_emb, cap_emb, cap_lens = _encode_batch(model, split_files, caption_encoder, image_ids)
                 teacher = model.forward_sim(img_emb, cap_emb, cap_lens)
-            student = head.images(img_emb) @ head.captions(cap_emb, cap_lens).t() * head.log_scale.exp()
+            student = head.images(img_emb) @ head.captions(cap_emb, cap_lens).t()
             loss = listwise_kl(student, teacher, temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

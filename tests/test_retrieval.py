@@ -236,6 +236,32 @@ def test_mean_pooling_by_hand():
     assert everything[0].tolist() == pytest.approx([6 / 37 ** 0.5, 1 / 37 ** 0.5])
 
 
+def test_neighbour_order_groups_nearest_images():
+    # Three tight clusters of four images each, far apart: every group of 4 is one cluster.
+    centres = torch.eye(3) * 10
+    vectors = torch.cat([centres[k] + 0.01 * torch.randn(4, 3) for k in range(3)])
+    cluster = np.repeat(np.arange(3), 4)
+    order = shortlist.neighbour_order(vectors, 4, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(12))
+    assert [len(set(cluster[order[i:i + 4]])) for i in range(0, 12, 4)] == [1, 1, 1]
+
+
+def test_head_inner_product_is_scaled_cosine_plus_offsets():
+    torch.manual_seed(0)
+    head = shortlist.ShortlistHead(EMBED, size=8, hidden=4)
+    img, cap, lens = torch.randn(3, 5, EMBED), torch.randn(4, 6, EMBED), torch.tensor([6, 2, 3, 1])
+    img_vec, cap_vec = head.images(img), head.captions(cap, lens)
+    assert img_vec.shape == (3, 10) and cap_vec.shape == (4, 10)
+    u_img, b_img = head.image_pool(img, torch.ones(3, 5))
+    u_cap, b_cap = head.caption_pool(cap, (torch.arange(6) < lens[:, None]).float())
+    expected = head.log_scale.exp() * (u_img @ u_cap.t()) + b_img[:, None] + b_cap[None, :]
+    torch.testing.assert_close(img_vec @ cap_vec.t(), expected)
+    # padded tokens do not matter
+    changed = cap.clone()
+    changed[1, 2:] = 100.0
+    torch.testing.assert_close(head.captions(changed, lens), cap_vec)
+
+
 def test_distillation_learns_and_leaves_the_model_unchanged(setup, tiny_precomp, tmp_path):
     model = setup["model"]
     data_path, data_name = tiny_precomp
@@ -246,7 +272,7 @@ def test_distillation_learns_and_leaves_the_model_unchanged(setup, tiny_precomp,
     def agreement_loss(head):
         with torch.no_grad():
             img, cap, lens = shortlist._encode_batch(model, split, encoder, np.arange(32))
-            student = head.images(img) @ head.captions(cap, lens).t() * head.log_scale.exp()
+            student = head.images(img) @ head.captions(cap, lens).t()
             return float(shortlist.listwise_kl(student, model.forward_sim(img, cap, lens), 0.05))
 
     torch.manual_seed(0)
@@ -275,7 +301,7 @@ def test_distill_cli_head_is_used_by_eval_and_build(setup, tiny_precomp, tmp_pat
     assert eval_cli.main(["--model_path", path, "--data_path", data_path, "--data_name", data_name,
                           "--workers", "0", "--no_progress", "--shortlist", "3", "--json", str(out)]) == 0
     vectors = json.load(open(out))["shortlist"]["vectors"]
-    assert vectors["kind"] == "head" and vectors["size"] == 8
+    assert vectors["kind"] == "head" and vectors["size"] == 10  # 8 + the two offset coordinates
     index = str(tmp_path / "idx")
     assert retrieve.main(["build", "--model_path", path, "--images", setup["split"].images_path,
                           "--index", index, "--no_progress"]) == 0

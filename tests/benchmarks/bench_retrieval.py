@@ -113,20 +113,38 @@ def library_recalls(model, encoder, split, workdir, k):
     return 100 * t2i, 100 * i2t, text_seconds, image_seconds
 
 
+def exhaustive_scores(model, img_emb, captions, workdir, name, fingerprint):
+    """The split's full X-Dim score matrix -> (sims, seconds it took, load average then).
+
+    Kept in `workdir` with the weights' fingerprint, so a rerun with --workdir reuses it.
+    """
+    cache = os.path.join(workdir, f"{name}_exhaustive")
+    if os.path.isfile(cache + ".json"):
+        with open(cache + ".json") as f:
+            saved = json.load(f)
+        if saved["fingerprint"] == fingerprint and saved["shape"] == [len(img_emb), len(captions)]:
+            return np.load(cache + ".npy"), saved["seconds"], saved["load"] + ", reused from " + cache
+    start = time.time()
+    sims = scoring.model_sims(model, img_emb, captions, progress=False)
+    seconds, when = time.time() - start, load()
+    np.save(cache + ".npy", sims)
+    with open(cache + ".json", "w") as f:
+        json.dump({"fingerprint": fingerprint, "shape": list(sims.shape), "seconds": seconds, "load": when}, f)
+    return sims, seconds, when
+
+
 def compare_on_split(model, model_path, split, workdir, k, name):
     """Exhaustive vs two-stage R@1 on one split, with the checkpoint's head and with mean pooling."""
     encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), model.bert_config["max_position_embeddings"])
-    start = time.time()
+    fingerprint = weights_fingerprint(model.state_dict())
     img_emb, captions = scoring.encode_split(model, split, encoder, progress=False)
-    sims = scoring.model_sims(model, img_emb, captions, progress=False)
-    exhaustive_seconds = time.time() - start
+    sims, exhaustive_seconds, when = exhaustive_scores(model, img_emb, captions, workdir, name, fingerprint)
     exhaustive = metrics.evaluate_sims(sims, split.captions_per_image)[0]
     n_img, n_cap = sims.shape
     print(f"[{name}] {n_img} images x {n_cap} captions, exhaustive X-Dim: {n_img * n_cap:,} pair scores "
-          f"in {exhaustive_seconds:.1f} s ({load()})")
+          f"in {exhaustive_seconds:.1f} s ({when})")
     print(f"[{name}]   exhaustive R@1: text-to-image {exhaustive['t2i_r1']:.2f}, image-to-text "
           f"{exhaustive['i2t_r1']:.2f}")
-    fingerprint = weights_fingerprint(model.state_dict())
     head = shortlist.global_encoder(model, fingerprint, model_path)
     for encoder_ in ([head, shortlist.MeanPooling(model.opt.embed_size)]
                      if head.describe()["kind"] == "head" else [head]):
