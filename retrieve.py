@@ -40,15 +40,21 @@ def build_parser():
 
     distill = commands.add_parser("distill", help="train a shortlist head that imitates X-Dim's ranking")
     distill.add_argument("--model_path", required=True, help="X-Dim checkpoint (frozen, not modified)")
-    distill.add_argument("--data_path", default=None, help="folder holding {data_name}/ (default: the checkpoint's)")
+    distill.add_argument("--data_path", default=None,
+                         help="folder holding {data_name}/ (default: the checkpoint's)")
     distill.add_argument("--data_name", default=None, help="dataset folder name (default: the checkpoint's)")
     distill.add_argument("--split", default="train", help="split to distill on (default %(default)s)")
-    distill.add_argument("--epochs", type=int, default=30, help="passes over the split's images (default %(default)s)")
+    distill.add_argument("--epochs", type=int, default=30,
+                         help="passes over the split's images (default %(default)s)")
     distill.add_argument("--batch_images", type=int, default=100,
-                         help="images per step, with all their captions: X-Dim scores this block (default %(default)s)")
-    distill.add_argument("--learning_rate", type=float, default=2e-3, help="Adam learning rate, cosine decay (default %(default)s)")
-    distill.add_argument("--temperature", type=float, default=0.05, help="temperature of the softmax over X-Dim's scores (default %(default)s)")
-    distill.add_argument("--size", type=int, default=shortlist.DEFAULT_SIZE, help="global vector size (default %(default)s)")
+                         help="images per step, with all their captions: X-Dim scores this block "
+                              "(default %(default)s)")
+    distill.add_argument("--learning_rate", type=float, default=2e-3,
+                         help="Adam learning rate, cosine decay (default %(default)s)")
+    distill.add_argument("--temperature", type=float, default=0.05,
+                         help="temperature of the softmax over X-Dim's scores (default %(default)s)")
+    distill.add_argument("--size", type=int, default=shortlist.DEFAULT_SIZE,
+                         help="global vector size, plus 2 offset coordinates (default %(default)s)")
     distill.add_argument("--group", type=int, default=4,
                          help="after the first epoch, batches are made of groups of this many images the "
                               "head finds alike (1: random batches; default %(default)s)")
@@ -78,11 +84,13 @@ def build_parser():
     asked.add_argument("--query", help="text to search images for")
     asked.add_argument("--queries", metavar="FILE", help="text file, one query per line")
     asked.add_argument("--image_index", type=int, metavar="N", help="row N of --images: search captions for it")
-    asked.add_argument("--image_id", metavar="ID", help="the image with this id in the {split}_ids.txt beside --images")
+    asked.add_argument("--image_id", metavar="ID",
+                       help="the image with this id in the {split}_ids.txt beside --images")
     query.add_argument("--images", metavar="FILE", default=None,
                        help="{split}_ims.npy holding the query image (default: the one beside the "
                             "caption file the index was built from)")
-    query.add_argument("--top_k", type=int, default=retrieval.DEFAULT_TOP_K, help="results per query (default %(default)s)")
+    query.add_argument("--top_k", type=int, default=retrieval.DEFAULT_TOP_K,
+                       help="results per query (default %(default)s)")
     query.add_argument("--shortlist", type=int, default=retrieval.DEFAULT_SHORTLIST,
                        help="stage-one candidates that X-Dim scores per query (default %(default)s)")
     query.add_argument("--json", metavar="FILE", default=None, help="also write the results to this JSON file")

@@ -288,8 +288,8 @@ def _encode_caption_gallery(model, encoder, token_ids, folder, batch_size, progr
     return {"tokens": int(offsets[-1])}
 
 
-def _add_to_faiss(folder, size, index_type, chunk=65536):
-    """Build faiss.index from global.npy, a chunk at a time."""
+def write_faiss_index(folder, size, index_type, chunk=65536):
+    """Build `folder`/faiss.index from `folder`/global.npy (vectors of `size` floats), a chunk at a time."""
     faiss = import_faiss()
     vectors = np.load(os.path.join(folder, "global.npy"), mmap_mode="r")
     index = new_faiss_index(size, index_type)
@@ -340,7 +340,7 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
                 shape = _encode_image_gallery(model, encoder, features, counts, staging, batch_size, progress)
             else:
                 shape = _encode_caption_gallery(model, encoder, token_ids, staging, batch_size, progress)
-        _add_to_faiss(staging, encoder.size, index_type)
+        write_faiss_index(staging, encoder.size, index_type)
         _write_items(os.path.join(staging, "items.txt"), items)
         manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
                     "gallery": "images" if images is not None else "captions",
