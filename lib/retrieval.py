@@ -500,6 +500,12 @@ class GalleryIndex:
                                                    self.model.bert_config["max_position_embeddings"])
         return self._caption_encoder
 
+    def _shortlist(self, query, k):
+        """Stage one for one query vector (1, g) -> (items (<= k,) int64, their global scores)."""
+        scores, items = faiss_search(self.faiss_index, query, k)
+        found = items[0] >= 0  # an HNSW search may return fewer than k
+        return items[0][found], scores[0][found]
+
     def _hits(self, candidates, global_scores, scores, top_k):
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [Hit(rank + 1, int(candidates[i]), self.items[candidates[i]], float(scores[i]),
@@ -514,9 +520,8 @@ class GalleryIndex:
         lens = torch.tensor([ids.shape[1]])
         with torch.no_grad():
             cap_emb = self.model.encode_captions(ids, lens)
-            query = self.encoder.captions(cap_emb.cpu(), lens).numpy()
-            global_scores, candidates = faiss_search(self.faiss_index, query, shortlist_size)
-            candidates, global_scores = candidates[0], global_scores[0]
+            candidates, global_scores = self._shortlist(self.encoder.captions(cap_emb.cpu(), lens).numpy(),
+                                                        shortlist_size)
             regions, lengths = self.embeddings
             picked = torch.from_numpy(candidates)
             img = regions.index_select(0, picked).float().to(self.model.device)
@@ -532,9 +537,8 @@ class GalleryIndex:
         count = torch.tensor([region_count or images.shape[1]])
         with torch.no_grad():
             img_emb = self.model.encode_images(images, count)
-            query = self.encoder.images(img_emb.cpu(), count).numpy()
-            global_scores, candidates = faiss_search(self.faiss_index, query, shortlist_size)
-            candidates, global_scores = candidates[0], global_scores[0]
+            candidates, global_scores = self._shortlist(self.encoder.images(img_emb.cpu(), count).numpy(),
+                                                        shortlist_size)
             caps, lens = self.embeddings.gather(torch.from_numpy(candidates))
             img_lens = None if int(count) == images.shape[1] else count.to(self.model.device)
             scores = self.model.forward_sim(img_emb, caps.to(self.model.device), lens.to(self.model.device),
@@ -543,4 +547,5 @@ class GalleryIndex:
 
 
 def hits_as_dicts(hits):
+    """Hits as plain dicts (for JSON)."""
     return [asdict(hit) for hit in hits]
