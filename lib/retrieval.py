@@ -157,8 +157,8 @@ def evaluation_vectors(model, model_path, img_emb, captions):
     the encoder's description).
     """
     encoder = shortlist.global_encoder(model, weights_fingerprint(model.state_dict()), model_path)
-    return (shortlist.image_vectors(encoder, img_emb), shortlist.caption_vectors(encoder, captions),
-            encoder.describe())
+    return (shortlist.image_vectors(encoder, img_emb, device=model.device),
+            shortlist.caption_vectors(encoder, captions, device=model.device), encoder.describe())
 
 
 def two_stage_protocol(sims, img_global, cap_global, k, captions_per_image=5, fold5=False, fold_images=1000):
@@ -256,9 +256,9 @@ def _encode_image_gallery(model, encoder, images, counts, folder, batch_size, pr
     for i0 in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress):
         batch = torch.from_numpy(np.array(images[i0:i0 + batch_size], dtype=np.float32))
         lengths = torch.from_numpy(counts[i0:i0 + batch_size])
-        emb = model.encode_images(batch, lengths).cpu()
-        region_file.write(emb.numpy())
-        global_file.write(encoder.images(emb, lengths).numpy())
+        emb = model.encode_images(batch, lengths)
+        region_file.write(emb.cpu().numpy())
+        global_file.write(encoder.images(emb, lengths).cpu().numpy())
     region_file.close()
     global_file.close()
     np.save(os.path.join(folder, "lengths.npy"), counts)
@@ -278,10 +278,10 @@ def _encode_caption_gallery(model, encoder, token_ids, folder, batch_size, progr
     global_file = NpyWriter(os.path.join(folder, "global.npy"), (len(token_ids), encoder.size), np.float32)
     for c0 in tqdm(range(0, len(token_ids), batch_size), desc="encode captions", disable=not progress):
         ids, lens = pad_tokens([torch.tensor(t) for t in token_ids[c0:c0 + batch_size]])
-        emb = model.encode_captions(ids, lens).cpu()
+        emb = model.encode_captions(ids, lens)
         real = torch.arange(emb.shape[1]) < lens[:, None]
-        token_file.write(emb[real].numpy())
-        global_file.write(encoder.captions(emb, lens).numpy())
+        token_file.write(emb.cpu()[real].numpy())
+        global_file.write(encoder.captions(emb, lens).cpu().numpy())
     token_file.close()
     global_file.close()
     np.save(os.path.join(folder, "offsets.npy"), offsets)
@@ -520,7 +520,7 @@ class GalleryIndex:
         lens = torch.tensor([ids.shape[1]])
         with torch.no_grad():
             cap_emb = self.model.encode_captions(ids, lens)
-            candidates, global_scores = self._shortlist(self.encoder.captions(cap_emb.cpu(), lens).numpy(),
+            candidates, global_scores = self._shortlist(self.encoder.captions(cap_emb, lens).cpu().numpy(),
                                                         shortlist_size)
             regions, lengths = self.embeddings
             picked = torch.from_numpy(candidates)
@@ -537,7 +537,7 @@ class GalleryIndex:
         count = torch.tensor([region_count or images.shape[1]])
         with torch.no_grad():
             img_emb = self.model.encode_images(images, count)
-            candidates, global_scores = self._shortlist(self.encoder.images(img_emb.cpu(), count).numpy(),
+            candidates, global_scores = self._shortlist(self.encoder.images(img_emb, count).cpu().numpy(),
                                                         shortlist_size)
             caps, lens = self.embeddings.gather(torch.from_numpy(candidates))
             img_lens = None if int(count) == images.shape[1] else count.to(self.model.device)

@@ -11,10 +11,12 @@ interface (`images`, `captions`, `size`, `describe`):
   words that a plain mean drowns in background regions and filler words.
 - `ShortlistHead`, distilled after training (`distill_head`): each region or
   token embedding gets a learned gate in (0, 1) and a learned projection; an
-  item's vector is the l2-normalised gated sum. It is trained to reproduce
+  item's direction is the l2-normalised gated sum, and two offset coordinates
+  carry per-image and per-caption score offsets. It is trained to reproduce
   X-Dim's ranking on the training split (listwise KL between the softmax of
   X-Dim's scores and of the head's, both directions, over batches of images and
-  all their captions); X-Dim and its checkpoint stay frozen and unchanged.
+  all their captions, later batches grouping images the head confuses); X-Dim
+  and its checkpoint stay frozen and unchanged.
 
 The head is saved in its own file, by default beside the checkpoint
 (`model_best.pth` -> `model_best.shortlist.pth`); without it, retrieval falls
@@ -40,11 +42,13 @@ DEFAULT_SIZE = 256
 DEFAULT_HIDDEN = 128
 
 
-def real_mask(lengths, size, n):
-    """(n, size) float mask of real positions (all ones when `lengths` is None)."""
+def real_mask(lengths, emb):
+    """(n, S) float mask of the real positions of emb (n, S, d), on its device (all ones for lengths None)."""
+    n, size = emb.shape[:2]
     if lengths is None:
-        return torch.ones(n, size)
-    return (torch.arange(size) < torch.as_tensor(lengths).reshape(-1, 1)).float()
+        return torch.ones(n, size, device=emb.device)
+    lengths = torch.as_tensor(lengths, device=emb.device).reshape(-1, 1)
+    return (torch.arange(size, device=emb.device) < lengths).float()
 
 
 class MeanPooling:
@@ -62,11 +66,11 @@ class MeanPooling:
 
     def images(self, img_emb, lengths=None):
         """img_emb (n, R, d), lengths (n,) real regions or None -> (n, d)."""
-        return self._pool(img_emb.float(), real_mask(lengths, img_emb.shape[1], len(img_emb)).to(img_emb.device))
+        return self._pool(img_emb.float(), real_mask(lengths, img_emb))
 
     def captions(self, cap_emb, lengths):
         """cap_emb (n, L, d), lengths (n,) real tokens -> (n, d)."""
-        return self._pool(cap_emb.float(), real_mask(lengths, cap_emb.shape[1], len(cap_emb)).to(cap_emb.device))
+        return self._pool(cap_emb.float(), real_mask(lengths, cap_emb))
 
 
 class _GatedSum(nn.Module):
@@ -112,14 +116,12 @@ class ShortlistHead(nn.Module):
 
     def images(self, img_emb, lengths=None):
         """img_emb (n, R, d), lengths (n,) real regions or None -> (n, size + 2)."""
-        mask = real_mask(lengths, img_emb.shape[1], len(img_emb)).to(img_emb.device)
-        direction, offset = self.image_pool(img_emb.float(), mask)
+        direction, offset = self.image_pool(img_emb.float(), real_mask(lengths, img_emb))
         return torch.cat([direction * self.log_scale.exp(), torch.ones_like(offset)[:, None], offset[:, None]], 1)
 
     def captions(self, cap_emb, lengths):
         """cap_emb (n, L, d), lengths (n,) real tokens -> (n, size + 2)."""
-        mask = real_mask(lengths, cap_emb.shape[1], len(cap_emb)).to(cap_emb.device)
-        direction, offset = self.caption_pool(cap_emb.float(), mask)
+        direction, offset = self.caption_pool(cap_emb.float(), real_mask(lengths, cap_emb))
         return torch.cat([direction, offset[:, None], torch.ones_like(offset)[:, None]], 1)
 
 
@@ -215,8 +217,7 @@ def distill_head(model, split_files, caption_encoder, epochs=30, batch_images=10
         if epoch == 0 or group < 2:
             order = torch.randperm(n_images, generator=generator).numpy()
         else:
-            order = neighbour_order(_split_image_vectors(model, head, split_files).to(model.device), group,
-                                    generator)
+            order = neighbour_order(_split_image_vectors(model, head, split_files), group, generator)
         losses = []
         for start in range(0, n_images, batch_images):
             image_ids = np.sort(order[start:start + batch_images])
@@ -278,21 +279,22 @@ def global_encoder(model, model_fingerprint, model_path=None, head_path=None):
     return load_head(head_path, model_fingerprint, model.device)
 
 
-def image_vectors(encoder, img_emb, lengths=None, batch=1024):
-    """Global vectors of stored image embeddings (n, R, d), a batch at a time -> float32 numpy (n, size)."""
+def image_vectors(encoder, img_emb, lengths=None, device="cpu", batch=1024):
+    """Global vectors of stored image embeddings (n, R, d), a batch at a time on `device`
+    (the encoder's) -> float32 numpy (n, size)."""
     out = []
     with torch.no_grad():
         for start in range(0, len(img_emb), batch):
             part = None if lengths is None else lengths[start:start + batch]
-            out.append(encoder.images(img_emb[start:start + batch].float(), part).cpu())
+            out.append(encoder.images(img_emb[start:start + batch].to(device).float(), part).cpu())
     return torch.cat(out).numpy()
 
 
-def caption_vectors(encoder, captions, batch=1024):
-    """Global vectors of a RaggedCaptions, a batch at a time -> float32 numpy (n, size)."""
+def caption_vectors(encoder, captions, device="cpu", batch=1024):
+    """Global vectors of a RaggedCaptions, a batch at a time on `device` -> float32 numpy (n, size)."""
     out = []
     with torch.no_grad():
         for start in range(0, len(captions), batch):
             emb, lens = captions.block(start, min(start + batch, len(captions)))
-            out.append(encoder.captions(emb, lens).cpu())
+            out.append(encoder.captions(emb.to(device), lens).cpu())
     return torch.cat(out).numpy()
