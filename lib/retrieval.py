@@ -430,13 +430,12 @@ class GalleryIndex:
     (image gallery) or `search_image` (caption gallery).
     """
 
-    def __init__(self, index_dir, manifest, model, encoder, faiss_index, global_vectors, items, embeddings):
+    def __init__(self, index_dir, manifest, model, encoder, faiss_index, items, embeddings):
         self.index_dir = index_dir
         self.manifest = manifest
         self.model = model
         self.encoder = encoder
         self.faiss_index = faiss_index
-        self.global_vectors = global_vectors
         self.items = items
         self.embeddings = embeddings
         self._caption_encoder = None
@@ -453,7 +452,7 @@ class GalleryIndex:
         manifest = read_manifest(index_dir)
         check_fingerprints(manifest, index_dir, model, encoder)
         n, d, g = manifest["count"], manifest["embed_size"], encoder.size
-        global_vectors = _load_array(index_dir, "global.npy", (n, g), np.float32)
+        _load_array(index_dir, "global.npy", (n, g), np.float32)  # kept to rebuild stage one; checked here
         if manifest["gallery"] == "images":
             regions = _load_array(index_dir, "regions.npy", (n, manifest["regions"], d), np.float16)
             lengths = _load_array(index_dir, "lengths.npy", (n,), np.int64)
@@ -464,7 +463,7 @@ class GalleryIndex:
             embeddings = RaggedCaptions.from_storage(torch.from_numpy(tokens), torch.from_numpy(offsets))
         items = cls._read_items(index_dir, n)
         faiss_index = cls._read_faiss(index_dir, n, g)
-        return cls(index_dir, manifest, model, encoder, faiss_index, global_vectors, items, embeddings)
+        return cls(index_dir, manifest, model, encoder, faiss_index, items, embeddings)
 
     @staticmethod
     def _read_items(index_dir, n):
