@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from lib import evaluation
+from lib import metrics, score_files, scoring
 from lib.errors import XDimError
 from lib.options import add_runtime_options
 
@@ -34,10 +34,10 @@ def build_parser(description=None, **defaults):
     add("--fold_images", type=int, default=1000, help="images per fold for --fold5")
     add("--batch_size", type=int, default=128, help="images / captions per encoder batch")
     add("--workers", type=int, default=2, help="data loader worker processes")
-    add("--storage", default="float32", choices=list(evaluation.STORAGE_DTYPES),
+    add("--storage", default="float32", choices=list(scoring.STORAGE_DTYPES),
         help="dtype of the stored image and caption embeddings (float16/bfloat16 halve the memory)")
-    add("--img_block", type=int, default=evaluation.DEFAULT_IMG_BLOCK, help="images per scoring shard")
-    add("--shard_elements", type=int, default=evaluation.DEFAULT_SHARD_ELEMENTS,
+    add("--img_block", type=int, default=scoring.DEFAULT_IMG_BLOCK, help="images per scoring shard")
+    add("--shard_elements", type=int, default=scoring.DEFAULT_SHARD_ELEMENTS,
         help="bound on caption tokens x d (padded) per scoring shard; the similarity bounds "
              "its own working memory inside a shard")
     add("--save_sims", metavar="FILE", default=None,
@@ -55,7 +55,8 @@ def build_parser(description=None, **defaults):
 
 def model_scores(args):
     """Load the checkpoint, encode and score the split -> (sims (n_img, n_cap), captions per image)."""
-    from lib.datasets.precomp import CaptionEncoder, load_tokenizer, open_split
+    from lib.bert import load_tokenizer
+    from lib.datasets.precomp import CaptionEncoder, open_split
     from lib.vse import VSEModel
     model = VSEModel.from_checkpoint(args.model_path, bert_path=args.bert_path, device=args.device)
     model.opt.amp = args.amp
@@ -63,28 +64,28 @@ def model_scores(args):
     data_name = args.data_name or model.opt.data_name
     split = open_split(data_path, data_name, args.split, img_dim=model.opt.img_dim)
     encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), model.bert_config["max_position_embeddings"])
-    img_emb, captions = evaluation.encode_split(model, split, encoder, args.batch_size, args.workers,
+    img_emb, captions = scoring.encode_split(model, split, encoder, args.batch_size, args.workers,
                                                 args.storage, not args.no_progress)
-    sims = evaluation.model_sims(model, img_emb, captions, args.img_block, args.shard_elements,
+    sims = scoring.model_sims(model, img_emb, captions, args.img_block, args.shard_elements,
                                  not args.no_progress)
     return sims, split.captions_per_image, f"{data_name} {args.split}"
 
 
 def evaluate(args):
-    """Scores from the model and/or files -> (results of evaluation.run_protocol, table label)."""
+    """Scores from the model and/or files -> (results of metrics.run_protocol, table label)."""
     if not args.model_path and not args.ensemble:
         raise XDimError("nothing to evaluate: give --model_path and/or --ensemble FILE...")
     matrices, cpi, label = [], None, "ensemble"
     if args.model_path:
         sims, cpi, label = model_scores(args)
         matrices.append(sims)
-    matrices += [evaluation.load_score_file(path) for path in args.ensemble]
-    sims = matrices[0] if len(matrices) == 1 else evaluation.ensemble_sims(matrices)
+    matrices += [score_files.load_score_file(path) for path in args.ensemble]
+    sims = matrices[0] if len(matrices) == 1 else score_files.ensemble_sims(matrices)
     if cpi is None:
-        cpi = evaluation.infer_captions_per_image(sims, args.ensemble[0])
+        cpi = score_files.infer_captions_per_image(sims, args.ensemble[0])
     if args.save_sims:
-        evaluation.save_score_file(sims, args.save_sims)
-    results = evaluation.run_protocol(sims, cpi, args.fold5, args.fold_images)
+        score_files.save_score_file(sims, args.save_sims)
+    results = metrics.run_protocol(sims, cpi, args.fold5, args.fold_images)
     results.update({"n_images": sims.shape[0], "n_captions": sims.shape[1], "captions_per_image": cpi,
                     "model_path": args.model_path, "ensemble": list(args.ensemble)})
     return results, label
@@ -100,7 +101,7 @@ def main(argv=None, description=None, **defaults):
     except (XDimError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(evaluation.results_table(results, label))
+    print(metrics.results_table(results, label))
     return 0
 
 

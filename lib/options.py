@@ -7,7 +7,7 @@ options this codebase introduces.
 """
 import argparse
 
-DEFAULT_BERT = "bert-base-uncased"
+from lib.bert import DEFAULT_BERT
 
 
 def add_runtime_options(parser):

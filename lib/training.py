@@ -22,10 +22,11 @@ import torch
 from tqdm import tqdm
 
 from lib import distributed
+from lib.bert import load_tokenizer
 from lib.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from lib.datasets import precomp
 from lib.errors import XDimError
-from lib.evaluation import validate
+from lib.scoring import validate
 from lib.tb_logger import TBLogger
 from lib.vse import VSEModel, resolve_device
 
@@ -283,7 +284,7 @@ def train(opt, augment=True):
             logger.info("%d processes, %d captions per process and step",
                         distributed.world_size(), opt.batch_size // distributed.world_size())
         state = read_resume(opt.resume) if opt.resume else None
-        tokenizer = precomp.load_tokenizer(opt.bert_path)
+        tokenizer = load_tokenizer(opt.bert_path)
         loader = make_train_loader(opt, tokenizer, augment)
         dev_files = precomp.open_split(opt.data_path, opt.data_name, "dev", img_dim=opt.img_dim)
         caption_encoder = precomp.CaptionEncoder(tokenizer, loader.dataset.encoder.max_len)

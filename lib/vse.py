@@ -10,12 +10,12 @@ from torch.nn.utils import clip_grad_norm_
 
 from lib import checkpoint as ckpt_io
 from lib import distributed
-from lib.encoders import (BUNDLED_BERT_BASE, ImageEncoder, TextEncoder, bert_config_dict, bert_vocab,
-                          materialize_bert_dir)
+from lib.bert import BUNDLED_BERT_BASE, DEFAULT_BERT, bert_config_dict, bert_vocab, materialize_bert_dir
+from lib.encoders import ImageEncoder, TextEncoder
 from lib.errors import XDimError
 from lib.loss import ContrastiveLoss
-from lib.options import DEFAULT_BERT, default_options
-from lib.xdim import XDimSimilarity
+from lib.options import default_options
+from lib.similarity.xdim import XDimSimilarity
 
 WEIGHT_DECAY = 1e-4
 BERT_LR_FACTOR = 0.1

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from lib.datasets.precomp import CaptionEncoder, bert_max_positions, load_tokenizer
+from lib.bert import bert_max_positions, load_tokenizer
+from lib.datasets.precomp import CaptionEncoder
 from lib.datasets.synthetic import write_tiny_bert
 
 REAL_BERT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from lib.bert import load_tokenizer
 from lib.datasets.precomp import (CaptionDataset, CaptionEncoder, ImageDataset, PrecompDataset,
                                   caption_loader, collate_pairs, drop_regions, image_loader,
-                                  load_tokenizer, open_split, set_loader_epoch, train_loader)
+                                  open_split, set_loader_epoch, train_loader)
 from lib.datasets.synthetic import demo_vocabulary
 from lib.errors import XDimError
 from lib.options import default_options

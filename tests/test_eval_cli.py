@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import eval as eval_cli
-from lib import evaluation
+from lib import scoring
 from lib.checkpoint import make_checkpoint, save_checkpoint
-from lib.datasets.precomp import load_tokenizer, open_split, train_loader
+from lib.bert import load_tokenizer
+from lib.datasets.precomp import open_split, train_loader
 from lib.options import default_options
 from lib.vse import VSEModel
 from official_format import write_official_checkpoint
@@ -187,16 +188,16 @@ def test_sharded_model_scores_equal_one_call(trained, tiny_precomp):
     split = open_split(data_path, data_name, "dev")
     from lib.datasets.precomp import CaptionEncoder
     encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), 64)
-    img_emb, captions = evaluation.encode_split(model, split, encoder, batch_size=4, progress=False)
+    img_emb, captions = scoring.encode_split(model, split, encoder, batch_size=4, progress=False)
     assert img_emb.shape == (10, 36, EMBED) and len(captions) == 50
     with torch.no_grad():
         padded, lens = captions.block(0, len(captions))
         whole = model.forward_sim(img_emb, padded, lens).numpy()
-    sharded = evaluation.model_sims(model, img_emb, captions, img_block=4, max_elements=2000, progress=False)
+    sharded = scoring.model_sims(model, img_emb, captions, img_block=4, max_elements=2000, progress=False)
     np.testing.assert_allclose(sharded, whole, rtol=1e-5, atol=1e-6)
-    sims, metrics = evaluation.evaluate_split(model, split, encoder, batch_size=7, progress=False)
+    sims, values = scoring.evaluate_split(model, split, encoder, batch_size=7, progress=False)
     np.testing.assert_allclose(sims, whole, rtol=1e-5, atol=1e-6)
-    assert metrics["rsum"] == pytest.approx(_loop_metrics(whole, 5)["rsum"])
+    assert values["rsum"] == pytest.approx(_loop_metrics(whole, 5)["rsum"])
 
 
 def test_scripts_run_as_commands(trained, tiny_precomp):

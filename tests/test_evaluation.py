@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from lib import evaluation as ev
+from lib import metrics, score_files, scoring
 from lib.errors import XDimError
 
 
 # ---------------------------------------------------------------- metrics
 
 def test_recall_metrics_hand_computed():
-    r1, r5, r10, medr, meanr = ev.recall_metrics(np.array([0, 0, 3, 7, 12]))
+    r1, r5, r10, medr, meanr = metrics.recall_metrics(np.array([0, 0, 3, 7, 12]))
     assert (r1, r5, r10) == (40.0, 60.0, 80.0)
     assert medr == 4.0  # median 3
     assert meanr == pytest.approx(22 / 5 + 1)
     # even count: median 1.5 is floored before the +1
-    assert ev.recall_metrics(np.array([0, 1, 2, 5]))[3:] == [2.0, 3.0]
+    assert metrics.recall_metrics(np.array([0, 1, 2, 5]))[3:] == [2.0, 3.0]
 
 
 def test_ranks_one_caption_per_image_with_ties():
@@ -26,9 +26,9 @@ def test_ranks_one_caption_per_image_with_ties():
                      [0.9, 0.3, 0.2],
                      [0.0, 0.0, 0.7]], dtype=np.float32)
     # image 0 ties with caption 1: the tie counts against it
-    assert ev.i2t_ranks(sims, 1).tolist() == [1, 1, 0]
+    assert metrics.i2t_ranks(sims, 1).tolist() == [1, 1, 0]
     # caption 0: image 1 scores higher; caption 1: image 0 higher; caption 2 first
-    assert ev.t2i_ranks(sims, 1).tolist() == [1, 1, 0]
+    assert metrics.t2i_ranks(sims, 1).tolist() == [1, 1, 0]
 
 
 def test_i2t_rank_uses_best_true_caption_and_pessimistic_ties():
@@ -38,10 +38,10 @@ def test_i2t_rank_uses_best_true_caption_and_pessimistic_ties():
     sims[1, :5] = 0.5                          # wrong captions of image 1
     sims[1, 5:] = [0.1, 0.5, 0.4, 0.0, 0.0]   # best true 0.5 ties five wrong ones
     # image 0: 0.9 and the tied wrong 0.8 come first; its other true 0.8 does not count
-    assert ev.i2t_ranks(sims, 5).tolist() == [2, 5]
+    assert metrics.i2t_ranks(sims, 5).tolist() == [2, 5]
     # each caption against the other image: c0 0.2<0.5, c1/c2 0.8>0.5, c3 0.1<0.5, c4 0<0.5,
     # c5 0.1<0.9, c6 0.5<0.8, c7 0.4>0.3, c8 0<0.1, c9 0=0 (tie counts against it)
-    t2i = ev.t2i_ranks(sims, 5)
+    t2i = metrics.t2i_ranks(sims, 5)
     assert t2i.tolist() == [1, 0, 0, 1, 1, 1, 1, 0, 1, 1]
 
 
@@ -67,32 +67,32 @@ def test_ranks_match_loop_reference_with_many_ties(cpi):
     rng = np.random.default_rng(0)
     sims = rng.integers(0, 4, size=(13, 13 * cpi)).astype(np.float32)  # coarse: many ties
     i2t, t2i = _reference_ranks(sims, cpi)
-    assert ev.i2t_ranks(sims, cpi, rows_per_chunk=4).tolist() == i2t.tolist()
-    assert ev.t2i_ranks(sims, cpi, cols_per_chunk=7).tolist() == t2i.tolist()
+    assert metrics.i2t_ranks(sims, cpi, rows_per_chunk=4).tolist() == i2t.tolist()
+    assert metrics.t2i_ranks(sims, cpi, cols_per_chunk=7).tolist() == t2i.tolist()
 
 
 def test_evaluate_sims_perfect_and_metric_names():
     sims = np.kron(np.eye(3), np.ones((1, 5))).astype(np.float32)  # true pairs 1, others 0
-    metrics, ranks = ev.evaluate_sims(sims, 5)
-    assert list(metrics) == ev.METRIC_KEYS
-    assert metrics["rsum"] == 600.0
-    assert metrics["i2t_medr"] == metrics["t2i_medr"] == 1.0
+    values, ranks = metrics.evaluate_sims(sims, 5)
+    assert list(values) == metrics.METRIC_KEYS
+    assert values["rsum"] == 600.0
+    assert values["i2t_medr"] == values["t2i_medr"] == 1.0
     assert ranks["i2t"].shape == (3,) and ranks["t2i"].shape == (15,)
 
 
 def test_constant_scores_are_worst_case_not_perfect():
-    metrics, _ = ev.evaluate_sims(np.zeros((20, 100), np.float32), 5)
-    assert metrics["i2t_r1"] == 0.0 and metrics["t2i_r1"] == 0.0
-    assert metrics["i2t_meanr"] == 96.0 and metrics["t2i_meanr"] == 20.0
+    values, _ = metrics.evaluate_sims(np.zeros((20, 100), np.float32), 5)
+    assert values["i2t_r1"] == 0.0 and values["t2i_r1"] == 0.0
+    assert values["i2t_meanr"] == 96.0 and values["t2i_meanr"] == 20.0
 
 
 def test_evaluate_sims_rejects_bad_matrices():
     with pytest.raises(XDimError, match="captions per image"):
-        ev.evaluate_sims(np.zeros((3, 14)), 5)
+        metrics.evaluate_sims(np.zeros((3, 14)), 5)
     bad = np.zeros((2, 10))
     bad[0, 3] = np.nan
     with pytest.raises(XDimError, match="NaN"):
-        ev.evaluate_sims(bad, 5)
+        metrics.evaluate_sims(bad, 5)
 
 
 # ---------------------------------------------------------------- 5-fold protocol
@@ -114,30 +114,30 @@ def _fold_expected(bad):
 def test_five_fold_slicing_and_averaging():
     fold_images, cpi, bads = 4, 5, [0, 1, 2, 0, 1]
     sims = np.full((20, 100), 10.0, np.float32)  # outside the folds: would win every rank
-    for k, (rows, cols) in enumerate(ev.fold_slices(5, fold_images, cpi)):
+    for k, (rows, cols) in enumerate(metrics.fold_slices(5, fold_images, cpi)):
         assert (rows.start, rows.stop, cols.start, cols.stop) == (4 * k, 4 * k + 4, 20 * k, 20 * k + 20)
         block = np.kron(np.eye(4), np.ones((1, 5)))
         block[:bads[k]] *= -1.0
         sims[rows, cols] = block
-    folds, mean = ev.evaluate_folds(sims, cpi, n_folds=5, fold_images=fold_images)
-    for k, metrics in enumerate(folds):
-        assert metrics == pytest.approx(_fold_expected(bads[k]))
+    folds, mean = metrics.evaluate_folds(sims, cpi, n_folds=5, fold_images=fold_images)
+    for k, values in enumerate(folds):
+        assert values == pytest.approx(_fold_expected(bads[k]))
     expected = [_fold_expected(b) for b in bads]
-    assert mean == pytest.approx({key: np.mean([e[key] for e in expected]) for key in ev.METRIC_KEYS})
-    assert mean["rsum"] == pytest.approx(sum(mean[k] for k in ev.METRIC_KEYS[:6]))
-    results = ev.run_protocol(sims, cpi, fold5=True, fold_images=fold_images)
+    assert mean == pytest.approx({key: np.mean([e[key] for e in expected]) for key in metrics.METRIC_KEYS})
+    assert mean["rsum"] == pytest.approx(sum(mean[k] for k in metrics.METRIC_KEYS[:6]))
+    results = metrics.run_protocol(sims, cpi, fold5=True, fold_images=fold_images)
     assert set(results) == {"all", "folds", "fold_mean"}
     assert results["all"]["i2t_r1"] == 0.0  # the 10.0 entries beat every true pair overall
 
 
 def test_five_fold_needs_enough_images():
     with pytest.raises(XDimError, match="5 folds"):
-        ev.evaluate_folds(np.zeros((9, 45), np.float32), 5, 5, 2)
+        metrics.evaluate_folds(np.zeros((9, 45), np.float32), 5, 5, 2)
 
 
 def test_table_labels_each_figure():
-    metrics = dict(zip(ev.METRIC_KEYS, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 21.0, 7.0, 8.0, 9.0, 10.0]))
-    lines = ev.format_table([("demo", metrics)]).splitlines()
+    values = dict(zip(metrics.METRIC_KEYS, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 21.0, 7.0, 8.0, 9.0, 10.0]))
+    lines = metrics.format_table([("demo", values)]).splitlines()
     header = lines[1].split("|")
     values = lines[3].split("|")
     assert header[1].split() == ["R@1", "R@5", "R@10"] and values[1].split() == ["1.0", "2.0", "3.0"]
@@ -160,7 +160,7 @@ def _padded_batch(seed, n, max_len, d):
 
 def test_ragged_round_trip_and_gather():
     emb, lengths = _padded_batch(0, 7, 9, 5)
-    ragged = ev.RaggedCaptions.from_padded(emb, lengths)
+    ragged = scoring.RaggedCaptions.from_padded(emb, lengths)
     assert len(ragged) == 7
     assert ragged.tokens.shape == (int(lengths.sum()), 5)
     assert ragged.offsets.tolist() == [0] + torch.cumsum(lengths, 0).tolist()
@@ -181,7 +181,7 @@ def test_ragged_round_trip_and_gather():
 def test_ragged_append_batches_of_different_widths_and_half_storage():
     first, first_len = _padded_batch(1, 3, 4, 6)
     second, second_len = _padded_batch(2, 5, 11, 6)
-    ragged = ev.RaggedCaptions(6, torch.float16)
+    ragged = scoring.RaggedCaptions(6, torch.float16)
     ragged.append(first, first_len)
     ragged.append(second, second_len)
     assert len(ragged) == 8 and ragged.tokens.dtype == torch.float16
@@ -195,7 +195,7 @@ def test_ragged_append_batches_of_different_widths_and_half_storage():
 
 def test_ragged_rejects_bad_lengths():
     with pytest.raises(ValueError):
-        ev.RaggedCaptions.from_padded(torch.zeros(2, 3, 4), torch.tensor([3, 4]))
+        scoring.RaggedCaptions.from_padded(torch.zeros(2, 3, 4), torch.tensor([3, 4]))
 
 
 # ---------------------------------------------------------------- sharded scoring
@@ -210,23 +210,23 @@ def _toy_score(img, cap, lens):
 def test_plan_caption_blocks_respects_budget():
     lengths = torch.tensor([2, 2, 3, 5, 5, 9])
     # d=1: block of size s with longest L allowed while s*L <= 10
-    assert ev.plan_caption_blocks(lengths, 1, 10) == [(0, 3), (3, 5), (5, 6)]
+    assert scoring.plan_caption_blocks(lengths, 1, 10) == [(0, 3), (3, 5), (5, 6)]
     # a caption larger than the budget still gets its own block
-    assert ev.plan_caption_blocks(torch.tensor([50]), 1, 10) == [(0, 1)]
+    assert scoring.plan_caption_blocks(torch.tensor([50]), 1, 10) == [(0, 1)]
 
 
 def test_sharded_scores_equal_float64_reference():
     g = torch.Generator().manual_seed(3)
     img = torch.randn(11, 4, 6, generator=g)
     emb, lengths = _padded_batch(4, 23, 8, 6)
-    ragged = ev.RaggedCaptions.from_padded(emb, lengths)
+    ragged = scoring.RaggedCaptions.from_padded(emb, lengths)
     calls = []
 
     def score(i, c, lens):
         calls.append(c.shape)
         return _toy_score(i, c, lens)
 
-    sims = ev.score_sharded(img, ragged, score, img_block=3, max_elements=6 * 6 * 4, progress=False)
+    sims = scoring.score_sharded(img, ragged, score, img_block=3, max_elements=6 * 6 * 4, progress=False)
     assert sims.dtype == np.float32 and sims.shape == (11, 23)
     assert len(calls) > 4 * 2  # really sharded in both directions
     reference = np.zeros((11, 23))
@@ -235,7 +235,7 @@ def test_sharded_scores_equal_float64_reference():
             words = emb[c, :int(lengths[c])].double()
             reference[i, c] = (words @ img[i].double().T).max(1).values.mean()
     np.testing.assert_allclose(sims, reference, rtol=1e-5, atol=1e-6)
-    unsharded = ev.score_sharded(img, ragged, _toy_score, img_block=100, max_elements=10 ** 9,
+    unsharded = scoring.score_sharded(img, ragged, _toy_score, img_block=100, max_elements=10 ** 9,
                                  progress=False)
     np.testing.assert_allclose(sims, unsharded, rtol=1e-6, atol=1e-7)
 
@@ -245,16 +245,16 @@ def test_sharded_scores_equal_float64_reference():
 def test_score_file_round_trip(tmp_path):
     sims = np.random.default_rng(0).random((4, 20)).astype(np.float32)
     path = tmp_path / "s.npy"
-    ev.save_score_file(sims, path)
+    score_files.save_score_file(sims, path)
     assert np.array_equal(np.load(path, allow_pickle=False), sims)
-    assert np.array_equal(ev.load_score_file(path), sims)
+    assert np.array_equal(score_files.load_score_file(path), sims)
 
 
 def test_official_dict_score_file_is_read(tmp_path):
     sims = np.random.default_rng(1).random((3, 15))
     path = tmp_path / "official.npy"
     np.save(path, {"npts": 3, "sims": sims}, allow_pickle=True)
-    loaded = ev.load_score_file(path)
+    loaded = score_files.load_score_file(path)
     assert loaded.dtype == np.float32
     np.testing.assert_allclose(loaded, sims, rtol=1e-6)
 
@@ -272,7 +272,7 @@ def test_official_dict_written_by_numpy_1_is_read(tmp_path):
         body = pickle.loads(raw[header_end:])  # our own file, just written
         data = pickle.dumps(body, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
         path.write_bytes(raw[:header_end] + data)
-    np.testing.assert_allclose(ev.load_score_file(path), sims)
+    np.testing.assert_allclose(score_files.load_score_file(path), sims)
 
 
 class _Sneaky:
@@ -284,25 +284,25 @@ def test_score_file_with_foreign_objects_is_refused(tmp_path):
     path = tmp_path / "evil.npy"
     np.save(path, {"npts": 1, "sims": _Sneaky()}, allow_pickle=True)
     with pytest.raises(XDimError, match="evil.npy"):
-        ev.load_score_file(path)
+        score_files.load_score_file(path)
     other = tmp_path / "list.npy"
     np.save(other, np.array([[1, 2]], dtype=object), allow_pickle=True)
     with pytest.raises(XDimError, match="list.npy"):
-        ev.load_score_file(other)
+        score_files.load_score_file(other)
     with pytest.raises(XDimError, match="missing.npy"):
-        ev.load_score_file(tmp_path / "missing.npy")
+        score_files.load_score_file(tmp_path / "missing.npy")
     mismatch = tmp_path / "npts.npy"
     np.save(mismatch, {"npts": 7, "sims": np.zeros((2, 10))}, allow_pickle=True)
     with pytest.raises(XDimError, match="npts"):
-        ev.load_score_file(mismatch)
+        score_files.load_score_file(mismatch)
 
 
 def test_ensemble_averages_and_checks_shapes():
     a = np.ones((2, 10), np.float32)
     b = 3 * np.ones((2, 10), np.float32)
-    assert np.array_equal(ev.ensemble_sims([a, b]), 2 * a)
+    assert np.array_equal(score_files.ensemble_sims([a, b]), 2 * a)
     with pytest.raises(XDimError, match="shape"):
-        ev.ensemble_sims([a, np.ones((2, 5), np.float32)])
-    assert ev.infer_captions_per_image(a, "x") == 5
+        score_files.ensemble_sims([a, np.ones((2, 5), np.float32)])
+    assert score_files.infer_captions_per_image(a, "x") == 5
     with pytest.raises(XDimError, match="x:"):
-        ev.infer_captions_per_image(np.ones((2, 7)), "x")
+        score_files.infer_captions_per_image(np.ones((2, 7)), "x")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.xdim import XDimSimilarity
+from lib.similarity.xdim import XDimSimilarity
 
 
 def reference_weights(E, lam, log_t_mask):
@@ -134,3 +134,17 @@ def test_gradients_reach_every_parameter():
     for name, p in sim.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
     assert img.grad.abs().sum() > 0
+
+
+def test_readable_reference_matches_pair_by_pair_transcription():
+    from lib.similarity import reference
+    torch.manual_seed(6)
+    sim = XDimSimilarity(20).double()
+    img, cap, lens = random_inputs(20, n_img=3, n_cap=4)
+    img, cap = img.double(), cap.double()
+    with torch.no_grad():
+        weights = reference.dependency_weights(sim.E, sim.lam, sim.log_t_mask)
+        steps = reference.xdim_steps(img, cap, lens, weights["W"], weights["delta"], sim.log_t_attn)
+    assert steps["scores"].shape == (3, 4) and steps["attention"].shape == (3, 4, 9, 7)
+    assert relative_error(steps["scores"].numpy(), reference_scores(sim, img, cap, lens)) <= 1e-12
+    torch.testing.assert_close(steps["attention"].sum(dim=3), torch.ones(3, 4, 9, dtype=torch.float64))

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from lib.encoders import BERT_DOWNLOAD_HINT, bert_config_dict
+from lib.bert import bert_max_positions
 from lib.errors import XDimError, first_line
-from lib.options import DEFAULT_BERT
 
 logger = logging.getLogger("lib.datasets")
 
@@ -38,27 +37,6 @@ RANDOM_SHARE = 0.1
 
 
 # ---------------------------------------------------------------- tokenizer
-
-def load_tokenizer(bert_path=None):
-    """The fast, lower-casing BERT tokenizer of a local folder (vocab.txt) or a hub name.
-
-    Raises XDimError when it cannot be loaded.
-    """
-    from transformers import BertTokenizerFast
-    bert_path = bert_path or DEFAULT_BERT
-    if os.path.isdir(bert_path) and not os.path.isfile(os.path.join(bert_path, "vocab.txt")):
-        raise XDimError(f"{os.path.join(bert_path, 'vocab.txt')}: BERT vocabulary not found")
-    try:
-        return BertTokenizerFast.from_pretrained(bert_path, do_lower_case=True)
-    except (OSError, ValueError) as error:
-        raise XDimError(f"{bert_path}: cannot load the BERT tokenizer ({first_line(error)}); "
-                        f"{BERT_DOWNLOAD_HINT}") from None
-
-
-def bert_max_positions(bert_path=None):
-    """`max_position_embeddings` of a BERT config (local folder or hub name): the longest caption."""
-    return bert_config_dict(bert_path or DEFAULT_BERT)["max_position_embeddings"]
-
 
 class CaptionEncoder:
     """Caption text -> BERT token ids `[CLS] ... [SEP]` (spec section 2).

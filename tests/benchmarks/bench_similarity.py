@@ -11,7 +11,7 @@ something):
    their agreement, and recalls under float32 vs bf16;
 2. efficiency: irreducible FLOPs (2 * n_img * sum(L) * d^2, step 5's d x d
    product) over our time, as a share of the torch.mm rate measured here;
-3. memory: peak memory of the real encode + score path (lib.evaluation) on a
+3. memory: peak memory of the real encode + score path (lib.scoring) on a
    COCO-5K-shaped split (5000 images x 25000 captions) with a tiny model, and
    the projected caption storage of COCO 5K at d = 1024.
 """
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from lib import evaluation  # noqa: E402
-from lib.xdim import XDimSimilarity  # noqa: E402
+from lib import metrics, scoring  # noqa: E402
+from lib.similarity.xdim import XDimSimilarity  # noqa: E402
 
 EPS = 1e-8
 
@@ -204,9 +204,9 @@ def recall_report(args, sim, device):
                                  args.min_len, args.max_len, args.noise, device, args.seed + 1)
     s32 = sim(img, cap, lens).float().cpu().numpy()
     s16 = bf16(lambda: sim(img, cap, lens), device)().float().cpu().numpy()
-    m32 = evaluation.evaluate_sims(s32, args.captions_per_image)[0]
-    m16 = evaluation.evaluate_sims(s16, args.captions_per_image)[0]
-    keys = evaluation.METRIC_KEYS[:6]
+    m32 = metrics.evaluate_sims(s32, args.captions_per_image)[0]
+    m16 = metrics.evaluate_sims(s16, args.captions_per_image)[0]
+    keys = metrics.METRIC_KEYS[:6]
     worst = round(max(abs(m32[k] - m16[k]) for k in keys), 6)  # recalls are multiples of 100 / n
     print(f"recalls on {args.recall_images} images x {len(lens)} captions (same model):")
     print("  float32: " + " ".join(f"{k}={m32[k]:.1f}" for k in keys))
@@ -268,7 +268,8 @@ def write_memory_split(folder, n_img, regions, img_dim, max_words, seed):
 
 
 def memory_report(args, device):
-    from lib.datasets.precomp import CaptionEncoder, load_tokenizer, open_split
+    from lib.bert import load_tokenizer
+    from lib.datasets.precomp import CaptionEncoder, open_split
     from lib.options import default_options
     from lib.vse import VSEModel
     with tempfile.TemporaryDirectory() as folder:
@@ -284,13 +285,13 @@ def memory_report(args, device):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         (img_emb, captions), t_encode = timed(
-            lambda: evaluation.encode_split(model, split, encoder, batch_size=256, progress=False), device)
-        sims, t_score = timed(lambda: evaluation.model_sims(model, img_emb, captions, progress=False), device)
+            lambda: scoring.encode_split(model, split, encoder, batch_size=256, progress=False), device)
+        sims, t_score = timed(lambda: scoring.model_sims(model, img_emb, captions, progress=False), device)
         peak = (vm_hwm_bytes() if exact_peak else rss_peak_bytes()) - before
         n_tokens = len(captions.tokens)
         print(f"memory: encode + score {split.n_images} images x {len(captions)} captions "
               f"(d={args.mem_d}, R={args.mem_regions}, {n_tokens} tokens, mean "
-              f"{n_tokens / len(captions):.1f}) with lib.evaluation: encoding {t_encode:.1f} s, "
+              f"{n_tokens / len(captions):.1f}) with lib.scoring: encoding {t_encode:.1f} s, "
               f"scoring {t_score:.1f} s")
         print(f"  held: scores {sims.nbytes / 2**20:.1f} MiB, image embeddings "
               f"{img_emb.numel() * img_emb.element_size() / 2**20:.1f} MiB, ragged captions "

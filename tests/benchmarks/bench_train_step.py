@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from lib.encoders import BUNDLED_BERT_BASE, bert_config_dict  # noqa: E402
+from lib.bert import BUNDLED_BERT_BASE, bert_config_dict  # noqa: E402
 from lib.options import default_options  # noqa: E402
 from lib.vse import VSEModel  # noqa: E402
 

@@ -1,0 +1,86 @@
+"""Score matrices on disk: our float32 .npy files, the official code's pickled dicts, ensembles."""
+import io
+import pickle
+
+import numpy as np
+
+from lib.errors import XDimError
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, numpy scalars and plain containers, nothing else."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_npy(path):
+    """-> array; object arrays are read with _ArrayOnlyUnpickler instead of pickle."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        headers = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+        dtype = headers[version](f)[2] if version in headers else None
+        if dtype is None or not dtype.hasobject:
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+        return _ArrayOnlyUnpickler(io.BytesIO(f.read())).load()
+
+
+def load_score_file(path):
+    """Read a saved score matrix -> float32 (n_img, n_cap).
+
+    Accepts a plain 2-D .npy (what --save_sims writes) or the official code's
+    np.save'd dict {'npts': n_img, 'sims': (n_img, n_cap)}, unpickled with a
+    loader that admits only numpy arrays, so a crafted file cannot run code.
+    """
+    try:
+        data = _read_npy(path)
+    except FileNotFoundError:
+        raise XDimError(f"{path}: no such file") from None
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise XDimError(f"{path}: not a score matrix .npy file ({err})") from None
+    if data.dtype.hasobject:
+        data = data.item() if data.shape == () else None
+        if not isinstance(data, dict) or not isinstance(data.get("sims"), np.ndarray):
+            raise XDimError(f"{path}: object .npy without a {{'npts', 'sims'}} dict")
+        if "npts" in data and int(data["npts"]) != data["sims"].shape[0]:
+            raise XDimError(f"{path}: npts {int(data['npts'])} does not match "
+                            f"the {data['sims'].shape[0]} rows of sims")
+        data = data["sims"]
+    if data.ndim != 2 or not np.issubdtype(data.dtype, np.floating):
+        raise XDimError(f"{path}: expected a 2-D float score matrix, got {data.dtype} {data.shape}")
+    return data.astype(np.float32)
+
+
+def save_score_file(sims, path):
+    """Write sims as a plain float32 .npy (n_img, n_cap), loadable with allow_pickle=False."""
+    np.save(path, np.asarray(sims, dtype=np.float32), allow_pickle=False)
+
+
+def ensemble_sims(matrices):
+    """Average score matrices of equal shape (each (n_img, n_cap)) -> float32."""
+    shapes = {m.shape for m in matrices}
+    if len(shapes) != 1:
+        raise XDimError(f"score matrices to ensemble differ in shape: {sorted(shapes)}")
+    total = np.zeros(matrices[0].shape, dtype=np.float64)
+    for m in matrices:
+        total += m
+    return (total / len(matrices)).astype(np.float32)
+
+
+def infer_captions_per_image(sims, source):
+    """1 or 5 captions per image from a (n_img, n_cap) matrix; XDimError otherwise."""
+    n_img, n_cap = sims.shape
+    for cpi in (5, 1):
+        if n_cap == cpi * n_img:
+            return cpi
+    raise XDimError(f"{source}: {n_img} images x {n_cap} captions is neither 1 nor 5 captions per image")

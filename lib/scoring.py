@@ -1,0 +1,243 @@
+"""Scoring a split with a model: encode every image and caption once, then score in shards.
+
+1. `encode_split` runs every image through the image encoder once and every
+   caption through the text encoder once. Image embeddings are kept as one
+   `(n_img, R, d)` tensor, caption embeddings as `RaggedCaptions` (all real
+   tokens concatenated plus offsets), never as a padded float64 array.
+2. `score_sharded` fills the `(n_img, n_cap)` float32 score matrix block by
+   block with any score function `fn(img (b_i, R, d), cap (b_c, L, d), lens (b_c,))
+   -> (b_i, b_c)`; captions are sorted by length so a block pads little.
+3. lib.metrics turns the matrix into recalls.
+
+Entry points for other modules:
+- `evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0)
+  -> (sims, metrics)`: the whole pipeline on one split.
+- `validate(model, split_files, caption_encoder, ...) -> metrics` (same, metrics only;
+  the training loop's validation).
+"""
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lib.errors import XDimError
+from lib.metrics import evaluate_sims
+
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# A shard is what one forward_sim call receives: DEFAULT_IMG_BLOCK images and a block of
+# captions padded to at most DEFAULT_SHARD_ELEMENTS floats. The similarity bounds its own
+# working memory inside a call, so shards can be large: few calls, one dependency-weight
+# computation each.
+DEFAULT_IMG_BLOCK = 128
+DEFAULT_SHARD_ELEMENTS = 2 ** 24
+
+
+class RaggedCaptions:
+    """Caption token embeddings without padding.
+
+    `tokens` is `(total_tokens, d)` (caption 0's tokens, then caption 1's, ...),
+    `offsets` is `(n_cap + 1,)` int64 with caption `c` at rows
+    `offsets[c]:offsets[c + 1]`. Stored on the CPU in `dtype` (float32, float16
+    or bfloat16); blocks are handed out as float32.
+    """
+
+    def __init__(self, d, dtype=torch.float32):
+        self.d = d
+        self.dtype = dtype
+        self._chunks = []
+        self._chunk_lengths = []
+        self._tokens = torch.empty(0, d, dtype=dtype)
+        self._offsets = torch.zeros(1, dtype=torch.long)
+
+    @classmethod
+    def from_padded(cls, cap_emb, lengths, dtype=torch.float32):
+        """Build from a padded batch: cap_emb (n, L, d), lengths (n,)."""
+        ragged = cls(cap_emb.shape[-1], dtype)
+        ragged.append(cap_emb, lengths)
+        return ragged
+
+    def append(self, cap_emb, lengths):
+        """Add captions given padded: cap_emb (b, L, d), lengths (b,) with 1 <= lengths <= L."""
+        lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
+        if cap_emb.shape[-1] != self.d:
+            raise ValueError(f"embedding size {cap_emb.shape[-1]} != {self.d}")
+        if len(lengths) and (lengths.min() < 1 or lengths.max() > cap_emb.shape[1]):
+            raise ValueError("caption lengths must lie in 1..L")
+        keep = torch.arange(cap_emb.shape[1]) < lengths[:, None]
+        self._chunks.append(cap_emb.detach().cpu()[keep].to(self.dtype))
+        self._chunk_lengths.append(lengths)
+
+    def _consolidate(self):
+        if not self._chunks:
+            return
+        self._tokens = torch.cat([self._tokens] + self._chunks)
+        new_offsets = self._offsets[-1] + torch.cumsum(torch.cat(self._chunk_lengths), 0)
+        self._offsets = torch.cat([self._offsets, new_offsets])
+        self._chunks, self._chunk_lengths = [], []
+
+    @property
+    def tokens(self):
+        """(total_tokens, d) in the storage dtype."""
+        self._consolidate()
+        return self._tokens
+
+    @property
+    def offsets(self):
+        """(n_cap + 1,) int64."""
+        self._consolidate()
+        return self._offsets
+
+    @property
+    def lengths(self):
+        """(n_cap,) int64 token counts."""
+        return self.offsets.diff()
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self):
+        return self.tokens.numel() * self.tokens.element_size() + self.offsets.numel() * 8
+
+    def gather(self, indices):
+        """Captions `indices` (b,) padded: -> (float32 (b, Lmax, d) zero-padded, lengths (b,))."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        lengths = self.lengths[indices]
+        max_len = int(lengths.max()) if len(indices) else 0
+        positions = torch.arange(max_len)
+        valid = positions < lengths[:, None]
+        rows = self.offsets[indices][:, None] + positions
+        rows = torch.where(valid, rows, torch.zeros_like(rows))
+        padded = self.tokens.index_select(0, rows.reshape(-1)).reshape(len(indices), max_len, self.d)
+        padded = padded.float() * valid[..., None]
+        return padded, lengths
+
+    def block(self, start, end):
+        """Captions start..end-1 padded: -> (float32 (b, Lmax, d), lengths (b,))."""
+        return self.gather(torch.arange(start, end))
+
+
+def storage_dtype(name):
+    if name not in STORAGE_DTYPES:
+        raise XDimError(f"unknown storage dtype {name!r} (choose from {', '.join(STORAGE_DTYPES)})")
+    return STORAGE_DTYPES[name]
+
+
+def _check_order(indices, expected_start):
+    expected = torch.arange(expected_start, expected_start + len(indices))
+    if not torch.equal(torch.as_tensor(indices, dtype=torch.long), expected):
+        raise RuntimeError("evaluation loaders must yield items in order")
+
+
+def encode_images(model, split_files, batch_size=128, workers=0, storage="float32", progress=True):
+    """Encode every image of the split once: -> (n_img, R, d) CPU tensor in the storage dtype."""
+    from lib.datasets.precomp import image_loader
+    loader = image_loader(split_files, batch_size, workers)
+    out, done = None, 0
+    for images, image_lengths, indices in tqdm(loader, desc="encode images", disable=not progress):
+        _check_order(indices, done)
+        emb = model.encode_images(images, image_lengths)
+        if out is None:
+            out = torch.empty(split_files.n_images, *emb.shape[1:], dtype=storage_dtype(storage))
+        out[done:done + len(emb)] = emb.detach().cpu().to(out.dtype)
+        done += len(emb)
+    return out
+
+
+def encode_captions(model, split_files, caption_encoder, batch_size=128, workers=0,
+                    storage="float32", progress=True):
+    """Encode every caption of the split once: -> RaggedCaptions."""
+    from lib.datasets.precomp import caption_loader
+    loader = caption_loader(split_files, caption_encoder, batch_size, workers)
+    ragged = None
+    for captions, lengths, indices in tqdm(loader, desc="encode captions", disable=not progress):
+        _check_order(indices, 0 if ragged is None else len(ragged))
+        emb = model.encode_captions(captions, lengths)
+        if ragged is None:
+            ragged = RaggedCaptions(emb.shape[-1], storage_dtype(storage))
+        ragged.append(emb, lengths)
+    return ragged
+
+
+def encode_split(model, split_files, caption_encoder, batch_size=128, workers=0,
+                 storage="float32", progress=True):
+    """-> (img_emb (n_img, R, d) tensor, RaggedCaptions), in eval mode without gradients."""
+    model.val_start()
+    with torch.no_grad():
+        img_emb = encode_images(model, split_files, batch_size, workers, storage, progress)
+        captions = encode_captions(model, split_files, caption_encoder, batch_size, workers,
+                                   storage, progress)
+    return img_emb, captions
+
+
+def plan_caption_blocks(sorted_lengths, d, max_elements):
+    """Split length-sorted captions into consecutive blocks for scoring.
+
+    A block grows while block_size x (its longest caption) x d (its padded
+    embeddings) stays within `max_elements`, and holds at least one caption.
+    -> list of (start, end).
+    """
+    blocks, start = [], 0
+    n = len(sorted_lengths)
+    while start < n:
+        end = start + 1
+        while end < n and (end + 1 - start) * int(sorted_lengths[end]) * d <= max_elements:
+            end += 1
+        blocks.append((start, end))
+        start = end
+    return blocks
+
+
+def score_sharded(img_emb, captions, score_fn, img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS,
+                  device="cpu", progress=True):
+    """Score every image against every caption, one (image block, caption block) shard at a time.
+
+    img_emb (n_img, R, d); captions: RaggedCaptions; score_fn(img (b_i, R, d),
+    cap (b_c, L, d), lens (b_c,)) -> (b_i, b_c), called with float32 tensors on
+    `device`. -> float32 numpy (n_img, n_cap) in the original caption order.
+    """
+    n_img, n_cap = len(img_emb), len(captions)
+    sims = np.empty((n_img, n_cap), dtype=np.float32)
+    order = torch.argsort(captions.lengths, stable=True)
+    img_block = max(1, min(img_block, n_img))
+    cap_blocks = plan_caption_blocks(captions.lengths[order], captions.d, max_elements)
+    img_starts = range(0, n_img, img_block)
+    bar = tqdm(total=len(cap_blocks) * len(img_starts), desc="score", disable=not progress)
+    for c0, c1 in cap_blocks:
+        columns = order[c0:c1]
+        cap, lens = captions.gather(columns)
+        cap, lens = cap.to(device), lens.to(device)
+        for i0 in img_starts:
+            img = img_emb[i0:i0 + img_block].to(device=device, dtype=torch.float32)
+            block = score_fn(img, cap, lens)
+            sims[i0:i0 + len(img), columns.numpy()] = block.detach().float().cpu().numpy()
+            bar.update()
+    bar.close()
+    return sims
+
+
+def model_sims(model, img_emb, captions, img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS,
+               progress=True):
+    """The model's (n_img, n_cap) float32 scores via model.forward_sim, sharded."""
+    model.val_start()
+    with torch.no_grad():
+        return score_sharded(img_emb, captions, model.forward_sim, img_block, max_elements,
+                             model.device, progress)
+
+
+def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
+                   img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS, progress=True):
+    """Encode and score one split (split_files from lib.datasets.precomp.open_split).
+
+    -> (sims float32 numpy (n_img, n_cap), metrics dict of the whole matrix:
+    METRIC_KEYS, 'rsum' included). Leaves the model in eval mode.
+    """
+    img_emb, captions = encode_split(model, split_files, caption_encoder, batch_size, workers,
+                                     storage, progress)
+    sims = model_sims(model, img_emb, captions, img_block, max_elements, progress)
+    return sims, evaluate_sims(sims, split_files.captions_per_image)[0]
+
+
+def validate(model, split_files, caption_encoder, batch_size=128, workers=0, progress=True):
+    """Metrics dict (with 'rsum') of `split_files` (e.g. dev) for the training loop."""
+    return evaluate_split(model, split_files, caption_encoder, batch_size, workers,
+                          progress=progress)[1]
