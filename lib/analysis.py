@@ -10,7 +10,7 @@ Pure numpy / torch statistics (the figures are drawn by lib/figures.py):
 """
 import numpy as np
 
-MASK_ON = 0.5
+from lib.similarity.xdim import MASK_ON
 
 
 # ---------------------------------------------------------------- dependency structure

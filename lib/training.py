@@ -244,9 +244,17 @@ class Trainer:
         self.tb.log_value("lr", lr, model.Eiters)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
         if (i + 1) % self.opt.log_step == 0 or i + 1 == n_batches:
-            self.logger.info("epoch %d [%d/%d] iter %d loss %.4f lr %.2e %.2f it/s",
+            statistics = self.similarity_statistics()
+            self.tb.log_values(statistics, model.Eiters)
+            self.logger.info("epoch %d [%d/%d] iter %d loss %.4f lr %.2e %.2f it/s%s",
                              epoch, i + 1, n_batches, model.Eiters, loss, lr,
-                             (i + 1) / max(time.time() - start, 1e-9))
+                             (i + 1) / max(time.time() - start, 1e-9),
+                             "".join(f" {name} {value:.4g}" for name, value in statistics.items()))
+
+    def similarity_statistics(self):
+        """The similarity's own numbers (X-Dim: mask density, mean threshold, temperatures), or {}."""
+        statistics = getattr(self.model.modules()["sim"], "statistics", None)
+        return statistics() if statistics else {}
 
     def run(self, start_epoch):
         for epoch in range(start_epoch, self.opt.num_epochs):

@@ -12,8 +12,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lib.encoders import l2norm
+from lib.similarity import reference
 
 EPS = 1e-8
+# A mask entry above this counts as a kept dependency (mask_density, analyze.py).
+MASK_ON = 0.5
 
 
 class XDimSimilarity(nn.Module):
@@ -47,6 +50,20 @@ class XDimSimilarity(nn.Module):
             mask = torch.tanh(torch.exp(torch.exp(self.log_t_mask) * (P - theta)))
             W = l2norm(mask * P, dim=1, eps=EPS)
         return W, W.sum(dim=0)
+
+    @torch.no_grad()
+    def statistics(self):
+        """How sparse the adaptive mask is, as floats (logged during training, written by analyze.py).
+
+        mask_density: share of mask entries M[i, j] above 0.5; mean_threshold: mean of
+        the row thresholds theta; t_mask, t_attn: the mask and attention temperatures
+        (exponentiated). Computed from the reference equations, in float32.
+        """
+        with torch.autocast(self.E.device.type, enabled=False):
+            parts = reference.dependency_weights(self.E.float(), self.lam.float(), self.log_t_mask.float())
+        return {"mask_density": (parts["mask"] > MASK_ON).float().mean().item(),
+                "mean_threshold": parts["theta"].mean().item(),
+                "t_mask": self.log_t_mask.exp().item(), "t_attn": self.log_t_attn.exp().item()}
 
     def forward(self, img_emb, cap_emb, cap_lens, img_lens=None):
         """Pair scores.
