@@ -12,14 +12,20 @@ MATPLOTLIB_HINT = "matplotlib is not installed; analyze.py draws its figures wit
 DPI = 100
 
 
-def _figure(width, height):
-    """A new matplotlib Figure with an Agg canvas; XDimError (one line) without matplotlib."""
+def require_matplotlib():
+    """-> (Figure, FigureCanvasAgg) classes; XDimError (one line, with the install command) without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise XDimError(MATPLOTLIB_HINT) from None
-    figure = Figure(figsize=(width, height), dpi=DPI)
+    return Figure, FigureCanvasAgg
+
+
+def _figure(width, height):
+    """A new matplotlib Figure with an Agg canvas."""
+    Figure, FigureCanvasAgg = require_matplotlib()
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -30,7 +36,7 @@ def _save(figure, path):
 
 def _heatmap(axes, figure, values, cmap, vmin, vmax, label):
     image = axes.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label=label)
+    figure.colorbar(image, ax=axes, label=label)
     return image
 
 
@@ -111,21 +117,23 @@ def concept_overlap(words, shared, top_k, path):
     axes.imshow(np.asarray(shared), cmap="Blues", vmin=0, vmax=top_k)
     for i in range(n):
         for j in range(n):
-            axes.text(j, i, str(int(shared[i][j])), ha="center", va="center", fontsize=8)
+            value = int(shared[i][j])
+            axes.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                      color="white" if value > top_k / 2 else "black")
     axes.set_xticks(range(n), words, rotation=45, ha="right")
     axes.set_yticks(range(n), words)
     axes.set_title(f"Shared top-{top_k} dimensions")
     _save(figure, path)
 
 
-def pair_attention(tokens, attention, shares, score, path):
+def pair_attention(tokens, attention, shares, score, title, path):
     """tokens (L,) strings, attention (L, R) over regions, shares (L,) of the pair's score."""
     attention = np.asarray(attention)
     length, regions = attention.shape
     figure = _figure(9.0, 1.4 + 0.28 * length)
     heat, bars = figure.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1]})
     image = heat.imshow(attention, cmap="viridis", vmin=0.0, interpolation="nearest", aspect="auto")
-    figure.colorbar(image, ax=heat, fraction=0.046, pad=0.02, label="attention")
+    figure.colorbar(image, ax=heat, label="attention")
     heat.set_yticks(range(length), tokens, fontsize=8)
     heat.set_xlabel(f"image region (of {regions})")
     heat.set_title("Attention of each word over the regions")
@@ -133,4 +141,5 @@ def pair_attention(tokens, attention, shares, score, path):
     bars.axvline(0, color="black", linewidth=0.5)
     bars.set_xlabel("share of the score")
     bars.set_title(f"score {score:.4f}")
+    figure.suptitle(title)
     _save(figure, path)

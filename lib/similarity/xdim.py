@@ -61,7 +61,7 @@ class XDimSimilarity(nn.Module):
         """
         with torch.autocast(self.E.device.type, enabled=False):
             parts = reference.dependency_weights(self.E.float(), self.lam.float(), self.log_t_mask.float())
-        return {"mask_density": (parts["mask"] > MASK_ON).float().mean().item(),
+        return {"mask_density": (parts["mask"] > MASK_ON).sum().item() / parts["mask"].numel(),
                 "mean_threshold": parts["theta"].mean().item(),
                 "t_mask": self.log_t_mask.exp().item(), "t_attn": self.log_t_attn.exp().item()}
 
