@@ -58,7 +58,7 @@ def describe(summary, out):
     """A few lines for the console."""
     mask = summary["mask"]
     deps = mask["dependencies_per_dimension"]
-    lines = [f"d {summary['embed_size']}: mask density {mask['mask_density']:.4f}, mean threshold "
+    lines = [f"d {summary['embed_size']}: mask density {mask['mask_density']:.4g}, mean threshold "
              f"{mask['mean_threshold']:.4f}, mask temperature {mask['t_mask']:.4g}, attention temperature "
              f"{mask['t_attn']:.4g}; dependencies per dimension min {deps['min']} median {deps['median']:g} "
              f"max {deps['max']}"]
