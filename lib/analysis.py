@@ -126,14 +126,22 @@ def dependency_parts(sim):
                 "lam": sim.lam.double().cpu().numpy()}
 
 
-def _pair_steps(model, split, image, token_ids):
-    """reference.xdim_steps of one image of a split against captions given as token id tensors (L_c,)."""
+def _reference_weights(model):
+    """(W (d, d), delta (d,)) of the model's similarity, from the reference equations."""
     sim = model.modules()["sim"]
-    captions, lengths = pad_tokens(token_ids)
     parts = reference.dependency_weights(sim.E, sim.lam, sim.log_t_mask)
+    return parts["W"], parts["delta"]
+
+
+def _pair_steps(model, split, image, token_ids, weights):
+    """reference.xdim_steps of one image of a split against captions given as token id tensors (L_c,).
+
+    weights: `_reference_weights(model)`.
+    """
+    captions, lengths = pad_tokens(token_ids)
     regions, _ = ImageDataset(split)[image]
     return reference.xdim_steps(model.encode_images(regions.unsqueeze(0)), model.encode_captions(captions, lengths),
-                                lengths.to(model.device), parts["W"], parts["delta"], sim.log_t_attn)
+                                lengths.to(model.device), *weights, model.modules()["sim"].log_t_attn)
 
 
 class Occurrence(NamedTuple):
@@ -188,9 +196,10 @@ def occurrence_vectors(model, split, encoder, occurrences, progress=True):
     vectors = np.empty((len(occurrences), model.opt.embed_size))
     captions_data = CaptionDataset(split, encoder)
     with torch.no_grad():
+        weights = _reference_weights(model)
         for image, numbers in tqdm(sorted(by_image.items()), desc="correspondences", disable=not progress):
             captions = sorted({occurrences[n].caption for n in numbers})
-            steps = _pair_steps(model, split, image, [captions_data[c][0] for c in captions])
+            steps = _pair_steps(model, split, image, [captions_data[c][0] for c in captions], weights)
             correspondence = steps["correspondence"][0].double().cpu().numpy()  # (n, L, d)
             for n in numbers:
                 caption, start, pieces = occurrences[n]
@@ -239,7 +248,7 @@ def pair_analysis(model, split, encoder, image, caption):
     token_ids = CaptionDataset(split, encoder)[caption][0]
     model.val_start()
     with torch.no_grad():
-        steps = _pair_steps(model, split, image, [token_ids])
+        steps = _pair_steps(model, split, image, [token_ids], _reference_weights(model))
     word_scores = steps["word_scores"][0, 0].double().cpu().numpy()
     return {"tokens": encoder.tokenizer.convert_ids_to_tokens(token_ids.tolist()),
             "attention": steps["attention"][0, 0].double().cpu().numpy(),
