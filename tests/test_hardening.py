@@ -433,17 +433,20 @@ def test_hub_name_offline_fails_fast_with_the_hint(monkeypatch):
 
 
 def test_hub_cache_and_local_folders_need_no_network(monkeypatch, tmp_path, tiny_bert_dir):
+    import huggingface_hub._snapshot_download as snapshot_module
     from huggingface_hub import constants
     monkeypatch.setattr(bert, "hub_reachable", lambda *a, **k: pytest.fail("the hub was contacted"))
     assert bert.resolve_bert_path(tiny_bert_dir) == tiny_bert_dir
     repo = tmp_path / "models--nobody--cached-bert"
     snapshot = repo / "snapshots" / "0123abc"
-    snapshot.mkdir(parents=True)
+    shutil.copytree(tiny_bert_dir, snapshot)  # config, vocabulary, weights: a complete cache entry
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123abc")
-    for name in ("config.json", "vocab.txt", "model.safetensors"):
-        shutil.copy(os.path.join(tiny_bert_dir, name), snapshot / name)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    # Where snapshot_download looks by default (huggingface_hub 1.x/2.x, and 0.x as transformers 4.30 uses).
+    for module in (constants, snapshot_module):
+        for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, str(tmp_path))
     assert bert.resolve_bert_path("nobody/cached-bert") == str(snapshot)
     assert load_tokenizer(str(snapshot)).convert_tokens_to_ids("dog") == load_tokenizer(tiny_bert_dir).convert_tokens_to_ids("dog")
 
