@@ -123,9 +123,8 @@ def run_protocol(sims, captions_per_image=5, fold5=False, fold_images=1000):
 def rounded(results, digits=2):
     """A copy of nested results (dicts, lists) with every float rounded to `digits` decimals.
 
-    Recalls are multiples of 100 / n_queries (0.004 for COCO 5K's 25000 captions), so
-    two decimals keep every difference that could matter and drop float noise such
-    as 90.60000000000001.
+    Two decimals are finer than any table prints (one) and drop float noise such as
+    90.60000000000001; only COCO 5K's text-to-image recalls (steps of 0.004) lose digits.
     """
     if isinstance(results, dict):
         return {key: rounded(value, digits) for key, value in results.items()}
