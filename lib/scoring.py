@@ -129,12 +129,16 @@ def _check_order(indices, expected_start):
 
 
 def encode_images(model, split_files, batch_size=128, workers=0, storage="float32", progress=True):
-    """Encode every image of the split once: -> (n_img, R, d) CPU tensor in the storage dtype."""
-    from lib.datasets.precomp import image_loader
+    """Encode every image of the split once: -> (n_img, R, d) CPU tensor in the storage dtype.
+
+    XDimError names the first image whose features hold NaN or inf.
+    """
+    from lib.datasets.precomp import check_finite_images, image_loader
     loader = image_loader(split_files, batch_size, workers)
     out, done = None, 0
     for images, image_lengths, indices in tqdm(loader, desc="encode images", disable=not progress):
         _check_order(indices, done)
+        check_finite_images(images, indices, split_files.images_path)
         emb = model.encode_images(images, image_lengths)
         if out is None:
             out = torch.empty(split_files.n_images, *emb.shape[1:], dtype=storage_dtype(storage))
@@ -160,7 +164,11 @@ def encode_captions(model, split_files, caption_encoder, batch_size=128, workers
 
 def encode_split(model, split_files, caption_encoder, batch_size=128, workers=0,
                  storage="float32", progress=True):
-    """-> (img_emb (n_img, R, d) tensor, RaggedCaptions), in eval mode without gradients."""
+    """-> (img_emb (n_img, R, d) tensor, RaggedCaptions), in eval mode without gradients.
+
+    Every caption is checked to tokenize to something before any encoding.
+    """
+    caption_encoder.check_captions(split_files)
     model.val_start()
     with torch.no_grad():
         img_emb = encode_images(model, split_files, batch_size, workers, storage, progress)
