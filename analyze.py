@@ -12,6 +12,7 @@ import sys
 
 from lib.errors import XDimError
 from lib.options import add_runtime_options
+from lib.runtime import apply_threads, resolve_device
 
 
 def build_parser():
@@ -37,19 +38,13 @@ def build_parser():
     return parser
 
 
-def run(args):
+def run(args, device):
     """Load the model (and the split when needed), write the report; -> summary dict."""
-    from lib import analysis
-    from lib.bert import load_tokenizer
-    from lib.datasets.precomp import CaptionEncoder, open_split
-    from lib.vse import VSEModel
-    model = VSEModel.from_checkpoint(args.model_path, bert_path=args.bert_path, device=args.device)
-    model.opt.amp = args.amp
+    from lib import analysis, scoring
+    model = scoring.load_model(args.model_path, args.bert_path, device, args.amp)
     split = encoder = None
     if args.words or args.pair is not None:
-        split = open_split(args.data_path or model.opt.data_path, args.data_name or model.opt.data_name,
-                           args.split, img_dim=model.opt.img_dim)
-        encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), model.bert_config["max_position_embeddings"])
+        split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
     return analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
                                  progress=not args.no_progress)
 
@@ -75,7 +70,8 @@ def describe(summary, out):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        summary = run(args)
+        apply_threads(args.threads)
+        summary = run(args, resolve_device(args.device))
     except (XDimError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

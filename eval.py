@@ -54,23 +54,6 @@ def build_parser(description=None, **defaults):
     return parser
 
 
-def open_model_split(args, device):
-    """Load the checkpoint and open the split it is evaluated on (no scoring yet).
-
-    -> (model, split files, caption encoder, table label).
-    """
-    from lib.bert import load_tokenizer, resolve_bert_path
-    from lib.datasets.precomp import CaptionEncoder, open_split
-    from lib.vse import VSEModel
-    bert_path = resolve_bert_path(args.bert_path) if args.bert_path else None
-    model = VSEModel.from_checkpoint(args.model_path, bert_path=bert_path, device=device, amp=args.amp)
-    data_path = args.data_path or model.opt.data_path
-    data_name = args.data_name or model.opt.data_name
-    split = open_split(data_path, data_name, args.split, img_dim=model.opt.img_dim)
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
-    return model, split, encoder, f"{data_name} {args.split}"
-
-
 def model_scores(args, model, split, encoder):
     """Encode and score the split -> sims (n_img, n_cap) float32, checked finite."""
     img_emb, captions = scoring.encode_split(model, split, encoder, args.batch_size, args.workers,
@@ -90,7 +73,8 @@ def evaluate(args, device):
     matrices = [score_files.load_score_file(path) for path in args.ensemble]
     sources, shapes = list(args.ensemble), [m.shape for m in matrices]
     if args.model_path:
-        model, split, encoder, label = open_model_split(args, device)
+        model = scoring.load_model(args.model_path, args.bert_path, device, args.amp)
+        split, encoder, label = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
         sources, shapes = [args.model_path] + sources, [(split.n_images, split.n_captions)] + shapes
         cpi = split.captions_per_image
     else:

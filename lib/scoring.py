@@ -232,6 +232,31 @@ def model_sims(model, img_emb, captions, img_block=DEFAULT_IMG_BLOCK, max_elemen
                              model.device, progress)
 
 
+def load_model(model_path, bert_path=None, device=None, amp="none"):
+    """A checkpoint (ours or the official release's) ready to score, on `device` (a torch.device).
+
+    `bert_path` (None: the BERT the checkpoint carries) is resolved here, once.
+    """
+    from lib.bert import resolve_bert_path
+    from lib.vse import VSEModel
+    bert_path = resolve_bert_path(bert_path) if bert_path else None
+    return VSEModel.from_checkpoint(model_path, bert_path=bert_path, device=device, amp=amp)
+
+
+def open_model_split(model, data_path=None, data_name=None, split="test"):
+    """The split a model is evaluated on (data_path/data_name default to the model's training data).
+
+    -> (split files, caption encoder for the model's BERT, table label "data_name split").
+    """
+    from lib.bert import load_tokenizer
+    from lib.datasets.precomp import CaptionEncoder, open_split
+    data_path = data_path or model.opt.data_path
+    data_name = data_name or model.opt.data_name
+    files = open_split(data_path, data_name, split, img_dim=model.opt.img_dim)
+    encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
+    return files, encoder, f"{data_name} {split}"
+
+
 def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
                    img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS, progress=True):
     """Encode and score one split (split_files from lib.datasets.precomp.open_split).
