@@ -8,6 +8,11 @@ options this codebase introduces.
 import argparse
 
 from lib.bert import DEFAULT_BERT
+from lib.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_help
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option help with defaults, wrapped; the epilog (the list of similarities) kept line by line."""
 
 
 def add_runtime_options(parser):
@@ -27,7 +32,7 @@ def add_runtime_options(parser):
 def get_argument_parser():
     parser = argparse.ArgumentParser(
         description="Train X-Dim on precomputed region features (precomp layout).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=similarity_help(), formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--data_path", default="../Flickr30K/", help="folder that holds {data_name}/")
     add("--data_name", default="f30k_precomp", help="{coco,f30k}_precomp")
@@ -69,6 +74,8 @@ def get_argument_parser():
     add("--seed", default=0, type=int, help="random seed (python, numpy, torch)")
     add("--mask_padded_regions", action="store_true",
         help="exclude zero-padded (dropped) regions from attention; off reproduces the official code")
+    add("--sim", default=DEFAULT_SIMILARITY, choices=list(SIMILARITIES), metavar="NAME",
+        help="similarity function (listed below), stored in checkpoints")
     return parser
 
 
