@@ -29,7 +29,8 @@ def add_runtime_options(parser):
     return parser
 
 
-def get_argument_parser():
+def get_argument_parser(with_sim=True):
+    """The training options; with_sim=False leaves --sim out (for scripts that set it themselves)."""
     parser = argparse.ArgumentParser(
         description="Train X-Dim on precomputed region features (precomp layout).",
         epilog=similarity_help(), formatter_class=HelpFormatter)
@@ -74,8 +75,9 @@ def get_argument_parser():
     add("--seed", default=0, type=int, help="random seed (python, numpy, torch)")
     add("--mask_padded_regions", action="store_true",
         help="exclude zero-padded (dropped) regions from attention; off reproduces the official code")
-    add("--sim", default=DEFAULT_SIMILARITY, choices=list(SIMILARITIES), metavar="NAME",
-        help="similarity function (listed below), stored in checkpoints")
+    if with_sim:
+        add("--sim", default=DEFAULT_SIMILARITY, choices=list(SIMILARITIES), metavar="NAME",
+            help="similarity function (listed below), stored in checkpoints")
     return parser
 
 

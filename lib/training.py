@@ -1,4 +1,4 @@
-"""The training loop (spec section 5): schedule, validation, checkpoints, resume, logs.
+"""The training loop: schedule, validation, checkpoints, resume, logs.
 
 `train(opt)` runs a whole training from an options namespace
 (lib.options.get_argument_parser) in one process or, under torchrun, in each
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from lib import distributed
 from lib.bert import load_tokenizer
-from lib.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lib.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint, similarity_name
 from lib.datasets import precomp
 from lib.errors import XDimError
 from lib.scoring import validate
@@ -132,8 +132,13 @@ def resume(model, opt, state, logger):
 
     Without --reset_start_epoch also the optimizer state, epoch, best rSum and
     iteration counter; with it only the weights (a fresh run from epoch 0).
-    XDimError (one line) for a model of another shape.
+    XDimError (one line) for a model of another shape or, unless --reset_start_epoch,
+    another --sim.
     """
+    trained_with = similarity_name(state)
+    if trained_with != opt.sim and not opt.reset_start_epoch:
+        raise XDimError(f"{opt.resume}: trained with --sim {trained_with}, not --sim {opt.sim} "
+                        "(resume with the same --sim, or start anew with --reset_start_epoch)")
     model.load_state_dict(state["model"], opt.resume)
     if opt.reset_start_epoch:
         logger.info("loaded weights from %s; starting again from epoch 0", opt.resume)
