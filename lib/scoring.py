@@ -170,7 +170,8 @@ def score_sharded(img_emb, captions, similarity, rows_per_block=None, device="cp
 
     img_emb (n_img, R, d) in any storage dtype; captions: RaggedCaptions; similarity: a
     lib.similarity Similarity. Each caption run is gathered from the ragged storage and
-    moved to `device` once, each image block when it is scored (as float32).
+    moved to `device` once, each image block when it is scored (as float32); a run's
+    scores come back from the device in one piece.
     -> float32 numpy (n_img, n_cap) in the original caption order.
     """
     n_img, n_cap = len(img_emb), len(captions)
@@ -184,10 +185,9 @@ def score_sharded(img_emb, captions, similarity, rows_per_block=None, device="cp
     def images_of(i0, i1):
         return img_emb[i0:i1].to(device=device, dtype=torch.float32), None
 
-    columns = [run.columns.numpy() for run in blocks]
     with tqdm(total=n_img * n_cap, desc="score", unit="pair", unit_scale=True, disable=not progress) as bar:
-        for index, i0, scores in score_blocks(similarity, blocks, captions_of, images_of):
-            sims[i0:i0 + len(scores), columns[index]] = scores.detach().float().cpu().numpy()
+        for run, scores in score_blocks(similarity, blocks, captions_of, images_of):
+            sims[:, run.columns.numpy()] = scores.detach().float().cpu().numpy()
             bar.update(scores.numel())
     return sims
 

@@ -125,6 +125,7 @@ def test_scheduler_edge_cases():
     img, cap, cap_lens = labelled_inputs(3, [2, 4])
     assert score_padded(Recorder(), img, cap[:0], cap_lens[:0]).shape == (3, 0)
     assert score_padded(Recorder(), img[:0], cap, cap_lens).shape == (0, 2)
+    assert plan(cap_lens, n_img=0, rows=100) == [] and plan(cap_lens[:0], n_img=3, rows=100) == []
     runs = plan(torch.tensor([3, 1, 2]), n_img=5, rows=100)
     assert len(runs) == 1 and runs[0].columns.tolist() == [1, 2, 0] and runs[0].images == [(0, 5)]
 

@@ -61,9 +61,11 @@ def caption_runs(sorted_lens, rows):
 def plan(cap_lens, n_img, rows):
     """The blocks for n_img images and captions of lengths `cap_lens` (n,): -> list of CaptionRun.
 
-    Every (image, caption) pair lies in exactly one block, whatever `rows` is.
+    Every (image, caption) pair lies in exactly one block, whatever `rows` is; no pair, no block.
     """
     cap_lens = torch.as_tensor(cap_lens).long().cpu()
+    if n_img == 0:
+        return []
     order = torch.argsort(cap_lens, stable=True)
     sorted_lens = cap_lens[order]
     blocks = []
@@ -75,18 +77,20 @@ def plan(cap_lens, n_img, rows):
 
 
 def score_blocks(similarity, blocks, captions_of, images_of):
-    """Run the similarity over planned blocks; yields (run index, i0, scores (i1 - i0, m)).
+    """Run the similarity over planned blocks; yields (run, scores (n_img, len(run.columns))) per run.
 
     captions_of(run) -> (cap (m, L, d), cap_lens (m,)) for a CaptionRun;
     images_of(i0, i1) -> (img (i1 - i0, R, d), img_lens (i1 - i0,) or None).
     """
     prepared = similarity.prepare()
-    for index, run in enumerate(blocks):
+    for run in blocks:
         cap, lens = captions_of(run)
         for_captions = similarity.prepare_captions(cap, lens, prepared)
+        image_blocks = []
         for i0, i1 in run.images:
             img, img_lens = images_of(i0, i1)
-            yield index, i0, similarity.score(img, cap, lens, img_lens, for_captions)
+            image_blocks.append(similarity.score(img, cap, lens, img_lens, for_captions))
+        yield run, torch.cat(image_blocks)
 
 
 def score_padded(similarity, img, cap, cap_lens, img_lens=None, rows_per_block=None):
@@ -113,10 +117,8 @@ def score_padded(similarity, img, cap, cap_lens, img_lens=None, rows_per_block=N
     def images_of(i0, i1):
         return img[i0:i1], None if img_lens is None else img_lens[i0:i1]
 
-    pieces = [[] for _ in blocks]
-    for index, _, scores in score_blocks(similarity, blocks, captions_of, images_of):
-        pieces[index].append(scores)
-    sorted_scores = torch.cat([torch.cat(run_scores, dim=0) for run_scores in pieces], dim=1)
+    sorted_scores = torch.cat([scores for _, scores in score_blocks(similarity, blocks, captions_of, images_of)],
+                              dim=1)
     order = torch.cat([run.columns for run in blocks])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n_cap)
