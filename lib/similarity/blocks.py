@@ -86,11 +86,14 @@ def score_blocks(similarity, blocks, captions_of, images_of):
     for run in blocks:
         cap, lens = captions_of(run)
         for_captions = similarity.prepare_captions(cap, lens, prepared)
-        image_blocks = []
+        scores = None
         for i0, i1 in run.images:
             img, img_lens = images_of(i0, i1)
-            image_blocks.append(similarity.score(img, cap, lens, img_lens, for_captions))
-        yield run, torch.cat(image_blocks)
+            block = similarity.score(img, cap, lens, img_lens, for_captions)
+            if scores is None:  # one buffer per run: many small live blocks would fragment the heap
+                scores = block.new_empty(run.images[-1][1], block.shape[1])
+            scores[i0:i1] = block
+        yield run, scores
 
 
 def score_padded(similarity, img, cap, cap_lens, img_lens=None, rows_per_block=None):
