@@ -37,10 +37,8 @@ def build_parser(description=None, **defaults):
     add("--workers", type=int, default=2, help="data loader worker processes")
     add("--storage", default="float32", choices=list(scoring.STORAGE_DTYPES),
         help="dtype of the stored image and caption embeddings (float16/bfloat16 halve the memory)")
-    add("--img_block", type=int, default=scoring.DEFAULT_IMG_BLOCK, help="images per scoring shard")
-    add("--shard_elements", type=int, default=scoring.DEFAULT_SHARD_ELEMENTS,
-        help="bound on caption tokens x d (padded) per scoring shard; the similarity bounds "
-             "its own working memory inside a shard")
+    add("--rows_per_block", type=int, default=0,
+        help="scoring block size in (image, caption token) rows; 0 picks 2048 on CPU, 32768 on CUDA")
     add("--save_sims", metavar="FILE", default=None,
         help="write the evaluated score matrix (the ensemble, with --ensemble) as a float32 "
              ".npy (n_images, n_captions)")
@@ -58,8 +56,7 @@ def model_scores(args, model, split, encoder):
     """Encode and score the split -> sims (n_img, n_cap) float32, checked finite."""
     img_emb, captions = scoring.encode_split(model, split, encoder, args.batch_size, args.workers,
                                                 args.storage, not args.no_progress)
-    sims = scoring.model_sims(model, img_emb, captions, args.img_block, args.shard_elements,
-                                 not args.no_progress)
+    sims = scoring.model_sims(model, img_emb, captions, args.rows_per_block, not args.no_progress)
     score_files.check_finite_scores(sims, args.model_path)
     return sims
 

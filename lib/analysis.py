@@ -114,6 +114,17 @@ def shared_top_dimensions(top_sets):
 
 # ---------------------------------------------------------------- from a model
 
+# The similarities whose scores follow X-Dim's equations as written, which the figures draw.
+XDIM_EQUATIONS = ("xdim", "xdim_fixed_threshold", "reference")
+
+
+def check_xdim_equations(sim_name):
+    """XDimError unless checkpoints of `sim_name` score by X-Dim's own equations."""
+    if sim_name not in XDIM_EQUATIONS:
+        raise XDimError(f"this checkpoint's similarity is {sim_name!r}, whose equations differ from X-Dim's; "
+                        f"analyze.py draws the X-Dim equations of {', '.join(XDIM_EQUATIONS)} checkpoints")
+
+
 def dependency_parts(sim):
     """The X-Dim similarity's dependency weights and their parts, as float64 numpy arrays.
 
@@ -342,6 +353,7 @@ def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pai
     XDimError (one line) for bad input and when matplotlib is missing.
     """
     figures.require_matplotlib()
+    check_xdim_equations(model.opt.sim)
     d = model.opt.embed_size
     top_k = default_top_k(d) if top_k is None else top_k
     if not 1 <= top_k <= d:

@@ -5,9 +5,10 @@ Our format is a dict: `format` ("xdim"), `model` (flat state dict with `img_enc.
 `opt` (options as a plain dict), `bert_config` and `vocab` (so evaluation needs
 no BERT download).
 
-The official release (spec section 8) pickles `opt` as an `argparse.Namespace`
-and stores `model` as a list of three state dicts with `module.` prefixes and
-its own key names; `official_state_dict` maps them onto ours with one table.
+The authors' release checkpoints pickle `opt` as an `argparse.Namespace` and
+store `model` as a list of three state dicts with `module.` prefixes and their own
+key names; `official_state_dict` maps them onto ours with one table (docs/method.md
+lists the similarity's). They load as `--sim xdim`, as do ours saved before `--sim`.
 """
 import argparse
 import os
@@ -19,6 +20,7 @@ import zipfile
 import torch
 
 from lib.errors import XDimError, first_line
+from lib.similarity import DEFAULT_SIMILARITY
 
 FORMAT = "xdim"
 
@@ -203,6 +205,13 @@ def official_options(ckpt):
     """The official checkpoint's options as a plain dict."""
     opt = ckpt.get("opt")
     return dict(vars(opt)) if isinstance(opt, argparse.Namespace) else dict(opt or {})
+
+
+def similarity_name(ckpt):
+    """The `--sim` a checkpoint was trained with; `xdim` for official files and ours from before `--sim`."""
+    opt = ckpt.get("opt")
+    saved = vars(opt) if isinstance(opt, argparse.Namespace) else dict(opt or {})
+    return saved.get("sim") or DEFAULT_SIMILARITY
 
 
 def official_state_dict(parts, expected, path="checkpoint"):

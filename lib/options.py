@@ -15,13 +15,15 @@ import os
 
 from lib.bert import DEFAULT_BERT
 from lib.errors import XDimError
+from lib.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_help
 
 # Options of the official parser that this codebase does not use.
 UNUSED = argparse.SUPPRESS
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default only when it says something (not None, False, '' or [])."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option help with a default only when it says something (not None, False, '' or []);
+    the epilog (e.g. the list of similarities) kept line by line."""
 
     def _get_help_string(self, action):
         if action.default in (None, False, "", []):
@@ -46,10 +48,11 @@ def add_runtime_options(parser):
     return parser
 
 
-def get_argument_parser():
+def get_argument_parser(with_sim=True):
+    """The training options; with_sim=False leaves --sim out (for scripts that set it themselves)."""
     parser = argparse.ArgumentParser(
         description="Train X-Dim on precomputed region features (precomp layout).",
-        formatter_class=HelpFormatter)
+        epilog=similarity_help(), formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--data_path", default="../Flickr30K/", help="folder that holds {data_name}/")
     add("--data_name", default="f30k_precomp", help="{coco,f30k}_precomp")
@@ -91,6 +94,9 @@ def get_argument_parser():
     add("--seed", default=0, type=int, help="random seed (python, numpy, torch)")
     add("--mask_padded_regions", action="store_true",
         help="exclude zero-padded (dropped) regions from attention; off reproduces the official code")
+    if with_sim:
+        add("--sim", default=DEFAULT_SIMILARITY, choices=list(SIMILARITIES), metavar="NAME",
+            help="similarity function (listed below), stored in checkpoints")
     return parser
 
 
@@ -121,8 +127,8 @@ TRAINING_RANGES = {
     "img_dim": AT_LEAST_1, "workers": WORKERS, "log_step": AT_LEAST_1, "seed": COUNT, "threads": THREADS,
 }
 EVALUATION_RANGES = {
-    "batch_size": AT_LEAST_1, "workers": WORKERS, "fold_images": AT_LEAST_1, "img_block": AT_LEAST_1,
-    "shard_elements": AT_LEAST_1, "threads": THREADS,
+    "batch_size": AT_LEAST_1, "workers": WORKERS, "fold_images": AT_LEAST_1, "rows_per_block": COUNT,
+    "threads": THREADS,
 }
 
 

@@ -1,4 +1,4 @@
-"""The training loop (spec section 5): schedule, validation, checkpoints, resume, logs.
+"""The training loop: schedule, validation, checkpoints, resume, logs.
 
 `train(opt)` runs a whole training from an options namespace
 (lib.options.get_argument_parser) in one process or, under torchrun, in each
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lib import distributed
 from lib.bert import bert_max_positions, load_tokenizer, resolve_bert_path
 from lib.checkpoint import (copy_checkpoint, load_checkpoint, make_checkpoint, remove_stale_temp_files,
-                            save_checkpoint)
+                            save_checkpoint, similarity_name)
 from lib.datasets import precomp
 from lib.errors import XDimError
 from lib.options import check_training_options
@@ -125,13 +125,18 @@ def current_lr(model):
 def read_resume(opt):
     """The --resume checkpoint, read before anything is built.
 
-    XDimError for a missing, corrupt or foreign file, and for one whose run already
-    reached --num_epochs (unless --reset_start_epoch starts again from epoch 0).
+    XDimError for a missing, corrupt or foreign file, and, unless --reset_start_epoch
+    starts again from epoch 0, for one whose run already reached --num_epochs or that
+    was trained with another --sim.
     """
     state = load_checkpoint(opt.resume)
     if not isinstance(state.get("model"), dict):
         raise XDimError(f"{opt.resume}: not a checkpoint of this codebase (official release files "
                         "hold no training state; evaluate them with eval.py)")
+    trained_with = similarity_name(state)
+    if trained_with != opt.sim and not opt.reset_start_epoch:
+        raise XDimError(f"{opt.resume}: trained with --sim {trained_with}, not --sim {opt.sim} "
+                        "(resume with the same --sim, or start anew with --reset_start_epoch)")
     epoch = state.get("epoch")
     if not opt.reset_start_epoch and isinstance(epoch, int) and epoch >= opt.num_epochs:
         raise XDimError(f"--num_epochs {opt.num_epochs}: {opt.resume} already finished epoch {epoch}; "

@@ -1,4 +1,4 @@
-"""VSEModel: the encoders, the X-Dim similarity, the loss and the optimizer, wired together.
+"""VSEModel: the encoders, the similarity (`--sim`), the loss and the optimizer, wired together.
 
 Public API (outside scripts rely on these names):
 `VSEModel(opt)`, `forward_emb`, `forward_sim`, `train_emb`, `VSEModel.from_checkpoint`.
@@ -16,14 +16,14 @@ from lib.errors import XDimError
 from lib.loss import ContrastiveLoss
 from lib.options import default_options
 from lib.runtime import resolve_device
-from lib.similarity.xdim import XDimSimilarity
+from lib.similarity import DEFAULT_SIMILARITY, build_similarity, check_similarity_name
 
 WEIGHT_DECAY = 1e-4
 BERT_LR_FACTOR = 0.1
 
 
 class VSEModel:
-    """X-Dim: image encoder, BERT text encoder and X-Dim similarity, trained with the hinge loss.
+    """X-Dim: image encoder, BERT text encoder and a similarity (`opt.sim`), trained with the hinge loss.
 
     `opt` uses the official option names (lib.options) and is never modified.
     `device`, `bert_path` and `amp` are what an entry point resolved once (lib.runtime,
@@ -41,7 +41,7 @@ class VSEModel:
         self.img_enc = ImageEncoder(opt.img_dim, opt.embed_size, no_imgnorm=opt.no_imgnorm)
         self.txt_enc = TextEncoder(opt.embed_size, bert_path=self.bert_path, bert_config=bert_config,
                                    no_txtnorm=opt.no_txtnorm)
-        self.sim = XDimSimilarity(opt.embed_size)
+        self.sim = build_similarity(getattr(opt, "sim", DEFAULT_SIMILARITY), opt.embed_size)
         for module in self.modules().values():
             module.to(self.device)
         self.criterion = ContrastiveLoss(margin=opt.margin, max_violation=opt.max_violation)
@@ -108,7 +108,10 @@ class VSEModel:
         return self.encode_images(images, image_lengths), self.encode_captions(captions, cap_lens), cap_lens
 
     def forward_sim(self, img_emb, cap_emb, cap_lens, image_lengths=None):
-        """-> (n_img, n_cap) float32 scores; `image_lengths` masks padded regions out of attention."""
+        """-> (n_img, n_cap) float32 scores; `image_lengths` masks padded regions out of attention.
+
+        Calling the similarity runs the block scheduler (lib/similarity/blocks.py).
+        """
         with self.autocast():
             return self.sim(img_emb, cap_emb, cap_lens, image_lengths).float()
 
@@ -185,6 +188,8 @@ class VSEModel:
         opt = default_options()
         for key, value in saved.items():
             setattr(opt, key, value)
+        opt.sim = ckpt_io.similarity_name(ckpt)
+        check_similarity_name(opt.sim, f"{path} (stored option sim)")
         if bert_path:
             config = bert_config_dict(bert_path)
         elif official:

@@ -298,6 +298,17 @@ def test_bad_input_is_one_line(planted, tiny_precomp, test_captions, tmp_path, c
     assert not (tmp_path / "out").exists()  # checked before any work
 
 
+@pytest.mark.parametrize("sim", ["cosine", "xdim_nomask", "xdim_nodelta"])
+def test_variants_with_other_equations_are_refused(tiny_bert_dir, tmp_path, capsys, sim):
+    opt = default_options(embed_size=D, img_dim=TINY_IMG_DIM, bert_path=tiny_bert_dir, device="cpu", sim=sim)
+    path = str(tmp_path / "variant.pth")
+    save_checkpoint(make_checkpoint(VSEModel(opt), 0, 0.0), path)
+    capsys.readouterr()
+    code, _, err = run_cli(["--model_path", path, "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.startswith(f"error: this checkpoint's similarity is '{sim}'") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_matplotlib_stops_analyze_before_writing(planted, tmp_path, capsys, no_matplotlib):
     code, _, err = run_cli(["--model_path", planted[0], "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and err == f"error: {figures.MATPLOTLIB_HINT}\n"

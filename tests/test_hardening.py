@@ -180,7 +180,7 @@ def test_bad_training_numbers_fail_in_one_line_before_any_work(tmp_path, tiny_pr
 
 
 @pytest.mark.parametrize("option, value", [("--batch_size", "0"), ("--workers", "-1"), ("--fold_images", "0"),
-                                           ("--img_block", "0"), ("--shard_elements", "0")])
+                                           ("--rows_per_block", "-1")])
 def test_bad_evaluation_numbers_fail_in_one_line(checkpoint, capsys, no_scoring, option, value):
     code, _, err = run_eval(["--model_path", checkpoint, "--device", "cpu", option, value], capsys)
     assert code == 2 and err.startswith(f"error: {option} {value}: must be ") and err.count("\n") == 1

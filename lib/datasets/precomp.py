@@ -1,4 +1,4 @@
-"""Precomputed region features and captions: the "precomp" layout (spec sections 1-2).
+"""Precomputed region features and captions: the "precomp" layout (README "Data").
 
 `{data_path}/{data_name}/{split}_ims.npy` holds float region features
 (n_images, R, img_dim) and is memory-mapped, never read whole (COCO train is
@@ -39,7 +39,7 @@ RANDOM_SHARE = 0.1
 # ---------------------------------------------------------------- tokenizer
 
 class CaptionEncoder:
-    """Caption text -> BERT token ids `[CLS] ... [SEP]` (spec section 2).
+    """Caption text -> BERT token ids `[CLS] ... [SEP]` (README "Caption processing").
 
     Words follow BERT's basic tokenizer (lower-casing, punctuation split) and
     each word becomes its WordPiece sub-tokens, so without perturbation the ids
