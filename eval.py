@@ -14,13 +14,14 @@ import sys
 
 from lib import metrics, score_files, scoring
 from lib.errors import XDimError
-from lib.options import add_runtime_options
+from lib.options import HelpFormatter, add_runtime_options, check_evaluation_options
+from lib.runtime import apply_threads
 
 
 def build_parser(description=None, **defaults):
     """The evaluation options; `defaults` (e.g. data_name, split, fold5) preset some of them."""
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--model_path", default=None,
         help="checkpoint to evaluate (ours or the official release's); may be left out when "
@@ -29,17 +30,15 @@ def build_parser(description=None, **defaults):
         help="folder holding {data_name}/ (None: the checkpoint's data_path)")
     add("--data_name", default=None, help="f30k_precomp or coco_precomp (None: the checkpoint's)")
     add("--split", default="test", help="split to evaluate: test, testall, dev, ...")
-    add("--fold5", action="store_true",
+    add("--fold5", action=argparse.BooleanOptionalAction, default=False,
         help="also report the 5-fold 1K protocol (COCO testall): each fold and their mean")
     add("--fold_images", type=int, default=1000, help="images per fold for --fold5")
     add("--batch_size", type=int, default=128, help="images / captions per encoder batch")
     add("--workers", type=int, default=2, help="data loader worker processes")
     add("--storage", default="float32", choices=list(scoring.STORAGE_DTYPES),
         help="dtype of the stored image and caption embeddings (float16/bfloat16 halve the memory)")
-    add("--img_block", type=int, default=scoring.DEFAULT_IMG_BLOCK, help="images per scoring shard")
-    add("--shard_elements", type=int, default=scoring.DEFAULT_SHARD_ELEMENTS,
-        help="bound on caption tokens x d (padded) per scoring shard; the similarity bounds "
-             "its own working memory inside a shard")
+    add("--rows_per_block", type=int, default=0,
+        help="scoring block size in (image, caption token) rows; 0 picks 2048 on CPU, 32768 on CUDA")
     add("--save_sims", metavar="FILE", default=None,
         help="write the evaluated score matrix (the ensemble, with --ensemble) as a float32 "
              ".npy (n_images, n_captions)")
@@ -57,45 +56,46 @@ def build_parser(description=None, **defaults):
     return parser
 
 
-def model_scores(args):
-    """Load the checkpoint, encode and score the split -> (sims (n_img, n_cap), captions per image)."""
-    from lib.bert import load_tokenizer
-    from lib.datasets.precomp import CaptionEncoder, open_split
-    from lib.vse import VSEModel
-    model = VSEModel.from_checkpoint(args.model_path, bert_path=args.bert_path, device=args.device)
-    model.opt.amp = args.amp
-    data_path = args.data_path or model.opt.data_path
-    data_name = args.data_name or model.opt.data_name
-    split = open_split(data_path, data_name, args.split, img_dim=model.opt.img_dim)
-    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), model.bert_config["max_position_embeddings"])
+def model_scores(args, model, split, encoder):
+    """Encode and score the split -> (sims (n_img, n_cap) float32 checked finite, the global
+    vectors of lib.retrieval.evaluation_vectors with --shortlist, else None)."""
     img_emb, captions = scoring.encode_split(model, split, encoder, args.batch_size, args.workers,
                                                 args.storage, not args.no_progress)
-    sims = scoring.model_sims(model, img_emb, captions, args.img_block, args.shard_elements,
-                                 not args.no_progress)
+    sims = scoring.model_sims(model, img_emb, captions, args.rows_per_block, not args.no_progress)
+    score_files.check_finite_scores(sims, args.model_path)
     global_vectors = None
     if args.shortlist:
         from lib.retrieval import evaluation_vectors
         global_vectors = evaluation_vectors(model, args.model_path, img_emb, captions)
-    return sims, split.captions_per_image, f"{data_name} {args.split}", global_vectors
+    return sims, global_vectors
 
 
-def evaluate(args):
-    """Scores from the model and/or files -> (results of metrics.run_protocol, table label)."""
-    if not args.model_path and not args.ensemble:
-        raise XDimError("nothing to evaluate: give --model_path and/or --ensemble FILE...")
-    if args.shortlist is not None and (args.shortlist < 1 or not args.model_path):
-        raise XDimError("--shortlist K needs K >= 1 and --model_path (global vectors come from the model)")
-    matrices, cpi, label = [], None, "ensemble"
+def evaluate(args, device):
+    """Scores from the model and/or files -> (results of metrics.run_protocol, table label).
+
+    Everything that can be checked without scoring is checked first: the score files,
+    the split, the shapes to ensemble and the fold count.
+    """
+    matrices = [score_files.load_score_file(path) for path in args.ensemble]
+    sources, shapes = list(args.ensemble), [m.shape for m in matrices]
     if args.model_path:
-        sims, cpi, label, global_vectors = model_scores(args)
-        matrices.append(sims)
-    matrices += [score_files.load_score_file(path) for path in args.ensemble]
-    sims = matrices[0] if len(matrices) == 1 else score_files.ensemble_sims(matrices)
-    if cpi is None:
-        cpi = score_files.infer_captions_per_image(sims, args.ensemble[0])
+        model = scoring.load_model(args.model_path, args.bert_path, device, args.amp)
+        split, encoder, label = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+        sources, shapes = [args.model_path] + sources, [(split.n_images, split.n_captions)] + shapes
+        cpi = split.captions_per_image
+    else:
+        label = "ensemble"
+        cpi = score_files.infer_captions_per_image(matrices[0], args.ensemble[0])
+    score_files.check_same_shape(shapes, sources)
+    if args.fold5:
+        metrics.check_fold_count(shapes[0][0], 5, args.fold_images)
+    if args.model_path:
+        sims, global_vectors = model_scores(args, model, split, encoder)
+        matrices.insert(0, sims)
+    sims = matrices[0] if len(matrices) == 1 else score_files.ensemble_sims(matrices, sources)
+    results = metrics.run_protocol(sims, cpi, args.fold5, args.fold_images)
     if args.save_sims:
         score_files.save_score_file(sims, args.save_sims)
-    results = metrics.run_protocol(sims, cpi, args.fold5, args.fold_images)
     results.update({"n_images": sims.shape[0], "n_captions": sims.shape[1], "captions_per_image": cpi,
                     "model_path": args.model_path, "ensemble": list(args.ensemble)})
     if args.shortlist:
@@ -110,10 +110,12 @@ def evaluate(args):
 def main(argv=None, description=None, **defaults):
     args = build_parser(description, **defaults).parse_args(argv)
     try:
-        results, label = evaluate(args)
+        device = check_evaluation_options(args)
+        apply_threads(args.threads)
+        results, label = evaluate(args, device)
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(results, f, indent=2)
+                json.dump(metrics.rounded(results), f, indent=2)
     except (XDimError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,7 +28,8 @@ def _add_model_options(parser, required=True):
                         help="shortlist head (default: the .shortlist.pth file beside the checkpoint if "
                              "there is one, else parameter-free mean pooling)")
     parser.add_argument("--bert_path", default=None, help="BERT folder (default: the checkpoint's own)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (CUDA if available, else CPU), cpu, cuda, ... (default %(default)s)")
 
 
 def build_parser():
@@ -62,7 +63,8 @@ def build_parser():
     distill.add_argument("--out", default=None, metavar="FILE",
                          help="head file (default: beside the checkpoint, *.shortlist.pth)")
     distill.add_argument("--bert_path", default=None, help="BERT folder (default: the checkpoint's own)")
-    distill.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default %(default)s)")
+    distill.add_argument("--device", default="auto",
+                         help="torch device: auto (CUDA if available, else CPU), cpu, cuda, ... (default %(default)s)")
 
     build = commands.add_parser("build", help="encode a gallery into an index folder")
     _add_model_options(build)
@@ -102,8 +104,9 @@ def _load(args, model_path):
     """-> (model, its weights fingerprint, global-vector encoder)."""
     from lib import shortlist
     from lib.checkpoint import weights_fingerprint
-    from lib.vse import VSEModel
-    model = VSEModel.from_checkpoint(model_path, bert_path=args.bert_path, device=args.device)
+    from lib.runtime import resolve_device
+    from lib.scoring import load_model
+    model = load_model(model_path, args.bert_path, resolve_device(args.device))
     fingerprint = weights_fingerprint(model.state_dict())
     return model, fingerprint, shortlist.global_encoder(model, fingerprint, model_path, getattr(args, "head", None))
 
@@ -113,14 +116,15 @@ def run_distill(args):
     from lib.bert import load_tokenizer
     from lib.checkpoint import weights_fingerprint
     from lib.datasets.precomp import CaptionEncoder, open_split
-    from lib.vse import VSEModel
-    for name in ("epochs", "batch_images", "size"):
+    from lib.runtime import resolve_device
+    from lib.scoring import load_model
+    for name in ("epochs", "batch_images", "size", "group"):
         if getattr(args, name) < 1:
             raise XDimError(f"--{name} must be at least 1")
-    model = VSEModel.from_checkpoint(args.model_path, bert_path=args.bert_path, device=args.device)
+    model = load_model(args.model_path, args.bert_path, resolve_device(args.device))
     split = open_split(args.data_path or model.opt.data_path, args.data_name or model.opt.data_name,
                        args.split, img_dim=model.opt.img_dim)
-    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), model.bert_config["max_position_embeddings"])
+    encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
     out = args.out or shortlist.default_head_path(args.model_path)
     start = time.time()
     head, loss = shortlist.distill_head(model, split, encoder, args.epochs, args.batch_images, args.learning_rate,

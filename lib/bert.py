@@ -2,12 +2,16 @@
 
 Every BERT-related load goes through this module, so the offline behaviour and the
 download hint are the same everywhere. A "BERT folder" holds config.json,
-vocab.txt and, for training, the pretrained weights.
+vocab.txt and, for training, the pretrained weights. `resolve_bert_path` turns
+--bert_path into what the loaders read, once per entry point.
 """
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import urllib.parse
+import urllib.request
 
 from lib.errors import XDimError, first_line
 
@@ -17,9 +21,74 @@ BERT_DOWNLOAD_HINT = (
     f"on a machine with internet, run `python -c \"from transformers import BertModel, "
     f"BertTokenizerFast as T; n='{DEFAULT_BERT}'; BertModel.from_pretrained(n).save_pretrained('bert'); "
     f"T.from_pretrained(n).save_pretrained('bert')\"` and pass --bert_path bert")
+# Seconds to wait for the model hub's host before calling the machine offline.
+HUB_TIMEOUT_S = 3.0
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # bert-base-uncased's config.json and vocab.txt (no weights), shipped for offline use.
 BUNDLED_BERT_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                  "data", "bert-base-uncased")
+
+
+def hub_offline_requested():
+    """True when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE asks never to contact the hub."""
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_address():
+    """(host, port) a hub request connects to first: the https proxy if one is set, else the hub."""
+    from huggingface_hub import constants
+    url = urllib.parse.urlparse(urllib.request.getproxies().get("https") or constants.ENDPOINT)
+    return url.hostname, url.port or (443 if url.scheme == "https" else 80)
+
+
+def hub_reachable(timeout=HUB_TIMEOUT_S):
+    """True when a TCP connection to `hub_address()` opens within `timeout` seconds."""
+    try:
+        with socket.create_connection(hub_address(), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cached_hub_folder(name):
+    """The local hub-cache folder of hub model `name` when it holds config, vocabulary and
+    weights (what training reads), else None. Never contacts the hub."""
+    from huggingface_hub import snapshot_download
+    try:
+        folder = snapshot_download(name, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    complete = all(os.path.isfile(os.path.join(folder, f)) for f in ("config.json", "vocab.txt"))
+    if complete and any(os.path.isfile(os.path.join(folder, f)) for f in WEIGHT_FILES):
+        return folder
+    return None
+
+
+def resolve_bert_path(bert_path=None):
+    """What --bert_path means here, decided once at an entry point -> a local folder or a hub name.
+
+    A local folder stays itself; a hub name (default bert-base-uncased) already in the
+    hub cache becomes that cache folder, read without network. Otherwise the hub must
+    be reachable: when HF_HUB_OFFLINE is set, or when the hub's host does not answer
+    within HUB_TIMEOUT_S, XDimError says how to get BERT, instead of transformers
+    retrying for minutes.
+    """
+    bert_path = bert_path or DEFAULT_BERT
+    if os.path.isdir(bert_path):
+        return bert_path
+    cached = cached_hub_folder(bert_path)
+    if cached:
+        return cached
+    if hub_offline_requested():
+        raise XDimError(f"{bert_path}: not a local folder, not in the hub cache, and HF_HUB_OFFLINE "
+                        f"forbids downloading it; {BERT_DOWNLOAD_HINT}")
+    if not hub_reachable():
+        host, port = hub_address()
+        raise XDimError(f"{bert_path}: not a local folder, not in the hub cache, and the model hub "
+                        f"({host}:{port}) does not answer within {HUB_TIMEOUT_S:g} s; {BERT_DOWNLOAD_HINT} "
+                        f"(HF_HUB_OFFLINE=1 keeps transformers from ever contacting the hub)")
+    return bert_path
 
 
 def bert_config_dict(bert_path):

@@ -5,17 +5,23 @@ Our format is a dict: `format` ("xdim"), `model` (flat state dict with `img_enc.
 `opt` (options as a plain dict), `bert_config` and `vocab` (so evaluation needs
 no BERT download).
 
-The official release (spec section 8) pickles `opt` as an `argparse.Namespace`
-and stores `model` as a list of three state dicts with `module.` prefixes and
-its own key names; `official_state_dict` maps them onto ours with one table.
+The authors' release checkpoints pickle `opt` as an `argparse.Namespace` and
+store `model` as a list of three state dicts with `module.` prefixes and their own
+key names; `official_state_dict` maps them onto ours with one table (docs/method.md
+lists the similarity's). They load as `--sim xdim`, as do ours saved before `--sim`.
 """
 import argparse
 import hashlib
 import os
+import pickle
+import re
+import shutil
+import zipfile
 
 import torch
 
 from lib.errors import XDimError, first_line
+from lib.similarity import DEFAULT_SIMILARITY
 
 FORMAT = "xdim"
 
@@ -46,22 +52,74 @@ OFFICIAL_UNUSED = ((0, "mlp.bns.1."), (2, "sim_eval.weight"))
 # A buffer transformers 4.x saved in 2023 and current versions no longer keep in the state dict.
 LEGACY_BUFFERS = ("txt_enc.bert.embeddings.position_ids",)
 PART_NAMES = ("image encoder", "text encoder", "similarity")
+# Temporary files of an atomic save: `checkpoint.pth.tmp-<pid>` (visible to ls), and the
+# hidden `.checkpoint.pth.<pid>.tmp` that earlier versions wrote. Group 1 is the pid.
+TEMP_PATTERNS = (re.compile(r"^.+\.pth\.tmp-(\d+)$"), re.compile(r"^\..+\.pth\.(\d+)\.tmp$"))
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = b"\x80"
 
 
-def save_checkpoint(state, path):
-    """torch.save `state` to `path` atomically: a crash mid-write leaves the old file intact."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+def temp_path(path):
+    """The temporary file an atomic write of `path` goes through (named after this process)."""
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def _write_atomically(path, write):
+    """Call write(file) on a temporary file next to `path`, then rename it onto `path`.
+
+    A crash or a full disk mid-write leaves the previous `path` intact; a killed process
+    leaves its temporary file, which `remove_stale_temp_files` deletes later.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_checkpoint(state, path):
+    """torch.save `state` to `path` atomically: a crash mid-write leaves the old file intact."""
+    _write_atomically(path, lambda f: torch.save(state, f))
+
+
+def copy_checkpoint(src, dst):
+    """Copy the file `src` to `dst` atomically (e.g. checkpoint.pth -> model_best.pth)."""
+    with open(src, "rb") as source:
+        _write_atomically(dst, lambda f: shutil.copyfileobj(source, f))
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder):
+    """Delete the temporary checkpoint files in `folder` whose writing process is gone.
+
+    Only names of TEMP_PATTERNS are touched, and only when their pid is not a running
+    process (a live save is left alone). -> the removed paths.
+    """
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        match = next((m for m in (p.match(name) for p in TEMP_PATTERNS) if m), None)
+        path = os.path.join(folder, name)
+        if match and os.path.isfile(path) and not _process_alive(int(match.group(1))):
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def make_checkpoint(model, epoch, best_rsum):
@@ -79,19 +137,60 @@ def make_checkpoint(model, epoch, best_rsum):
     }
 
 
+def _looks_like_text(head):
+    """True when the first bytes of a file decode as UTF-8 text without control characters."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:  # a character cut by the end of `head` is still text
+        if error.start < len(head) - 3:
+            return False
+        text = head[:error.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+
+
+def _refused_global(exc):
+    """The Python object a weights-only load refused (e.g. 'os.system'), or None."""
+    if not isinstance(exc, pickle.UnpicklingError):
+        return None
+    match = re.search(r"\bGLOBAL ([\w.]+)", str(exc))
+    return match.group(1) if match else None
+
+
+def _unreadable(path, head, exc):
+    """The one-line reason a file that torch.load rejected is not a checkpoint."""
+    refused = _refused_global(exc)
+    if refused:
+        return (f"{path}: holds Python objects ({refused}) that a safe load refuses to create, so it "
+                "is not read (X-Dim checkpoints hold only tensors, numbers, strings and options)")
+    if head.startswith(ZIP_MAGIC) and not zipfile.is_zipfile(path):
+        return f"{path}: is truncated or corrupt (its zip archive lacks the end record); re-download or re-save it"
+    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTO):
+        detail = first_line(exc) if len(first_line(exc)) <= 100 else type(exc).__name__
+        return f"{path}: is truncated or corrupt ({detail}); re-download or re-save it"
+    return f"{path}: is not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint of either format with `weights_only=True`.
 
     The official files' `argparse.Namespace` is admitted through PyTorch's safe-globals
-    allowlist. Raises XDimError (one line) for a missing, corrupt or foreign file.
+    allowlist; nothing else that a weights-only load refuses is ever admitted. Raises
+    XDimError (one line saying what the file is) for a missing, empty, text, truncated,
+    corrupt or foreign file.
     """
     if not os.path.isfile(path):
         raise XDimError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise XDimError(f"{path}: is empty, not a checkpoint")
+    if _looks_like_text(head):
+        raise XDimError(f"{path}: is a text file, not a PyTorch checkpoint")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated, corrupt or unsafe files
-        raise XDimError(f"{path}: not a readable checkpoint ({first_line(exc)[:200]})") from None
+        raise XDimError(_unreadable(path, head, exc)) from None
     if not (isinstance(ckpt, dict) and "model" in ckpt and (ckpt.get("format") == FORMAT or is_official(ckpt))):
         raise XDimError(f"{path}: not an X-Dim checkpoint (expected our format or the official release's)")
     return ckpt
@@ -107,6 +206,13 @@ def official_options(ckpt):
     """The official checkpoint's options as a plain dict."""
     opt = ckpt.get("opt")
     return dict(vars(opt)) if isinstance(opt, argparse.Namespace) else dict(opt or {})
+
+
+def similarity_name(ckpt):
+    """The `--sim` a checkpoint was trained with; `xdim` for official files and ours from before `--sim`."""
+    opt = ckpt.get("opt")
+    saved = vars(opt) if isinstance(opt, argparse.Namespace) else dict(opt or {})
+    return saved.get("sim") or DEFAULT_SIMILARITY
 
 
 def official_state_dict(parts, expected, path="checkpoint"):

@@ -25,8 +25,10 @@ exactly the gradient of one process that saw the whole batch; gradient
 clipping and the optimizer step then see it on every rank and keep the
 replicas in sync.
 """
+import contextlib
 import datetime
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -34,6 +36,17 @@ from torch.distributed.nn.functional import all_gather as autograd_all_gather
 from torch.nn.parallel import DistributedDataParallel
 
 WAIT_MINUTES = 120
+# Deprecation notices recent torch prints for calls that torch 2.4 (our oldest) needs in this form.
+TORCH_NOTICES = (r"`broadcast_buffers` is deprecated", r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+
+
+@contextlib.contextmanager
+def quiet_torch_notices():
+    """Hide TORCH_NOTICES (printed once per process and call site under torchrun otherwise)."""
+    with warnings.catch_warnings():
+        for message in TORCH_NOTICES:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
 
 
 def is_distributed():
@@ -108,7 +121,8 @@ def _pad_to(x, batch, length):
 def _gather_padded(x, sizes, dim1_max):
     """All-gather x (B_k, T_k, ...) with autograd -> (sum_k B_k, max T, ...), rank order."""
     b_max = int(sizes[:, 0].max())
-    parts = autograd_all_gather(_pad_to(x, b_max, dim1_max))
+    with quiet_torch_notices():
+        parts = autograd_all_gather(_pad_to(x, b_max, dim1_max))
     return torch.cat([p[: int(b)] for p, b in zip(parts, sizes[:, 0])], dim=0)
 
 
@@ -153,14 +167,14 @@ def unwrap(module):
 
 
 def _ddp(module, device):
-    # find_unused_parameters: any parameter outside the loss (e.g. BERT's pooler, if
-    # trainable) would otherwise make DDP wait for its gradient forever.
-    # broadcast_buffers=False: validation runs on rank 0 alone, so a forward
+    # Every trainable parameter takes part in the loss (BERT's pooler, which does not, is
+    # frozen by TextEncoder), so DDP needs no search for unused parameters after each
+    # forward. broadcast_buffers=False: validation runs on rank 0 alone, so a forward
     # must never start a collective; SyncBatchNorm keeps BN statistics global.
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids,
-                                   find_unused_parameters=True,
-                                   broadcast_buffers=False)
+    with quiet_torch_notices():
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False,
+                                       broadcast_buffers=False)
 
 
 def wrap_encoders(model):

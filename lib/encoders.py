@@ -8,7 +8,7 @@ from lib.bert import build_bert
 
 
 def l2norm(x, dim=-1, eps=1e-8):
-    """x / (||x|| + eps) along `dim` (the epsilon is added to the norm, as in the spec)."""
+    """x / (||x|| + eps) along `dim` (the epsilon is added to the norm, not under the root)."""
     return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + eps)
 
 

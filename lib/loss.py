@@ -1,4 +1,4 @@
-"""Hinge triplet loss over a batch's score matrix (spec section 5)."""
+"""Hinge triplet loss over a batch's score matrix (docs/method.md, "Training objective")."""
 import torch
 import torch.nn as nn
 

@@ -1,13 +1,34 @@
-"""Command-line options.
+"""Command-line options and their checks.
 
 `get_argument_parser()` keeps every option of the official X-Dim parser with the
 same name and default (some are accepted only so that old command lines and
-pickled option namespaces keep working; their help says so), and adds the
+pickled option namespaces keep working; they are hidden from --help), and adds the
 options this codebase introduces.
+
+`check_training_options` and `check_evaluation_options` are the one place where
+each entry point checks its options, right after parsing and before any work:
+the first bad one stops the run with one line naming it.
 """
 import argparse
+import math
+import os
 
 from lib.bert import DEFAULT_BERT
+from lib.errors import XDimError
+from lib.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_help
+
+# Options of the official parser that this codebase does not use.
+UNUSED = argparse.SUPPRESS
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option help with a default only when it says something (not None, False, '' or []);
+    the epilog (e.g. the list of similarities) kept line by line."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, "", []):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_runtime_options(parser):
@@ -21,22 +42,26 @@ def add_runtime_options(parser):
                         help="torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--amp", default="none", choices=["none", "bf16"],
                         help="autocast precision for encoders and similarity (loss stays float32)")
+    parser.add_argument("--threads", default=0, type=int,
+                        help="torch CPU threads; 0: OMP_NUM_THREADS if set, else all cores but one "
+                             "(README, \"CPU threads\")")
     return parser
 
 
-def get_argument_parser():
+def get_argument_parser(with_sim=True):
+    """The training options; with_sim=False leaves --sim out (for scripts that set it themselves)."""
     parser = argparse.ArgumentParser(
         description="Train X-Dim on precomputed region features (precomp layout).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=similarity_help(), formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--data_path", default="../Flickr30K/", help="folder that holds {data_name}/")
     add("--data_name", default="f30k_precomp", help="{coco,f30k}_precomp")
-    add("--vocab_path", default="./vocab/", help="unused (GloVe/GRU vocabulary of the family); kept for compatibility")
+    add("--vocab_path", default="./vocab/", help=UNUSED)
     add("--margin", default=0.2, type=float, help="rank loss margin")
     add("--num_epochs", default=30, type=int, help="number of training epochs")
     add("--batch_size", default=128, type=int,
         help="global mini-batch size (split across processes under torchrun)")
-    add("--word_dim", default=300, type=int, help="unused (GRU word embedding size); kept for compatibility")
+    add("--word_dim", default=300, type=int, help=UNUSED)
     add("--embed_size", default=1024, type=int, help="joint embedding size d")
     add("--grad_clip", default=2.0, type=float, help="gradient norm clipping threshold (<= 0 disables)")
     add("--learning_rate", default=0.0005, type=float, help="base learning rate")
@@ -56,19 +81,22 @@ def get_argument_parser():
     add("--no_txtnorm", action="store_true", help="do not L2-normalise text embeddings")
     add("--precomp_enc_type", default="basic", choices=["basic"],
         help="image encoder for precomputed features (only basic: FC + MLP)")
-    add("--backbone_path", type=str, default="", help="unused (raw-image backbone); kept for compatibility")
-    add("--backbone_source", type=str, default="detector", help="unused; kept for compatibility")
+    add("--backbone_path", type=str, default="", help=UNUSED)
+    add("--backbone_source", type=str, default="detector", help=UNUSED)
     add("--vse_mean_warmup_epochs", type=int, default=1,
         help="epochs that sum all violations before switching to hardest negatives")
     add("--reset_start_epoch", action="store_true", help="with --resume: start again from epoch 0")
-    add("--backbone_warmup_epochs", type=int, default=5, help="unused; kept for compatibility")
-    add("--embedding_warmup_epochs", type=int, default=2, help="unused; kept for compatibility")
-    add("--backbone_lr_factor", default=0.01, type=float, help="unused; kept for compatibility")
-    add("--input_scale_factor", type=float, default=1, help="unused; kept for compatibility")
+    add("--backbone_warmup_epochs", type=int, default=5, help=UNUSED)
+    add("--embedding_warmup_epochs", type=int, default=2, help=UNUSED)
+    add("--backbone_lr_factor", default=0.01, type=float, help=UNUSED)
+    add("--input_scale_factor", type=float, default=1, help=UNUSED)
     add_runtime_options(parser)
     add("--seed", default=0, type=int, help="random seed (python, numpy, torch)")
     add("--mask_padded_regions", action="store_true",
         help="exclude zero-padded (dropped) regions from attention; off reproduces the official code")
+    if with_sim:
+        add("--sim", default=DEFAULT_SIMILARITY, choices=list(SIMILARITIES), metavar="NAME",
+            help="similarity function (listed below), stored in checkpoints")
     return parser
 
 
@@ -80,3 +108,92 @@ def default_options(**overrides):
             raise ValueError(f"unknown option {key!r}")
         setattr(opt, key, value)
     return opt
+
+
+# ---------------------------------------------------------------- checks
+
+# Rules for numeric options: (test, what the value must be).
+POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a positive number")
+NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+CLIP = (math.isfinite, "a finite number (<= 0 disables clipping)")
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+COUNT = (lambda v: v >= 0, "0 or more")
+WORKERS = (lambda v: v >= 0, "0 (load in the main process) or more")
+THREADS = (lambda v: v >= 0, "0 (automatic) or more")
+# Checked in this order; the first failure is reported.
+TRAINING_RANGES = {
+    "learning_rate": POSITIVE, "margin": NON_NEGATIVE, "grad_clip": CLIP, "num_epochs": AT_LEAST_1,
+    "lr_update": COUNT, "vse_mean_warmup_epochs": COUNT, "batch_size": AT_LEAST_1, "embed_size": AT_LEAST_1,
+    "img_dim": AT_LEAST_1, "workers": WORKERS, "log_step": AT_LEAST_1, "seed": COUNT, "threads": THREADS,
+}
+EVALUATION_RANGES = {
+    "batch_size": AT_LEAST_1, "workers": WORKERS, "fold_images": AT_LEAST_1, "rows_per_block": COUNT,
+    "threads": THREADS,
+}
+
+
+def _check_ranges(opt, ranges):
+    for name, (test, requirement) in ranges.items():
+        value = getattr(opt, name)
+        if not test(value):
+            raise XDimError(f"--{name} {value}: must be {requirement}")
+
+
+def _nearest_existing(path):
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_output_folder(option, folder):
+    """XDimError unless `folder` is a writable folder or can be created as one."""
+    existing = _nearest_existing(os.path.abspath(folder))
+    if not os.path.isdir(existing):
+        raise XDimError(f"{option} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise XDimError(f"{option} {folder}: {existing} is not writable")
+
+
+def check_output_file(option, path):
+    """XDimError unless `path` can be written: its folder exists and is writable, it is no folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise XDimError(f"{option} {path}: is a folder, give a file name")
+    if not os.path.isdir(folder):
+        raise XDimError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise XDimError(f"{option} {path}: not writable")
+
+
+def check_training_options(opt):
+    """Check train.py's options before any work -> the torch.device that --device names.
+
+    Numbers must lie in their range, --logger_name and --model_name must be writable
+    folders (or creatable), and the device must exist here (lib.runtime.resolve_device,
+    called only here). Raises XDimError naming the first bad option.
+    """
+    from lib.runtime import resolve_device
+    _check_ranges(opt, TRAINING_RANGES)
+    check_output_folder("--logger_name", opt.logger_name)
+    check_output_folder("--model_name", opt.model_name)
+    return resolve_device(opt.device)
+
+
+def check_evaluation_options(args):
+    """Check eval.py's (test.py's, testall.py's) options before any work -> the torch.device.
+
+    Something to evaluate must be given, numbers must lie in their range, the --json
+    and --save_sims files must be writable and the device must exist here. Raises
+    XDimError naming the first bad option.
+    """
+    from lib.runtime import resolve_device
+    if not args.model_path and not args.ensemble:
+        raise XDimError("nothing to evaluate: give --model_path and/or --ensemble FILE...")
+    if args.shortlist is not None and (args.shortlist < 1 or not args.model_path):
+        raise XDimError(f"--shortlist {args.shortlist}: needs K >= 1 and --model_path "
+                        f"(the global vectors come from the model)")
+    _check_ranges(args, EVALUATION_RANGES)
+    for option, path in (("--json", args.json), ("--save_sims", args.save_sims)):
+        if path:
+            check_output_file(option, path)
+    return resolve_device(args.device)

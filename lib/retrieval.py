@@ -359,7 +359,7 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
 
 def _tokenizer(model):
     from lib.bert import load_tokenizer
-    return load_tokenizer(model.opt.bert_path)
+    return load_tokenizer(model.bert_path)
 
 
 # ---------------------------------------------------------------- opening an index

@@ -58,7 +58,17 @@ def load_score_file(path):
         data = data["sims"]
     if data.ndim != 2 or not np.issubdtype(data.dtype, np.floating):
         raise XDimError(f"{path}: expected a 2-D float score matrix, got {data.dtype} {data.shape}")
-    return data.astype(np.float32)
+    data = data.astype(np.float32)
+    check_finite_scores(data, path)
+    return data
+
+
+def check_finite_scores(sims, source):
+    """XDimError naming `source` and the first (image, caption) whose score is NaN or infinite."""
+    if not np.isfinite(sims).all():
+        image, caption = np.argwhere(~np.isfinite(sims))[0]
+        raise XDimError(f"{source}: score matrix holds NaN or infinite values "
+                        f"(first at image {image}, caption {caption})")
 
 
 def save_score_file(sims, path):
@@ -66,11 +76,21 @@ def save_score_file(sims, path):
     np.save(path, np.asarray(sims, dtype=np.float32), allow_pickle=False)
 
 
-def ensemble_sims(matrices):
-    """Average score matrices of equal shape (each (n_img, n_cap)) -> float32."""
-    shapes = {m.shape for m in matrices}
-    if len(shapes) != 1:
-        raise XDimError(f"score matrices to ensemble differ in shape: {sorted(shapes)}")
+def check_same_shape(shapes, sources):
+    """XDimError naming the first source whose (n_img, n_cap) shape differs from the first one's."""
+    for shape, source in zip(shapes[1:], sources[1:]):
+        if tuple(shape) != tuple(shapes[0]):
+            raise XDimError(f"{source}: score matrix of shape {tuple(shape)} cannot be ensembled with "
+                            f"{sources[0]} of shape {tuple(shapes[0])}")
+
+
+def ensemble_sims(matrices, sources=None):
+    """Average score matrices of equal shape (each (n_img, n_cap)) -> float32.
+
+    `sources` (file names) name the matrices in the error for a shape mismatch.
+    """
+    sources = sources or [f"score matrix {k}" for k in range(len(matrices))]
+    check_same_shape([m.shape for m in matrices], sources)
     total = np.zeros(matrices[0].shape, dtype=np.float64)
     for m in matrices:
         total += m

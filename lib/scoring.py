@@ -5,8 +5,9 @@
    `(n_img, R, d)` tensor, caption embeddings as `RaggedCaptions` (all real
    tokens concatenated plus offsets), never as a padded float64 array.
 2. `score_sharded` fills the `(n_img, n_cap)` float32 score matrix block by
-   block with any score function `fn(img (b_i, R, d), cap (b_c, L, d), lens (b_c,))
-   -> (b_i, b_c)`; captions are sorted by length so a block pads little.
+   block with the similarity, in the blocks of the one scheduler that training uses
+   too (lib/similarity/blocks.py: length-sorted caption runs, a bounded number of
+   (image, real token) rows per block); its `prepare()` runs once per split.
 3. lib.metrics turns the matrix into recalls.
 
 Entry points for other modules:
@@ -21,14 +22,9 @@ from tqdm import tqdm
 
 from lib.errors import XDimError
 from lib.metrics import evaluate_sims
+from lib.similarity.blocks import plan, row_budget, score_blocks
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# A shard is what one forward_sim call receives: DEFAULT_IMG_BLOCK images and a block of
-# captions padded to at most DEFAULT_SHARD_ELEMENTS floats. The similarity bounds its own
-# working memory inside a call, so shards can be large: few calls, one dependency-weight
-# computation each.
-DEFAULT_IMG_BLOCK = 128
-DEFAULT_SHARD_ELEMENTS = 2 ** 24
 
 
 class RaggedCaptions:
@@ -136,12 +132,16 @@ def _check_order(indices, expected_start):
 
 
 def encode_images(model, split_files, batch_size=128, workers=0, storage="float32", progress=True):
-    """Encode every image of the split once: -> (n_img, R, d) CPU tensor in the storage dtype."""
-    from lib.datasets.precomp import image_loader
+    """Encode every image of the split once: -> (n_img, R, d) CPU tensor in the storage dtype.
+
+    XDimError names the first image whose features hold NaN or inf.
+    """
+    from lib.datasets.precomp import check_finite_images, image_loader
     loader = image_loader(split_files, batch_size, workers)
     out, done = None, 0
     for images, image_lengths, indices in tqdm(loader, desc="encode images", disable=not progress):
         _check_order(indices, done)
+        check_finite_images(images, indices, split_files.images_path)
         emb = model.encode_images(images, image_lengths)
         if out is None:
             out = torch.empty(split_files.n_images, *emb.shape[1:], dtype=storage_dtype(storage))
@@ -167,7 +167,11 @@ def encode_captions(model, split_files, caption_encoder, batch_size=128, workers
 
 def encode_split(model, split_files, caption_encoder, batch_size=128, workers=0,
                  storage="float32", progress=True):
-    """-> (img_emb (n_img, R, d) tensor, RaggedCaptions), in eval mode without gradients."""
+    """-> (img_emb (n_img, R, d) tensor, RaggedCaptions), in eval mode without gradients.
+
+    Every caption is checked to tokenize to something before any encoding.
+    """
+    caption_encoder.check_captions(split_files)
     model.val_start()
     with torch.no_grad():
         img_emb = encode_images(model, split_files, batch_size, workers, storage, progress)
@@ -176,63 +180,67 @@ def encode_split(model, split_files, caption_encoder, batch_size=128, workers=0,
     return img_emb, captions
 
 
-def plan_caption_blocks(sorted_lengths, d, max_elements):
-    """Split length-sorted captions into consecutive blocks for scoring.
+def score_sharded(img_emb, captions, similarity, rows_per_block=None, device="cpu", progress=True):
+    """Score every image against every caption with the block scheduler (lib/similarity/blocks.py).
 
-    A block grows while block_size x (its longest caption) x d (its padded
-    embeddings) stays within `max_elements`, and holds at least one caption.
-    -> list of (start, end).
-    """
-    blocks, start = [], 0
-    n = len(sorted_lengths)
-    while start < n:
-        end = start + 1
-        while end < n and (end + 1 - start) * int(sorted_lengths[end]) * d <= max_elements:
-            end += 1
-        blocks.append((start, end))
-        start = end
-    return blocks
-
-
-def score_sharded(img_emb, captions, score_fn, img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS,
-                  device="cpu", progress=True):
-    """Score every image against every caption, one (image block, caption block) shard at a time.
-
-    img_emb (n_img, R, d); captions: RaggedCaptions; score_fn(img (b_i, R, d),
-    cap (b_c, L, d), lens (b_c,)) -> (b_i, b_c), called with float32 tensors on
-    `device`. -> float32 numpy (n_img, n_cap) in the original caption order.
+    img_emb (n_img, R, d) in any storage dtype; captions: RaggedCaptions; similarity: a
+    lib.similarity Similarity. Each caption run is gathered from the ragged storage and
+    moved to `device` once, each image block when it is scored (as float32); a run's
+    scores come back from the device in one piece.
+    -> float32 numpy (n_img, n_cap) in the original caption order.
     """
     n_img, n_cap = len(img_emb), len(captions)
     sims = np.empty((n_img, n_cap), dtype=np.float32)
-    order = torch.argsort(captions.lengths, stable=True)
-    img_block = max(1, min(img_block, n_img))
-    cap_blocks = plan_caption_blocks(captions.lengths[order], captions.d, max_elements)
-    img_starts = range(0, n_img, img_block)
-    bar = tqdm(total=len(cap_blocks) * len(img_starts), desc="score", disable=not progress)
-    for c0, c1 in cap_blocks:
-        columns = order[c0:c1]
-        cap, lens = captions.gather(columns)
-        cap, lens = cap.to(device), lens.to(device)
-        for i0 in img_starts:
-            img = img_emb[i0:i0 + img_block].to(device=device, dtype=torch.float32)
-            block = score_fn(img, cap, lens)
-            sims[i0:i0 + len(img), columns.numpy()] = block.detach().float().cpu().numpy()
-            bar.update()
-    bar.close()
+    blocks = plan(captions.lengths, n_img, row_budget(similarity, device, rows_per_block))
+
+    def captions_of(run):
+        cap, lens = captions.gather(run.columns)
+        return cap.to(device), lens.to(device)
+
+    def images_of(i0, i1):
+        return img_emb[i0:i1].to(device=device, dtype=torch.float32), None
+
+    with tqdm(total=n_img * n_cap, desc="score", unit="pair", unit_scale=True, disable=not progress) as bar:
+        for run, scores in score_blocks(similarity, blocks, captions_of, images_of):
+            sims[:, run.columns.numpy()] = scores.detach().float().cpu().numpy()
+            bar.update(scores.numel())
     return sims
 
 
-def model_sims(model, img_emb, captions, img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS,
-               progress=True):
-    """The model's (n_img, n_cap) float32 scores via model.forward_sim, sharded."""
+def model_sims(model, img_emb, captions, rows_per_block=None, progress=True):
+    """The model's (n_img, n_cap) float32 scores, as forward_sim computes them (autocast included)."""
     model.val_start()
-    with torch.no_grad():
-        return score_sharded(img_emb, captions, model.forward_sim, img_block, max_elements,
-                             model.device, progress)
+    with torch.no_grad(), model.autocast():
+        return score_sharded(img_emb, captions, model.modules()["sim"], rows_per_block, model.device, progress)
+
+
+def load_model(model_path, bert_path=None, device=None, amp="none"):
+    """A checkpoint (ours or the official release's) ready to score, on `device` (a torch.device).
+
+    `bert_path` (None: the BERT the checkpoint carries) is resolved here, once.
+    """
+    from lib.bert import resolve_bert_path
+    from lib.vse import VSEModel
+    bert_path = resolve_bert_path(bert_path) if bert_path else None
+    return VSEModel.from_checkpoint(model_path, bert_path=bert_path, device=device, amp=amp)
+
+
+def open_model_split(model, data_path=None, data_name=None, split="test"):
+    """The split a model is evaluated on (data_path/data_name default to the model's training data).
+
+    -> (split files, caption encoder for the model's BERT, table label "data_name split").
+    """
+    from lib.bert import load_tokenizer
+    from lib.datasets.precomp import CaptionEncoder, open_split
+    data_path = data_path or model.opt.data_path
+    data_name = data_name or model.opt.data_name
+    files = open_split(data_path, data_name, split, img_dim=model.opt.img_dim)
+    encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
+    return files, encoder, f"{data_name} {split}"
 
 
 def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
-                   img_block=DEFAULT_IMG_BLOCK, max_elements=DEFAULT_SHARD_ELEMENTS, progress=True):
+                   rows_per_block=None, progress=True):
     """Encode and score one split (split_files from lib.datasets.precomp.open_split).
 
     -> (sims float32 numpy (n_img, n_cap), metrics dict of the whole matrix:
@@ -240,7 +248,7 @@ def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=
     """
     img_emb, captions = encode_split(model, split_files, caption_encoder, batch_size, workers,
                                      storage, progress)
-    sims = model_sims(model, img_emb, captions, img_block, max_elements, progress)
+    sims = model_sims(model, img_emb, captions, rows_per_block, progress)
     return sims, evaluate_sims(sims, split_files.captions_per_image)[0]
 
 

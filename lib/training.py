@@ -1,4 +1,4 @@
-"""The training loop (spec section 5): schedule, validation, checkpoints, resume, logs.
+"""The training loop: schedule, validation, checkpoints, resume, logs.
 
 `train(opt)` runs a whole training from an options namespace
 (lib.options.get_argument_parser) in one process or, under torchrun, in each
@@ -14,7 +14,6 @@ iteration counter) continues exactly as the uninterrupted run would have.
 import logging
 import os
 import random
-import shutil
 import time
 
 import numpy as np
@@ -22,13 +21,16 @@ import torch
 from tqdm import tqdm
 
 from lib import distributed
-from lib.bert import load_tokenizer
-from lib.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lib.bert import bert_max_positions, load_tokenizer, resolve_bert_path
+from lib.checkpoint import (copy_checkpoint, load_checkpoint, make_checkpoint, remove_stale_temp_files,
+                            save_checkpoint, similarity_name)
 from lib.datasets import precomp
 from lib.errors import XDimError
+from lib.options import check_training_options
+from lib.runtime import apply_threads
 from lib.scoring import validate
 from lib.tb_logger import TBLogger
-from lib.vse import VSEModel, resolve_device
+from lib.vse import VSEModel
 
 LOGGER_NAME = "xdim.train"
 CHECKPOINT = "checkpoint.pth"
@@ -57,16 +59,18 @@ def per_rank_batch(batch_size, world):
     return batch_size // world
 
 
-def make_train_loader(opt, tokenizer, augment=True):
+def make_train_loader(opt, tokenizer, max_len, augment=True):
     """This process's training batches: a per-rank share of each global batch.
 
     Under torchrun each process reads its share of every epoch's shuffle; the
-    shuffle depends only on (seed, epoch). `augment=False` turns region dropping
-    and word perturbation off (used to compare runs exactly).
+    shuffle depends only on (seed, epoch). `max_len`: the longest caption in tokens.
+    `augment=False` turns region dropping and word perturbation off (used to compare
+    runs exactly).
     """
     world = distributed.world_size()
     return precomp.train_loader(opt, tokenizer, batch_size=per_rank_batch(opt.batch_size, world),
-                                augment=augment, num_replicas=world, rank=distributed.rank())
+                                max_len=max_len, augment=augment, num_replicas=world,
+                                rank=distributed.rank())
 
 
 def setup_text_log(folder, enabled):
@@ -118,12 +122,25 @@ def current_lr(model):
 
 # ---------------------------------------------------------------- resume
 
-def read_resume(path):
-    """The --resume checkpoint, read before anything is built (XDimError: missing, corrupt, foreign)."""
-    state = load_checkpoint(path)
+def read_resume(opt):
+    """The --resume checkpoint, read before anything is built.
+
+    XDimError for a missing, corrupt or foreign file, and, unless --reset_start_epoch
+    starts again from epoch 0, for one whose run already reached --num_epochs or that
+    was trained with another --sim.
+    """
+    state = load_checkpoint(opt.resume)
     if not isinstance(state.get("model"), dict):
-        raise XDimError(f"{path}: not a checkpoint of this codebase (official release files "
+        raise XDimError(f"{opt.resume}: not a checkpoint of this codebase (official release files "
                         "hold no training state; evaluate them with eval.py)")
+    trained_with = similarity_name(state)
+    if trained_with != opt.sim and not opt.reset_start_epoch:
+        raise XDimError(f"{opt.resume}: trained with --sim {trained_with}, not --sim {opt.sim} "
+                        "(resume with the same --sim, or start anew with --reset_start_epoch)")
+    epoch = state.get("epoch")
+    if not opt.reset_start_epoch and isinstance(epoch, int) and epoch >= opt.num_epochs:
+        raise XDimError(f"--num_epochs {opt.num_epochs}: {opt.resume} already finished epoch {epoch}; "
+                        "ask for more epochs to continue it")
     return state
 
 
@@ -197,7 +214,7 @@ class Trainer:
         if end_of_epoch:
             save_checkpoint(state, last)
             if is_best:
-                _atomic_copy(last, best)
+                copy_checkpoint(last, best)
         elif is_best:
             save_checkpoint(state, best)
         if is_best:
@@ -228,7 +245,9 @@ class Trainer:
         bar = tqdm(self.loader, desc=f"epoch {epoch}", total=n_batches,
                    disable=not distributed.is_main(), dynamic_ncols=True)
         start = time.time()
-        for i, (images, image_lengths, captions, lengths, _, _) in enumerate(bar):
+        images_path = self.loader.dataset.files.images_path
+        for i, (images, image_lengths, captions, lengths, _, image_indices) in enumerate(bar):
+            precomp.check_finite_images(images, image_indices, images_path)
             # train_emb raises XDimError on a non-finite loss, before touching the weights.
             loss = model.train_emb(images, captions, lengths, image_lengths)
             self.losses.append(loss)
@@ -244,9 +263,17 @@ class Trainer:
         self.tb.log_value("lr", lr, model.Eiters)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
         if (i + 1) % self.opt.log_step == 0 or i + 1 == n_batches:
-            self.logger.info("epoch %d [%d/%d] iter %d loss %.4f lr %.2e %.2f it/s",
+            statistics = self.similarity_statistics()
+            self.tb.log_values(statistics, model.Eiters)
+            self.logger.info("epoch %d [%d/%d] iter %d loss %.4f lr %.2e %.2f it/s%s",
                              epoch, i + 1, n_batches, model.Eiters, loss, lr,
-                             (i + 1) / max(time.time() - start, 1e-9))
+                             (i + 1) / max(time.time() - start, 1e-9),
+                             "".join(f" {name} {value:.4g}" for name, value in statistics.items()))
+
+    def similarity_statistics(self):
+        """The similarity's own numbers (X-Dim: mask density, mean threshold, temperatures), or {}."""
+        statistics = getattr(self.model.modules()["sim"], "statistics", None)
+        return statistics() if statistics else {}
 
     def run(self, start_epoch):
         for epoch in range(start_epoch, self.opt.num_epochs):
@@ -256,39 +283,49 @@ class Trainer:
                 "last_metrics": self.last_metrics, "iterations": self.model.Eiters}
 
 
-def _atomic_copy(src, dst):
-    tmp = dst + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def build_model(opt):
-    """VSEModel on opt.device, identical on every rank (seeded from opt.seed)."""
+def build_model(opt, device=None, bert_path=None):
+    """VSEModel on `device` with the BERT at `bert_path`, identical on every rank (seeded from opt.seed)."""
     seed_everything(opt.seed)
-    return VSEModel(opt)
+    return VSEModel(opt, device=device, bert_path=bert_path)
+
+
+def open_dev(opt, caption_encoder):
+    """The dev split (validation), checked whole before training: finite features, no empty caption."""
+    dev_files = precomp.open_split(opt.data_path, opt.data_name, "dev", img_dim=opt.img_dim)
+    precomp.check_split_finite(dev_files)
+    caption_encoder.check_captions(dev_files)
+    return dev_files
 
 
 def train(opt, augment=True):
     """Train from options; -> {'best_rsum', 'losses' (per iteration), 'last_metrics', 'iterations'}.
 
-    Under torchrun every process runs this; only rank 0 validates, logs and
-    writes checkpoints. Raises XDimError for bad input and for a non-finite loss.
+    Checks the options first (lib.options.check_training_options), then resolves
+    the device, CPU threads and BERT once. Under torchrun every process runs this;
+    only rank 0 validates, logs and writes checkpoints. Raises XDimError for bad
+    input and for a non-finite loss.
     """
-    device = distributed.init_from_env(resolve_device(opt.device))
-    opt.device = str(device)
+    device = distributed.init_from_env(check_training_options(opt))
+    threads = apply_threads(opt.threads)
+    per_rank = per_rank_batch(opt.batch_size, distributed.world_size())
     main = distributed.is_main()
     logger = setup_text_log(opt.logger_name, main)
     try:
         logger.info("options: %s", vars(opt))
+        logger.info("device %s, %d CPU threads", device, threads)
         if distributed.world_size() > 1:
-            logger.info("%d processes, %d captions per process and step",
-                        distributed.world_size(), opt.batch_size // distributed.world_size())
-        state = read_resume(opt.resume) if opt.resume else None
-        tokenizer = load_tokenizer(opt.bert_path)
-        loader = make_train_loader(opt, tokenizer, augment)
-        dev_files = precomp.open_split(opt.data_path, opt.data_name, "dev", img_dim=opt.img_dim)
-        caption_encoder = precomp.CaptionEncoder(tokenizer, loader.dataset.encoder.max_len)
-        model = build_model(opt)
+            logger.info("%d processes, %d captions per process and step", distributed.world_size(), per_rank)
+        if main:
+            for path in remove_stale_temp_files(opt.model_name):
+                logger.info("removed %s, left by an interrupted save", path)
+        state = read_resume(opt) if opt.resume else None
+        bert_path = resolve_bert_path(opt.bert_path)
+        tokenizer = load_tokenizer(bert_path)
+        max_len = bert_max_positions(bert_path)
+        loader = make_train_loader(opt, tokenizer, max_len, augment)
+        caption_encoder = precomp.CaptionEncoder(tokenizer, max_len)
+        dev_files = open_dev(opt, caption_encoder)
+        model = build_model(opt, device, bert_path)
         start_epoch, best_rsum = resume(model, opt, state, logger) if state else (0, 0.0)
         distributed.wrap_encoders(model)
         trainer = Trainer(opt, model, loader, dev_files, caption_encoder, logger,

@@ -1,4 +1,4 @@
-"""VSEModel: the encoders, the X-Dim similarity, the loss and the optimizer, wired together.
+"""VSEModel: the encoders, the similarity (`--sim`), the loss and the optimizer, wired together.
 
 Public API (outside scripts rely on these names):
 `VSEModel(opt)`, `forward_emb`, `forward_sim`, `train_emb`, `VSEModel.from_checkpoint`.
@@ -15,39 +15,33 @@ from lib.encoders import ImageEncoder, TextEncoder
 from lib.errors import XDimError
 from lib.loss import ContrastiveLoss
 from lib.options import default_options
-from lib.similarity.xdim import XDimSimilarity
+from lib.runtime import resolve_device
+from lib.similarity import DEFAULT_SIMILARITY, build_similarity, check_similarity_name
 
 WEIGHT_DECAY = 1e-4
 BERT_LR_FACTOR = 0.1
 
 
-def resolve_device(name="auto"):
-    """'auto' -> CUDA when available, else CPU; anything else is passed to torch.device."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise XDimError(f"--device {name}: {exc}") from None
-
-
 class VSEModel:
-    """X-Dim: image encoder, BERT text encoder and X-Dim similarity, trained with the hinge loss.
+    """X-Dim: image encoder, BERT text encoder and a similarity (`opt.sim`), trained with the hinge loss.
 
-    `opt` uses the official option names (lib.options). `bert_config` (a dict) builds
-    BERT's architecture without pretrained weights, for loading a checkpoint;
-    otherwise the pretrained BERT at `opt.bert_path` (default bert-base-uncased) is loaded.
+    `opt` uses the official option names (lib.options) and is never modified.
+    `device`, `bert_path` and `amp` are what an entry point resolved once (lib.runtime,
+    lib.bert.resolve_bert_path); left out, they are read from `opt` (`bert_path`
+    defaults to bert-base-uncased). `bert_config` (a dict) builds BERT's architecture
+    without pretrained weights, for loading a checkpoint; otherwise the pretrained BERT
+    at `bert_path` is loaded.
     """
 
-    def __init__(self, opt, bert_config=None):
+    def __init__(self, opt, bert_config=None, device=None, bert_path=None, amp=None):
         self.opt = opt
-        if not getattr(opt, "bert_path", None):
-            opt.bert_path = DEFAULT_BERT
-        self.device = resolve_device(getattr(opt, "device", "auto"))
+        self.device = resolve_device(device if device is not None else getattr(opt, "device", "auto"))
+        self.bert_path = bert_path or getattr(opt, "bert_path", None) or DEFAULT_BERT
+        self.amp = amp if amp is not None else getattr(opt, "amp", "none")
         self.img_enc = ImageEncoder(opt.img_dim, opt.embed_size, no_imgnorm=opt.no_imgnorm)
-        self.txt_enc = TextEncoder(opt.embed_size, bert_path=opt.bert_path, bert_config=bert_config,
+        self.txt_enc = TextEncoder(opt.embed_size, bert_path=self.bert_path, bert_config=bert_config,
                                    no_txtnorm=opt.no_txtnorm)
-        self.sim = XDimSimilarity(opt.embed_size)
+        self.sim = build_similarity(getattr(opt, "sim", DEFAULT_SIMILARITY), opt.embed_size)
         for module in self.modules().values():
             module.to(self.device)
         self.criterion = ContrastiveLoss(margin=opt.margin, max_violation=opt.max_violation)
@@ -92,8 +86,8 @@ class VSEModel:
             group["lr"] = group["base_lr"] * factor
 
     def autocast(self):
-        """bf16 autocast on the model's device when opt.amp == 'bf16', else a no-op."""
-        if getattr(self.opt, "amp", "none") != "bf16":
+        """bf16 autocast on the model's device when amp == 'bf16', else a no-op."""
+        if self.amp != "bf16":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
@@ -114,7 +108,10 @@ class VSEModel:
         return self.encode_images(images, image_lengths), self.encode_captions(captions, cap_lens), cap_lens
 
     def forward_sim(self, img_emb, cap_emb, cap_lens, image_lengths=None):
-        """-> (n_img, n_cap) float32 scores; `image_lengths` masks padded regions out of attention."""
+        """-> (n_img, n_cap) float32 scores; `image_lengths` masks padded regions out of attention.
+
+        Calling the similarity runs the block scheduler (lib/similarity/blocks.py).
+        """
         with self.autocast():
             return self.sim(img_emb, cap_emb, cap_lens, image_lengths).float()
 
@@ -146,30 +143,44 @@ class VSEModel:
 
     # ----- state ------------------------------------------------------------
     def state_dict(self):
-        """Flat weights dict: `img_enc.*`, `txt_enc.*`, `sim.*`."""
+        """Flat weights dict: `img_enc.*`, `txt_enc.*`, `sim.*`.
+
+        Without the buffers that only some transformers versions keep in BERT's state
+        dict (checkpoint.LEGACY_BUFFERS), so a checkpoint is the same whichever
+        version wrote it.
+        """
         return {f"{name}.{key}": value
-                for name, module in self.modules().items() for key, value in module.state_dict().items()}
+                for name, module in self.modules().items() for key, value in module.state_dict().items()
+                if f"{name}.{key}" not in ckpt_io.LEGACY_BUFFERS}
 
     def load_state_dict(self, state, path="checkpoint"):
-        """Load weights after checking every key and shape (XDimError names the first bad one)."""
+        """Load weights after checking every key and shape (XDimError names the first bad one).
+
+        The legacy buffers are accepted whether `state` holds them or not; the model
+        keeps its own values of them (fixed position indices).
+        """
         expected = self.state_dict()
         ckpt_io.check_state_dict(state, expected, path)
         for name, module in self.modules().items():
             prefix = name + "."
-            module.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                    if k.startswith(prefix) and k in expected})
+            own = module.state_dict()
+            loaded = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k in expected}
+            loaded.update({key: own[key] for key in own if prefix + key in ckpt_io.LEGACY_BUFFERS})
+            module.load_state_dict(loaded)
 
     @property
     def bert_config(self):
         return self.modules()["txt_enc"].bert.config.to_dict()
 
     @classmethod
-    def from_checkpoint(cls, path, bert_path=None, device=None):
+    def from_checkpoint(cls, path, bert_path=None, device=None, amp="none"):
         """Load our checkpoint or an official release checkpoint for evaluation.
 
         BERT's weights come from the checkpoint; its architecture and vocabulary from
         `bert_path` if given, else from our checkpoint itself, else (official files)
         from the bundled bert-base-uncased config and vocab. No network is needed.
+        `device` (None: auto) and `amp` apply to this evaluation, whatever the
+        checkpoint was trained with; `model.opt` holds the options it was saved with.
         """
         ckpt = ckpt_io.load_checkpoint(path)
         official = ckpt_io.is_official(ckpt)
@@ -177,16 +188,16 @@ class VSEModel:
         opt = default_options()
         for key, value in saved.items():
             setattr(opt, key, value)
+        opt.sim = ckpt_io.similarity_name(ckpt)
+        check_similarity_name(opt.sim, f"{path} (stored option sim)")
         if bert_path:
-            opt.bert_path, config = bert_path, bert_config_dict(bert_path)
+            config = bert_config_dict(bert_path)
         elif official:
-            opt.bert_path, config = BUNDLED_BERT_BASE, bert_config_dict(BUNDLED_BERT_BASE)
+            bert_path, config = BUNDLED_BERT_BASE, bert_config_dict(BUNDLED_BERT_BASE)
         else:
             config = ckpt["bert_config"]
-            opt.bert_path = materialize_bert_dir(config, ckpt["vocab"])
-        opt.device = device or "auto"
-        opt.amp = "none"
-        model = cls(opt, bert_config=config)
+            bert_path = materialize_bert_dir(config, ckpt["vocab"])
+        model = cls(opt, bert_config=config, device=device or "auto", bert_path=bert_path, amp=amp)
         state = ckpt["model"]
         if official:
             state = ckpt_io.official_state_dict(state, model.state_dict(), path)
@@ -197,4 +208,4 @@ class VSEModel:
 
     def vocab(self):
         """BERT's vocabulary (list of tokens by id), stored in checkpoints."""
-        return bert_vocab(self.opt.bert_path)
+        return bert_vocab(self.bert_path)

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures (owned by the data developer).
+"""Shared pytest fixtures: a tiny BERT and a tiny dataset in the real on-disk layout.
 
 - `tiny_bert_dir` (session): path of a tiny random BERT folder (hidden 32, 2 layers,
   2 heads, max_position_embeddings 64, weights saved so `BertModel.from_pretrained`

@@ -1,4 +1,4 @@
-"""Caption processing (spec section 2): word splitting, WordPiece ids, perturbation, truncation."""
+"""Caption processing (README "Caption processing"): word splitting, WordPiece ids, perturbation, truncation."""
 import logging
 import os
 

@@ -97,12 +97,13 @@ def test_gathers_on_two_processes(tmp_path):
 
 
 class TinyText(torch.nn.Module):
-    """A text encoder with a pooler that gets no gradient, as BERT's."""
+    """A text encoder with a pooler outside the loss, frozen as TextEncoder freezes BERT's
+    (DDP runs without find_unused_parameters, so every trainable parameter must get a gradient)."""
 
     def __init__(self):
         super().__init__()
         self.used = torch.nn.Linear(3, 4)
-        self.pooler = torch.nn.Linear(4, 4)
+        self.pooler = torch.nn.Linear(4, 4).requires_grad_(False)
 
     def forward(self, x):
         return self.used(x)

@@ -80,8 +80,8 @@ def test_eval_writes_json_and_sims_matching_unsharded_reference(trained, tiny_pr
     data_path, data_name = tiny_precomp
     sims_file, json_file = tmp_path / "sims.npy", tmp_path / "m.json"
     code, out, err = _run(["--model_path", path, "--data_path", data_path, "--data_name", data_name,
-                           "--split", "test", "--device", "cpu", "--workers", "0", "--img_block", "3",
-                           "--shard_elements", "3000", "--save_sims", str(sims_file),
+                           "--split", "test", "--device", "cpu", "--workers", "0", "--rows_per_block", "40",
+                           "--save_sims", str(sims_file),
                            "--json", str(json_file)], capsys)
     assert code == 0, err
     sims = np.load(sims_file, allow_pickle=False)
@@ -118,7 +118,7 @@ def test_ensemble_of_copies_equals_one(trained, tiny_precomp, tmp_path, capsys):
 
 
 def _official_checkpoint(model, path):
-    """The same weights in the official release's layout (spec section 8)."""
+    """The same weights in the official release's layout (key names as in tests/official_format.py)."""
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     d = EMBED
     image = {"fc.weight": sd["img_enc.fc.weight"], "fc.bias": sd["img_enc.fc.bias"],
@@ -193,7 +193,7 @@ def test_sharded_model_scores_equal_one_call(trained, tiny_precomp):
     with torch.no_grad():
         padded, lens = captions.block(0, len(captions))
         whole = model.forward_sim(img_emb, padded, lens).numpy()
-    sharded = scoring.model_sims(model, img_emb, captions, img_block=4, max_elements=2000, progress=False)
+    sharded = scoring.model_sims(model, img_emb, captions, rows_per_block=30, progress=False)
     np.testing.assert_allclose(sharded, whole, rtol=1e-5, atol=1e-6)
     sims, values = scoring.evaluate_split(model, split, encoder, batch_size=7, progress=False)
     np.testing.assert_allclose(sims, whole, rtol=1e-5, atol=1e-6)

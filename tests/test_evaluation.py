@@ -8,6 +8,7 @@ import torch
 
 from lib import metrics, score_files, scoring
 from lib.errors import XDimError
+from lib.similarity import Similarity
 
 
 # ---------------------------------------------------------------- metrics
@@ -200,19 +201,18 @@ def test_ragged_rejects_bad_lengths():
 
 # ---------------------------------------------------------------- sharded scoring
 
-def _toy_score(img, cap, lens):
-    """Mean over real words of the best region dot product: (b_i, b_c)."""
-    dots = torch.einsum("ird,cld->iclr", img, cap).amax(-1)
-    mask = (torch.arange(cap.shape[1]) < lens[:, None]).float()
-    return (dots * mask).sum(-1) / lens
+class ToySimilarity(Similarity):
+    """Mean over real words of the best region dot product; records the caption shapes it gets."""
 
+    def __init__(self):
+        super().__init__()
+        self.calls = []
 
-def test_plan_caption_blocks_respects_budget():
-    lengths = torch.tensor([2, 2, 3, 5, 5, 9])
-    # d=1: block of size s with longest L allowed while s*L <= 10
-    assert scoring.plan_caption_blocks(lengths, 1, 10) == [(0, 3), (3, 5), (5, 6)]
-    # a caption larger than the budget still gets its own block
-    assert scoring.plan_caption_blocks(torch.tensor([50]), 1, 10) == [(0, 1)]
+    def score(self, img, cap, cap_lens, img_lens, prepared):
+        self.calls.append(tuple(cap.shape))
+        dots = torch.einsum("ird,cld->iclr", img, cap).amax(-1)
+        mask = (torch.arange(cap.shape[1]) < cap_lens[:, None]).float()
+        return (dots * mask).sum(-1) / cap_lens
 
 
 def test_sharded_scores_equal_float64_reference():
@@ -220,23 +220,18 @@ def test_sharded_scores_equal_float64_reference():
     img = torch.randn(11, 4, 6, generator=g)
     emb, lengths = _padded_batch(4, 23, 8, 6)
     ragged = scoring.RaggedCaptions.from_padded(emb, lengths)
-    calls = []
-
-    def score(i, c, lens):
-        calls.append(c.shape)
-        return _toy_score(i, c, lens)
-
-    sims = scoring.score_sharded(img, ragged, score, img_block=3, max_elements=6 * 6 * 4, progress=False)
+    toy = ToySimilarity()
+    sims = scoring.score_sharded(img, ragged, toy, rows_per_block=12, progress=False)
     assert sims.dtype == np.float32 and sims.shape == (11, 23)
-    assert len(calls) > 4 * 2  # really sharded in both directions
+    assert len(toy.calls) > 11 * 2  # really blocked in both directions
+    assert min(shape[1] for shape in toy.calls) < max(lengths)  # short captions not padded to the longest
     reference = np.zeros((11, 23))
     for i in range(11):
         for c in range(23):
             words = emb[c, :int(lengths[c])].double()
             reference[i, c] = (words @ img[i].double().T).max(1).values.mean()
     np.testing.assert_allclose(sims, reference, rtol=1e-5, atol=1e-6)
-    unsharded = scoring.score_sharded(img, ragged, _toy_score, img_block=100, max_elements=10 ** 9,
-                                 progress=False)
+    unsharded = scoring.score_sharded(img, ragged, ToySimilarity(), rows_per_block=10 ** 9, progress=False)
     np.testing.assert_allclose(sims, unsharded, rtol=1e-6, atol=1e-7)
 
 

@@ -107,22 +107,49 @@ def test_our_checkpoint_round_trip(tiny_bert_dir, tmp_path):
     assert loaded.vocab() == model.vocab()
 
 
-def test_truncated_corrupt_and_foreign_files_fail_in_one_line(tiny_bert_dir, tmp_path):
+class Payload:
+    """An object a weights-only load refuses; unpickling it would call print."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_unreadable_files_say_what_they_are_in_one_line(tiny_bert_dir, tmp_path):
     model = VSEModel(tiny_opt(tiny_bert_dir))
     good = str(tmp_path / "good.pth")
     save_checkpoint(make_checkpoint(model, 0, 0.0), good)
-    truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(open(good, "rb").read()[:5000])
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(b"not a checkpoint at all")
-    foreign = str(tmp_path / "foreign.pth")
-    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
-    for path, problem in ((truncated, "not a readable checkpoint"), (garbage, "not a readable checkpoint"),
-                          (foreign, "not an X-Dim checkpoint"), (tmp_path / "absent.pth", "no such checkpoint")):
+    legacy = str(tmp_path / "legacy.pth")
+    torch.save({"w": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)
+    files = {
+        "truncated.pth": open(good, "rb").read()[:5000],
+        "legacy_truncated.pth": open(legacy, "rb").read()[:200],
+        "notes.pth": "model trained on 2 GPUs\nbest rsum 512.3\n".encode("utf-8"),
+        "garbage.pth": b"\x00\x01 definitely not a checkpoint",
+        "empty.pth": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"model": Payload()}, str(tmp_path / "payload.pth"))
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, str(tmp_path / "foreign.pth"))
+    expected = {
+        "truncated.pth": "is truncated or corrupt (its zip archive lacks the end record); re-download or re-save it",
+        "legacy_truncated.pth": "is truncated or corrupt (",
+        "notes.pth": "is a text file, not a PyTorch checkpoint",
+        "garbage.pth": "is not a PyTorch checkpoint (neither a zip archive nor a pickle)",
+        "empty.pth": "is empty, not a checkpoint",
+        "payload.pth": "holds Python objects (",
+        "foreign.pth": "not an X-Dim checkpoint",
+        "absent.pth": "no such checkpoint",
+    }
+    for name, problem in expected.items():
+        path = str(tmp_path / name)
         with pytest.raises(XDimError) as info:
-            VSEModel.from_checkpoint(str(path), device="cpu")
+            VSEModel.from_checkpoint(path, device="cpu")
         message = str(info.value)
-        assert message.startswith(str(path)) and problem in message and "\n" not in message
+        assert message.startswith(f"{path}: ") and problem in message and "\n" not in message, message
+        assert "weights_only" not in message
+    assert "re-download or re-save it" in str(pytest.raises(XDimError, load_checkpoint,
+                                                            str(tmp_path / "legacy_truncated.pth")).value)
 
 
 def test_checkpoint_of_another_shape_is_rejected_with_the_key(tiny_bert_dir, tmp_path):

@@ -54,7 +54,7 @@ def setup(tmp_path_factory, tiny_bert_dir, tiny_precomp):
 
 def _direct_scores(model, split, captions):
     """float32 X-Dim scores (n_img, len(captions)) of the split's images, one forward_sim call."""
-    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), 64)
+    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
     ids = [torch.tensor(encoder.encode(c)) for c in captions]
     lens = torch.tensor([len(i) for i in ids])
     with torch.no_grad():
@@ -102,7 +102,7 @@ def test_shortlist_is_the_faiss_top_k_of_global_vectors(setup):
     gallery = retrieval.GalleryIndex.open(setup["images_index"], model, shortlist.MeanPooling(EMBED))
     text = split.captions[7]
     hits = gallery.search_text(text, top_k=3, shortlist_size=3)
-    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), 64)
+    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
     ids = torch.tensor([encoder.encode(text)])
     with torch.no_grad():
         img = model.encode_images(torch.from_numpy(np.array(split.images)))
@@ -134,7 +134,7 @@ def test_image_id_and_padded_regions(setup, tmp_path, capsys):
     gallery = retrieval.GalleryIndex.open(index, model, shortlist.MeanPooling(EMBED))
     query = split.captions[0]
     hits = gallery.search_text(query, top_k=4, shortlist_size=4)
-    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), 64)
+    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
     ids = torch.tensor([encoder.encode(query)])
     with torch.no_grad():
         img = model.encode_images(torch.from_numpy(images))
@@ -209,7 +209,7 @@ def test_eval_shortlist_of_the_whole_gallery_equals_exhaustive(setup, tiny_preco
     assert results["shortlist"]["fold_mean"] == results["fold_mean"]
     assert results["shortlist"]["fold_pair_fraction"] == 1.0
     assert eval_cli.main(["--ensemble", str(tmp_path / "x.npy"), "--shortlist", "5"]) == 2
-    assert "--shortlist K needs K >= 1 and --model_path" in capsys.readouterr().err
+    assert "--shortlist 5: needs K >= 1 and --model_path" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the distilled head
@@ -266,7 +266,7 @@ def test_distillation_learns_and_leaves_the_model_unchanged(setup, tiny_precomp,
     model = setup["model"]
     data_path, data_name = tiny_precomp
     split = open_split(data_path, data_name, "train")
-    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), 64)
+    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
     before = weights_fingerprint(model.state_dict())
 
     def agreement_loss(head):

@@ -74,6 +74,7 @@ def test_tb_logger_falls_back_when_protobuf_backend_is_foreign(tmp_path):
 # ---------------------------------------------------------------- training runs
 
 import math  # noqa: E402
+import re  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -83,6 +84,7 @@ from lib.checkpoint import load_checkpoint  # noqa: E402
 from lib.datasets.synthetic import write_demo_dataset  # noqa: E402
 from lib.errors import XDimError  # noqa: E402
 from lib.options import default_options  # noqa: E402
+from lib.similarity.xdim import XDimSimilarity  # noqa: E402
 from lib.vse import VSEModel  # noqa: E402
 
 from conftest import TINY_IMG_DIM  # noqa: E402
@@ -153,6 +155,15 @@ def test_one_epoch_writes_checkpoints_and_logs(one_epoch):
     assert scalars["rsum"] == [(5, pytest.approx(result["best_rsum"], rel=1e-6))]
     for tag in ("r1", "r5", "r10", "r1i", "r5i", "r10i", "medr", "meanr", "epoch"):
         assert tag in scalars
+    # The mask statistics at every log step (log_step 2 and the epoch's last step); the last
+    # ones are those of the final weights.
+    sim = XDimSimilarity(opt.embed_size)
+    sim.load_state_dict({k[len("sim."):]: v for k, v in ckpt["model"].items() if k.startswith("sim.")})
+    for tag, value in sim.statistics().items():
+        assert [step for step, _ in scalars[tag]] == [2, 4, 5]
+        assert scalars[tag][-1][1] == pytest.approx(value, rel=1e-6)
+    assert re.search(r"epoch 0 \[5/5\] .* mask_density [0-9.e-]+ mean_threshold [0-9.e-]+ t_mask [0-9.]+ "
+                     r"t_attn [0-9.]+\n", log)
 
 
 def test_resume_continues_exactly(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir):

@@ -1,43 +1,62 @@
-"""The X-Dim similarity against a float64, one-pair-at-a-time transcription of the spec."""
+"""The X-Dim similarity against a float64, one-pair-at-a-time numpy transcription of
+docs/method.md's equations, and the fast kernel against the readable reference in lib.
+
+The transcription's switches (`masked`, `weighted`, `word_score`) give the equations of
+the ablation variants too (tests/test_similarity.py uses them).
+"""
 import numpy as np
 import pytest
 import torch
 
+from lib.similarity import reference
 from lib.similarity.xdim import XDimSimilarity
 
 
-def reference_weights(E, lam, log_t_mask):
-    """Spec section 4, steps 1-5 of the dependency weights, float64 numpy."""
+def l2n(x, axis):
+    return x / (np.sqrt((x ** 2).sum(axis=axis, keepdims=True)) + 1e-8)
+
+
+def reference_weights(E, lam, log_t_mask, masked=True):
+    """The dependency weights W (d, d) and delta (d,), float64 numpy; masked=False: W = row-l2n(P)."""
     P = 1.0 / (1.0 + np.exp(-E))
     theta = P.mean(axis=1) + lam * P.std(axis=1, ddof=1)
-    M = np.tanh(np.exp(np.exp(log_t_mask) * (P - theta[:, None])))
-    W = M * P
-    W = W / (np.sqrt((W ** 2).sum(axis=1, keepdims=True)) + 1e-8)
+    M = np.tanh(np.exp(np.exp(log_t_mask) * (P - theta[:, None]))) if masked else 1.0
+    W = l2n(M * P, axis=1)
     return W, W.sum(axis=0)
 
 
-def reference_pair(v, w, W, delta, log_t_attn):
-    """One image (R, d) and one caption's real tokens (L, d) -> score, spec steps 1-6."""
-    a = np.tanh((w * delta[None, :]) @ v.T)  # (L, R)
+def reference_pair(v, w, W, delta, log_t_attn, word_score="xdim"):
+    """One image (R, d) and one caption's real tokens (L, d) -> score, steps 1-6.
+
+    delta None: no dimension weights in step 1; word_score "cosine": g = cos(u, w) in step 5.
+    """
+    a = np.tanh((w if delta is None else w * delta[None, :]) @ v.T)  # (L, R)
     a = np.where(a > 0, a, 0.1 * a)
-    a = a / (np.sqrt((a ** 2).sum(axis=0, keepdims=True)) + 1e-8)
+    a = l2n(a, axis=0)
     logits = np.exp(log_t_attn) * a
     alpha = np.exp(logits - logits.max(axis=1, keepdims=True))
     alpha = alpha / alpha.sum(axis=1, keepdims=True)
-    u = alpha @ v
-    u = u / (np.sqrt((u ** 2).sum(axis=1, keepdims=True)) + 1e-8)
-    s = (u * w) @ W.T
-    g = s.sum(axis=1) / (np.sqrt((s ** 2).sum(axis=1)) + 1e-8)
+    u = l2n(alpha @ v, axis=1)
+    if word_score == "cosine":
+        g = (u * l2n(w, axis=1)).sum(axis=1)
+    else:
+        s = (u * w) @ W.T
+        g = s.sum(axis=1) / (np.sqrt((s ** 2).sum(axis=1)) + 1e-8)
     return g.mean()
 
 
-def reference_scores(sim, img, cap, lens):
+def reference_scores(sim, img, cap, lens, masked=True, weighted=True, word_score="xdim"):
+    """(n_img, n_cap) float64 scores of `sim`'s parameters (E, lam, log_t_mask, log_t_attn; only
+    log_t_attn for word_score "cosine") by the transcription, pair by pair."""
     as64 = lambda t: t.detach().double().numpy()
-    W, delta = reference_weights(as64(sim.E), as64(sim.lam), float(sim.log_t_mask.detach()))
+    W = delta = None
+    if word_score != "cosine":
+        W, delta = reference_weights(as64(sim.E), as64(sim.lam), float(sim.log_t_mask.detach()), masked)
     out = np.zeros((img.shape[0], cap.shape[0]))
     for i in range(img.shape[0]):
         for c in range(cap.shape[0]):
-            out[i, c] = reference_pair(as64(img[i]), as64(cap[c, :lens[c]]), W, delta, float(sim.log_t_attn.detach()))
+            out[i, c] = reference_pair(as64(img[i]), as64(cap[c, :lens[c]]), W, delta if weighted else None,
+                                       float(sim.log_t_attn.detach()), word_score)
     return out
 
 
@@ -56,21 +75,37 @@ def relative_error(ours, ref):
 
 
 @pytest.mark.parametrize("d", [8, 33, 64, 256])
-def test_scores_match_float64_reference(d):
+def test_scores_match_float64_transcription(d):
     torch.manual_seed(d)
-    sim = XDimSimilarity(d, rows_per_block=16)  # forces several caption and image blocks
+    sim = XDimSimilarity(d)
     img, cap, lens = random_inputs(d)
-    ours = sim(img, cap, lens).detach().numpy()
+    ours = sim(img, cap, lens, rows_per_block=16).detach().numpy()  # several caption and image blocks
     ref = reference_scores(sim, img, cap, lens)
     assert ours.shape == (3, 5)
     assert relative_error(ours, ref) <= 1e-5
 
 
-def test_float64_module_matches_reference_tightly():
+@pytest.mark.parametrize("d", [8, 33, 64, 256])
+def test_fast_kernel_matches_readable_reference(d):
+    """The kernel (flattened real tokens, folded norms, blocks) against lib/similarity/reference.py."""
+    torch.manual_seed(100 + d)
+    sim = XDimSimilarity(d).double()
+    img, cap, lens = random_inputs(d, n_img=4, n_cap=7, seed=d)
+    img, cap = img.double(), cap.double()
+    with torch.no_grad():
+        weights = reference.dependency_weights(sim.E, sim.lam, sim.log_t_mask)
+        expected = reference.xdim_steps(img, cap, lens, weights["W"], weights["delta"], sim.log_t_attn)["scores"]
+        float64 = sim(img, cap, lens, rows_per_block=12).numpy()
+        float32 = sim.float()(img.float(), cap.float(), lens, rows_per_block=12).numpy()
+    assert relative_error(float64, expected.numpy()) <= 1e-12
+    assert relative_error(float32, expected.numpy()) <= 1e-5
+
+
+def test_float64_module_matches_transcription_tightly():
     torch.manual_seed(0)
-    sim = XDimSimilarity(24, rows_per_block=10).double()
+    sim = XDimSimilarity(24).double()
     img, cap, lens = random_inputs(24)
-    ours = sim(img.double(), cap.double(), lens).detach().numpy()
+    ours = sim(img.double(), cap.double(), lens, rows_per_block=10).detach().numpy()
     assert relative_error(ours, reference_scores(sim, img.double(), cap.double(), lens)) <= 1e-12
 
 
@@ -79,8 +114,7 @@ def test_block_size_does_not_change_scores():
     sim = XDimSimilarity(32)
     img, cap, lens = random_inputs(32, n_img=6, n_cap=11)
     whole = sim(img, cap, lens)
-    sim.rows_per_block = 7
-    assert torch.allclose(sim(img, cap, lens), whole, rtol=0, atol=1e-6)
+    assert torch.allclose(sim(img, cap, lens, rows_per_block=7), whole, rtol=0, atol=1e-6)
 
 
 def test_mask_drives_entries_to_zero_or_above_point_seven():
@@ -95,7 +129,7 @@ def test_mask_drives_entries_to_zero_or_above_point_seven():
     W, delta = sim.dependency_weights()
     raw_norm = (mask * P).double().norm(dim=1)
     assert (gap > 0).any() and (gap < -0.1).any()
-    # Unit rows, up to the spec's epsilon on the norm (which matters for rows whose
+    # Unit rows, up to the epsilon on the norm (which matters for rows whose
     # entries all sit below the threshold, so their raw norm is tiny).
     assert torch.allclose(W.detach().double().norm(dim=1), raw_norm / (raw_norm + 1e-8), atol=1e-6)
     assert W.detach().norm(dim=1).min() > 0.99
@@ -104,13 +138,13 @@ def test_mask_drives_entries_to_zero_or_above_point_seven():
 
 def test_caption_score_independent_of_batch_and_padding():
     torch.manual_seed(3)
-    sim = XDimSimilarity(16, rows_per_block=20)
+    sim = XDimSimilarity(16)
     img, cap, lens = random_inputs(16, n_img=4, n_cap=6, max_len=8)
-    full = sim(img, cap, lens)
+    full = sim(img, cap, lens, rows_per_block=20)
     alone = sim(img, cap[2:3, :lens[2]], lens[2:3])
     assert torch.allclose(full[:, 2:3], alone, atol=1e-6)
     padded = torch.cat([cap, 100 * torch.randn(6, 5, 16)], dim=1)  # garbage past every length
-    assert torch.allclose(sim(img, padded, lens), full, atol=1e-6)
+    assert torch.allclose(sim(img, padded, lens, rows_per_block=20), full, atol=1e-6)
 
 
 def test_masked_regions_take_no_part():
@@ -127,17 +161,16 @@ def test_masked_regions_take_no_part():
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(5)
-    sim = XDimSimilarity(12, rows_per_block=8)
+    sim = XDimSimilarity(12)
     img, cap, lens = random_inputs(12)
     img.requires_grad_(True)
-    sim(img, cap, lens).sum().backward()
+    sim(img, cap, lens, rows_per_block=8).sum().backward()
     for name, p in sim.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
     assert img.grad.abs().sum() > 0
 
 
 def test_readable_reference_matches_pair_by_pair_transcription():
-    from lib.similarity import reference
     torch.manual_seed(6)
     sim = XDimSimilarity(20).double()
     img, cap, lens = random_inputs(20, n_img=3, n_cap=4)

@@ -13,6 +13,8 @@ Symbols: b images with R regions, n captions with L token slots of which the fir
 import torch
 import torch.nn.functional as F
 
+from lib.similarity.xdim import XDimSimilarity
+
 EPS = 1e-8
 
 
@@ -84,3 +86,23 @@ def xdim_steps(img, cap, cap_lens, W, delta, log_t_attn, img_lens=None):
     return {"relevance": relevance, "attention": attention, "context": context,
             "correspondence": correspondence, "aggregated": aggregated,
             "word_scores": word_scores, "scores": scores}
+
+
+class ReferenceSimilarity(XDimSimilarity):
+    """`--sim reference`: X-Dim's parameters scored by the step-by-step equations above.
+
+    Same parameters (and checkpoint keys) as the fast kernel, padded layout, slow:
+    for debugging and for checking the kernel. Under autocast the products run in the
+    autocast dtype (no precision policy of its own).
+    """
+
+    block_cost = 4.0  # (b, n, L, R) and several (b, n, L, d) tensors per block, padding included
+
+    def prepare(self):
+        return dependency_weights(self.E, self.lam, self.log_t_mask)
+
+    def prepare_captions(self, cap, cap_lens, prepared):
+        return prepared
+
+    def score(self, img, cap, cap_lens, img_lens, weights):
+        return xdim_steps(img, cap, cap_lens, weights["W"], weights["delta"], self.log_t_attn, img_lens)["scores"]

@@ -1,103 +1,85 @@
-"""The X-Dim similarity (spec section 4): dimension dependency weights and pair scores.
+"""The X-Dim similarity, fast kernel: dependency weights and pair scores (docs/method.md).
 
-Scores are computed for many images and captions at once, block by block:
-a block of images against a block of captions whose real tokens are gathered
-into one flat list, so the single irreducible d x d product (step 5) runs as one
-large matrix product over (image, real token) rows and padding costs nothing.
+The scheduler (lib/similarity/blocks.py) hands the kernel one block of images and one
+run of captions at a time. Inside a block the captions' real tokens are gathered into
+one flat list, so the single irreducible d x d product (step 5) runs as one large
+matrix product over (image, real token) rows and padding costs nothing there.
+
+`WordRegionAttention` holds what X-Dim shares with its ablations (steps 1-4 and 6);
+`XDimSimilarity` adds the dependency weights and step 5.
 """
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from lib.encoders import l2norm
+from lib.similarity.base import Similarity
+from lib.similarity.blocks import accumulation_dtype
 
 EPS = 1e-8
+# A mask entry above this counts as a kept dependency (mask_density, analyze.py).
+MASK_ON = 0.5
 
 
-class XDimSimilarity(nn.Module):
-    """Learned dependency between embedding dimensions, masked adaptively.
+class AttentionWeights(NamedTuple):
+    """What `prepare()` computes once per call.
 
-    Parameters (spec names): `E` (d, d) dependency logits, `lam` (d,) threshold
-    scales, `log_t_mask` and `log_t_attn` the mask and attention temperatures in
-    log space.
+    W (d, d) dependency weights, rows unit-norm (None without step 5); delta (d,) the
+    step-1 dimension weights (None: no weighting); step5_weight (d, d) W transposed,
+    in the dtype step 5 runs in.
+    """
+    W: Optional[torch.Tensor]
+    delta: Optional[torch.Tensor]
+    step5_weight: Optional[torch.Tensor]
 
-    `rows_per_block` sets the block size: about that many (image, token) rows of d
-    floats are alive at once, several times over. None picks a default per device:
-    cache-sized blocks on CPUs, large ones on GPUs (fewer, bigger kernels). When
-    training, autograd keeps every block's activations whatever the size.
+
+class CaptionBlock:
+    """One run of captions in the flattened real-token layout, reused for every image block.
+
+    weighted (n, L, d): words times delta (the words themselves without delta);
+    mask (n, L, 1, 1); token_index (T,): flat positions of real tokens; words (T, d):
+    their embeddings; owner (T,): each real token's caption; lengths (n,), at least 1;
+    weights: the AttentionWeights.
     """
 
-    DEFAULT_ROWS_PER_BLOCK = {"cpu": 2048, "cuda": 32768}
+    def __init__(self, cap, cap_lens, weights):
+        n, L, _ = cap.shape
+        real = torch.arange(L, device=cap.device).unsqueeze(0) < cap_lens.unsqueeze(1)
+        self.weights = weights
+        self.weighted = cap if weights.delta is None else cap * weights.delta.to(cap.dtype)
+        self.mask = real.view(n, L, 1, 1).to(cap.dtype)
+        self.token_index = real.reshape(-1).nonzero().squeeze(1)
+        self.words = cap.reshape(n * L, -1)[self.token_index]
+        self.owner = self.token_index // L
+        self.lengths = cap_lens.clamp(min=1).to(accumulation_dtype(cap))
 
-    def __init__(self, embed_size, rows_per_block=None):
-        super().__init__()
-        self.E = nn.Parameter(torch.randn(embed_size, embed_size))
-        self.lam = nn.Parameter(2.5 + 0.1 * torch.randn(embed_size))
-        self.log_t_mask = nn.Parameter(torch.tensor(4.0))
-        self.log_t_attn = nn.Parameter(torch.tensor(math.log(1.0 / 0.07)))
-        self.rows_per_block = rows_per_block
 
-    def dependency_weights(self):
-        """W (d, d), rows unit-norm, and delta (d,) its column sums; never in half precision."""
-        with torch.autocast(self.E.device.type, enabled=False):
-            P = torch.sigmoid(self.E)
-            theta = P.mean(dim=1, keepdim=True) + self.lam.unsqueeze(1) * P.std(dim=1, keepdim=True)
-            mask = torch.tanh(torch.exp(torch.exp(self.log_t_mask) * (P - theta)))
-            W = l2norm(mask * P, dim=1, eps=EPS)
-        return W, W.sum(dim=0)
+class WordRegionAttention(Similarity):
+    """Word-to-region attention (steps 1-4) and the mean over words (step 6), fast layout.
 
-    def forward(self, img_emb, cap_emb, cap_lens, img_lens=None):
-        """Pair scores.
+    A subclass defines the parameter `log_t_attn` (attention temperature in log space),
+    `prepare()` returning AttentionWeights, and `word_scores` (step 5).
+    Everything here runs in float32 (float64 for float64 inputs), also under autocast;
+    a subclass picks the dtype of its own step 5 through `step5_weight`.
+    """
 
-        img_emb (n_img, R, d); cap_emb (n_cap, L, d); cap_lens (n_cap,) real tokens per
-        caption (positions past a caption's length are ignored whatever they hold);
-        img_lens (n_img,) or None: when given, regions past an image's length take no
-        part in attention.
-        Returns (n_img, n_cap), float32 (float64 for float64 inputs).
+    def prepare_captions(self, cap, cap_lens, prepared):
+        return CaptionBlock(cap, cap_lens, prepared)
 
-        Under autocast only step 5, the d x d product (over 90% of the FLOPs), runs in
-        the autocast dtype; steps 1-4, whose rounding errors the attention temperature
-        amplifies, and all reductions stay in float32.
-        """
-        device = img_emb.device.type
-        W, delta = self.dependency_weights()
-        step5_weight = W.t().to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else W.t()
-        dtype = accumulation_dtype(img_emb)
-        img_emb, cap_emb = img_emb.to(dtype), cap_emb.to(dtype)
-        cap_lens = torch.as_tensor(cap_lens, device=cap_emb.device).long()
-        if img_lens is not None:
-            img_lens = torch.as_tensor(img_lens, device=img_emb.device).long()
-        scores = img_emb.new_empty(img_emb.shape[0], cap_emb.shape[0])
-        with torch.autocast(device, enabled=False):
-            block_rows = self.rows_per_block or self.DEFAULT_ROWS_PER_BLOCK.get(device, 2048)
-            for c0, c1 in self._caption_blocks(cap_lens, block_rows):
-                step = max(1, block_rows // max(int(cap_lens[c0:c1].sum()), 1))
-                captions = _CaptionBlock(cap_emb[c0:c1], cap_lens[c0:c1], delta)
-                for i0 in range(0, img_emb.shape[0], step):
-                    lens = None if img_lens is None else img_lens[i0:i0 + step]
-                    scores[i0:i0 + step, c0:c1] = self._score_block(img_emb[i0:i0 + step], lens, captions,
-                                                                    step5_weight)
-        return scores
+    def score(self, img, cap, cap_lens, img_lens, captions):
+        """img (b, R, d) against one CaptionBlock -> (b, n) (cap, cap_lens are in `captions`)."""
+        with torch.autocast(img.device.type, enabled=False):
+            context, context_norm = self.attended_context(img, img_lens, captions)
+            word_scores = self.word_scores(context, context_norm, captions)
+            # Step 6: mean over each caption's real tokens (a segment sum).
+            totals = word_scores.new_zeros(img.shape[0], captions.mask.shape[0])
+            return totals.index_add_(1, captions.owner, word_scores) / captions.lengths
 
-    @staticmethod
-    def _caption_blocks(cap_lens, rows):
-        """Consecutive caption ranges [c0, c1) holding at most `rows` tokens (>= 1 caption)."""
-        ends = torch.cumsum(cap_lens, 0).tolist()
-        start, base = 0, 0
-        for index, end in enumerate(ends):
-            if end - base > rows and index > start:
-                yield start, index
-                start, base = index, ends[index - 1]
-        if start < len(ends):
-            yield start, len(ends)
-
-    def _score_block(self, regions, img_lens, captions, step5_weight):
-        """regions (b, R, d) against one caption block -> (b, n_cap_block).
-
-        step5_weight (d, d) is W transposed, in the dtype step 5 runs in.
-        """
+    def attended_context(self, regions, img_lens, captions):
+        """Steps 1-4 for real tokens: -> (context (b, T, d) before step 4's l2n, ||context|| + EPS (b, T))."""
         b, R, d = regions.shape
         n_cap, L = captions.mask.shape[:2]
         # Step 1: relevance of every word to every region, dimensions weighted by delta.
@@ -111,42 +93,80 @@ class XDimSimilarity(nn.Module):
         if img_lens is not None:
             padded = torch.arange(R, device=regions.device).view(1, 1, R) >= img_lens.view(b, 1, 1)
             logits = logits.masked_fill(padded, float("-inf"))
-        context = torch.bmm(torch.softmax(logits, dim=2).contiguous(), regions)  # (b, T, d)
+        context = torch.bmm(torch.softmax(logits, dim=2).contiguous(), regions)
+        return context, torch.linalg.vector_norm(context, dim=2) + EPS
+
+    def word_scores(self, context, context_norm, captions):
+        """Step 5: context (b, T, d), context_norm (b, T), one CaptionBlock -> word scores (b, T)."""
+        raise NotImplementedError
+
+
+class XDimSimilarity(WordRegionAttention):
+    """Learned dependency between embedding dimensions, masked adaptively.
+
+    Parameters (docs/method.md maps them to the equations and the official key names):
+    `E` (d, d) dependency logits, `lam` (d,) threshold scales, `log_t_mask` and
+    `log_t_attn` the mask and attention temperatures in log space.
+    Under autocast only step 5, the d x d product (over 90% of the FLOPs), runs in the
+    autocast dtype; steps 1-4, whose rounding errors the attention temperature
+    amplifies, the dependency weights and all reductions stay in float32.
+    """
+
+    def __init__(self, embed_size):
+        super().__init__()
+        self.E = nn.Parameter(torch.randn(embed_size, embed_size))
+        self.lam = nn.Parameter(2.5 + 0.1 * torch.randn(embed_size))
+        self.log_t_mask = nn.Parameter(torch.tensor(4.0))
+        self.log_t_attn = nn.Parameter(torch.tensor(math.log(1.0 / 0.07)))
+
+    def mask_parts(self):
+        """P = sigmoid(E) (d, d), the row thresholds theta (d,) and the mask (d, d); float32."""
+        with torch.autocast(self.E.device.type, enabled=False):
+            P = torch.sigmoid(self.E)
+            theta = P.mean(dim=1) + self.lam * P.std(dim=1)
+            mask = torch.tanh(torch.exp(torch.exp(self.log_t_mask) * (P - theta[:, None])))
+        return P, theta, mask
+
+    def dependency_weights(self):
+        """W (d, d), rows unit-norm, and delta (d,) its column sums; never in half precision."""
+        P, _, mask = self.mask_parts()
+        with torch.autocast(self.E.device.type, enabled=False):
+            W = l2norm(mask * P, dim=1, eps=EPS)
+        return W, W.sum(dim=0)
+
+    @torch.no_grad()
+    def statistics(self):
+        """How sparse the adaptive mask is, as floats (logged during training, written by analyze.py).
+
+        mask_density: share of mask entries above MASK_ON (0.5); mean_threshold: mean of
+        the row thresholds theta; t_mask, t_attn: the mask and attention temperatures
+        (exponentiated).
+        """
+        _, theta, mask = self.mask_parts()
+        return {"mask_density": (mask > MASK_ON).sum().item() / mask.numel(),
+                "mean_threshold": theta.mean().item(),
+                "t_mask": self.log_t_mask.exp().item(), "t_attn": self.log_t_attn.exp().item()}
+
+    def prepare(self):
+        W, delta = self.dependency_weights()
+        return AttentionWeights(W, delta, in_autocast_dtype(W.t()))
+
+    def word_scores(self, context, context_norm, captions):
+        b, _, d = context.shape
+        step5_weight = captions.weights.step5_weight
         # Step 4's l2n is folded into step 5's norms: with n = ||context|| + eps,
         # sum(s) / (||s|| + eps) equals sum(s') / (||s'|| + eps * n) for s' = n * s.
-        context_norm = torch.linalg.vector_norm(context, dim=2) + EPS
-        # Step 5: the dependency-aware aggregation, one matrix product for all (image, token) rows.
         if torch.is_grad_enabled():
             rows = (context * captions.words).view(-1, d)
         else:  # evaluation: reuse context's memory (autograd would need the original)
             rows = context.mul_(captions.words).view(-1, d)
+        # The dependency-aware aggregation: one matrix product for all (image, token) rows.
         aggregated = (rows.to(step5_weight.dtype) @ step5_weight).view(b, -1, d)
-        norms = torch.linalg.vector_norm(aggregated, dim=2, dtype=regions.dtype)
-        word_scores = aggregated.sum(dim=2, dtype=regions.dtype) / (norms + EPS * context_norm)
-        # Step 6: mean over each caption's real tokens (a segment sum).
-        totals = word_scores.new_zeros(b, n_cap).index_add_(1, captions.owner, word_scores)
-        return totals / captions.lengths
+        norms = torch.linalg.vector_norm(aggregated, dim=2, dtype=context.dtype)
+        return aggregated.sum(dim=2, dtype=context.dtype) / (norms + EPS * context_norm)
 
 
-def accumulation_dtype(tensor):
-    """float32, or float64 when the inputs are: reductions never run in half precision."""
-    return torch.promote_types(tensor.dtype, torch.float32)
-
-
-class _CaptionBlock:
-    """One block of captions, prepared once and scored against every image block.
-
-    weighted (n, L, d): words times delta; mask (n, L, 1, 1); token_index (T,): flat
-    positions of real tokens; words (T, d): their embeddings; owner (T,): each real
-    token's caption; lengths (n,), at least 1.
-    """
-
-    def __init__(self, cap_emb, cap_lens, delta):
-        n, L, _ = cap_emb.shape
-        real = torch.arange(L, device=cap_emb.device).unsqueeze(0) < cap_lens.unsqueeze(1)
-        self.weighted = cap_emb * delta.to(cap_emb.dtype)
-        self.mask = real.view(n, L, 1, 1).to(cap_emb.dtype)
-        self.token_index = real.reshape(-1).nonzero().squeeze(1)
-        self.words = cap_emb.reshape(n * L, -1)[self.token_index]
-        self.owner = self.token_index // L
-        self.lengths = cap_lens.clamp(min=1).to(accumulation_dtype(cap_emb))
+def in_autocast_dtype(weight):
+    """`weight` cast to the autocast dtype of its device when autocast is on there, else unchanged."""
+    device = weight.device.type
+    return weight.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else weight

@@ -131,7 +131,7 @@ def exhaustive_scores(model, img_emb, captions, workdir, name, fingerprint):
 
 def compare_on_split(model, model_path, split, workdir, k, name):
     """Exhaustive vs two-stage R@1 on one split, with the checkpoint's head and with mean pooling."""
-    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), model.bert_config["max_position_embeddings"])
+    encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
     fingerprint = weights_fingerprint(model.state_dict())
     img_emb, captions = scoring.encode_split(model, split, encoder, progress=False)
     sims, exhaustive_seconds, when = exhaustive_scores(model, img_emb, captions, workdir, name, fingerprint)

@@ -5,7 +5,7 @@
 In one process, on identical inputs (d = 1024, 36 regions, captions of 8..30
 tokens, 5 captions per image made to match their image so recalls mean
 something):
-1. speed: lib.xdim.XDimSimilarity (float32, and under bf16 autocast as
+1. speed: lib.similarity.xdim.XDimSimilarity (float32, and under bf16 autocast as
    forward_sim runs it with --amp bf16) against a baseline written here the
    official way (one caption at a time, words times a dense diag(delta) matrix),
    their agreement, and recalls under float32 vs bf16;
@@ -103,7 +103,7 @@ def make_inputs(n_img, cpi, regions, d, min_len, max_len, noise, device, seed):
 
 
 def baseline_weights(E, lam, log_t_mask):
-    """Spec section 4 steps 1-5 written out: W (d, d), delta (d,)."""
+    """The dependency weights written out (docs/method.md): W (d, d), delta (d,)."""
     P = torch.sigmoid(E)
     theta = P.mean(1, keepdim=True) + lam[:, None] * P.std(1, keepdim=True)
     W = torch.tanh(torch.exp(torch.exp(log_t_mask) * (P - theta))) * P

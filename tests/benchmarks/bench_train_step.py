@@ -22,8 +22,9 @@ from lib.options import default_options  # noqa: E402
 from lib.vse import VSEModel  # noqa: E402
 
 
-def random_batch(batch_size, vocab_size, img_dim, gen):
-    """Images with ~80% of 36 regions kept (zero-padded) and captions of 8-30 tokens."""
+def random_batch(batch_size, vocab_size, img_dim, gen, first_id=1000):
+    """Images with ~80% of 36 regions kept (zero-padded) and captions of 8-30 tokens
+    (ids first_id .. vocab_size - 1)."""
     kept = torch.binomial(torch.full((batch_size,), 36.0), torch.full((batch_size,), 0.8), generator=gen)
     image_lengths = kept.long().clamp(min=1)
     images = torch.zeros(batch_size, int(image_lengths.max()), img_dim)
@@ -32,7 +33,7 @@ def random_batch(batch_size, vocab_size, img_dim, gen):
     lengths = torch.randint(8, 31, (batch_size,), generator=gen)
     captions = torch.zeros(batch_size, int(lengths.max()), dtype=torch.long)
     for i, n in enumerate(lengths.tolist()):
-        captions[i, :n] = torch.randint(1000, vocab_size, (n,), generator=gen)
+        captions[i, :n] = torch.randint(first_id, vocab_size, (n,), generator=gen)
     return images, captions, lengths, image_lengths
 
 

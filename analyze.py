@@ -1,0 +1,83 @@
+"""Look inside an X-Dim checkpoint: figures and statistics of its learned dimension dependencies.
+
+    python analyze.py --model_path runs/demo/checkpoint/model_best.pth --out runs/demo/analysis
+    python analyze.py --model_path runs/demo/checkpoint/model_best.pth --out runs/demo/analysis \\
+        --data_path data/demo --data_name demo_precomp --split test --words dog cat --pair 0 0
+
+Writes PNG figures and summary.json into --out (README: "Looking inside a model").
+Needs matplotlib (pip install matplotlib).
+"""
+import argparse
+import sys
+
+from lib.errors import XDimError
+from lib.options import add_runtime_options
+from lib.runtime import apply_threads, resolve_device
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 2)[2])
+    add = parser.add_argument
+    add("--model_path", required=True, help="checkpoint to analyse (ours or the official release's)")
+    add("--out", required=True, help="folder for the figures and summary.json (created if needed)")
+    add("--data_path", default=None,
+        help="folder holding {data_name}/, for --words and --pair (default: the checkpoint's)")
+    add("--data_name", default=None, help="f30k_precomp, coco_precomp, ... (default: the checkpoint's)")
+    add("--split", default="test", help="split whose captions and images --words and --pair use (default: test)")
+    add("--words", nargs="+", default=[], metavar="WORD",
+        help="words whose per-dimension participation probabilities to draw, e.g. --words dog man")
+    add("--top_k", type=int, default=None,
+        help="a dimension takes part in an occurrence of a word when it is among the top_k "
+             "of its correspondence vector (default: 5%% of the embedding size)")
+    add("--pair", nargs=2, type=int, default=None, metavar=("IMAGE", "CAPTION"),
+        help="draw the words x regions attention of this image and caption (indices in the split)")
+    add("--no_progress", action="store_true", help="hide the progress bars")
+    add_runtime_options(parser)
+    return parser
+
+
+def run(args, device):
+    """Load the model (and the split when needed), write the report; -> summary dict."""
+    from lib import analysis, scoring
+    model = scoring.load_model(args.model_path, args.bert_path, device, args.amp)
+    split = encoder = None
+    if args.words or args.pair is not None:
+        split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+    return analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
+                                 progress=not args.no_progress)
+
+
+def describe(summary, out):
+    """A few lines for the console."""
+    mask = summary["mask"]
+    deps = mask["dependencies_per_dimension"]
+    lines = [f"d {summary['embed_size']}: mask density {mask['mask_density']:.4g}, mean threshold "
+             f"{mask['mean_threshold']:.4f}, mask temperature {mask['t_mask']:.4g}, attention temperature "
+             f"{mask['t_attn']:.4g}; dependencies per dimension min {deps['min']} median {deps['median']:g} "
+             f"max {deps['max']}"]
+    for word, concept in summary.get("concepts", {}).items():
+        top = ", ".join(f"{t['dimension']} ({t['probability']:.2f})" for t in concept["top_dimensions"][:8])
+        lines.append(f"'{word}': {concept['occurrences']} occurrences; top dimensions {top}")
+    if "pair" in summary:
+        pair = summary["pair"]
+        lines.append(f"pair image {pair['image']} caption {pair['caption']}: score {pair['score']:.4f}")
+    lines.append(f"wrote {len(summary['figures'])} figures and summary.json to {out}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        apply_threads(args.threads)
+        summary = run(args, resolve_device(args.device))
+    except (XDimError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(describe(summary, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

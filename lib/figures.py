@@ -1,0 +1,145 @@
+"""The figures of analyze.py, drawn with matplotlib (an optional dependency: pip install matplotlib).
+
+Only this module imports matplotlib, and only when a figure is drawn. Figures are
+built on matplotlib's object API with the Agg canvas, so drawing never touches
+pyplot's global state or the user's chosen backend. Every function writes one PNG.
+"""
+import numpy as np
+
+from lib.errors import XDimError
+
+MATPLOTLIB_HINT = "matplotlib is not installed; analyze.py draws its figures with it: pip install matplotlib"
+DPI = 100
+
+
+def require_matplotlib():
+    """-> (Figure, FigureCanvasAgg) classes; XDimError (one line, with the install command) without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise XDimError(MATPLOTLIB_HINT) from None
+    return Figure, FigureCanvasAgg
+
+
+def _figure(width, height):
+    """A new matplotlib Figure with an Agg canvas."""
+    Figure, FigureCanvasAgg = require_matplotlib()
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path):
+    figure.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+
+
+def _heatmap(axes, figure, values, cmap, vmin, vmax, label):
+    image = axes.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="auto")
+    figure.colorbar(image, ax=axes, label=label)
+    return image
+
+
+def dependency_heatmap(W, order, path):
+    """W (d, d) with rows and columns in `order` (d,): blocks are groups of mutually dependent dimensions."""
+    figure = _figure(6.4, 5.4)
+    axes = figure.add_subplot()
+    _heatmap(axes, figure, np.asarray(W)[np.ix_(order, order)], "magma", 0.0, None, "W[i, j]")
+    axes.set_title(f"Dependency weights W ({len(order)} dimensions, reordered)")
+    axes.set_xlabel("dimension j it draws on (position in the order)")
+    axes.set_ylabel("dimension i (position in the order)")
+    _save(figure, path)
+
+
+def mask_heatmap(mask, order, path, density):
+    """The adaptive mask M (d, d) in the same `order` as the W figure; `density` = share of entries > 0.5."""
+    figure = _figure(6.4, 5.4)
+    axes = figure.add_subplot()
+    _heatmap(axes, figure, np.asarray(mask)[np.ix_(order, order)], "Greys", 0.0, 1.0, "M[i, j]")
+    axes.set_title(f"Adaptive mask M (density {density:.3f}: share of entries > 0.5)")
+    axes.set_xlabel("dimension j (position in the order)")
+    axes.set_ylabel("dimension i (position in the order)")
+    _save(figure, path)
+
+
+def dependencies_histogram(counts, path):
+    """counts (d,): per dimension, the number of dimensions it depends on (mask > 0.5)."""
+    counts = np.asarray(counts)
+    figure = _figure(6.0, 3.6)
+    axes = figure.add_subplot()
+    axes.hist(counts, bins=np.arange(counts.max() + 2) - 0.5 if counts.max() < 60 else 40, color="tab:blue")
+    axes.set_title(f"Dimensions each dimension depends on (median {np.median(counts):g}, "
+                   f"of {len(counts)})")
+    axes.set_xlabel("number of j with M[i, j] > 0.5")
+    axes.set_ylabel("dimensions i")
+    _save(figure, path)
+
+
+def thresholds_figure(theta, lam, t_mask, t_attn, path):
+    """Histograms of the row thresholds theta (d,) and threshold scales lambda (d,); temperatures in the title."""
+    figure = _figure(8.0, 3.4)
+    left, right = figure.subplots(1, 2)
+    left.hist(np.asarray(theta), bins=30, color="tab:orange")
+    left.set_xlabel("theta_i = mean_j P[i, j] + lambda_i * std_j P[i, j]")
+    left.set_ylabel("dimensions")
+    right.hist(np.asarray(lam), bins=30, color="tab:green")
+    right.set_xlabel("lambda_i")
+    figure.suptitle(f"Mask thresholds; mask temperature {t_mask:.3g}, attention temperature {t_attn:.3g}")
+    _save(figure, path)
+
+
+def concept_profile(word, probabilities, n_occurrences, top_k, path, zoom=50):
+    """One word's participation probabilities (d,): all dimensions sorted, and the `zoom` largest by index."""
+    probabilities = np.asarray(probabilities)
+    ranked = np.argsort(-probabilities, kind="stable")
+    zoom = min(zoom, len(ranked))
+    figure = _figure(11.0, 3.6)
+    whole, detail = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
+    whole.plot(np.arange(1, len(ranked) + 1), probabilities[ranked], color="tab:blue")
+    whole.axvspan(0.5, zoom + 0.5, color="tab:orange", alpha=0.15)
+    whole.set_xlabel("dimensions, by decreasing probability")
+    whole.set_ylabel("probability of taking part")
+    whole.set_ylim(0, 1.02)
+    detail.bar(np.arange(zoom), probabilities[ranked[:zoom]], color="tab:orange")
+    detail.set_xticks(np.arange(zoom), [str(j) for j in ranked[:zoom]], rotation=90, fontsize=6)
+    detail.set_xlabel(f"the top {zoom} dimensions (index)")
+    detail.set_ylim(0, 1.02)
+    figure.suptitle(f"'{word}': {n_occurrences} occurrences, a dimension takes part when it is "
+                    f"in the top {top_k} of the word-region correspondence")
+    _save(figure, path)
+
+
+def concept_overlap(words, shared, top_k, path):
+    """shared (k, k): for each pair of words, how many of their top_k dimensions they share."""
+    n = len(words)
+    figure = _figure(1.2 + 0.6 * n, 1.0 + 0.5 * n)
+    axes = figure.add_subplot()
+    axes.imshow(np.asarray(shared), cmap="Blues", vmin=0, vmax=top_k)
+    for i in range(n):
+        for j in range(n):
+            value = int(shared[i][j])
+            axes.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                      color="white" if value > top_k / 2 else "black")
+    axes.set_xticks(range(n), words, rotation=45, ha="right")
+    axes.set_yticks(range(n), words)
+    axes.set_title(f"Shared top-{top_k} dimensions")
+    _save(figure, path)
+
+
+def pair_attention(tokens, attention, shares, score, title, path):
+    """tokens (L,) strings, attention (L, R) over regions, shares (L,) of the pair's score."""
+    attention = np.asarray(attention)
+    length, regions = attention.shape
+    figure = _figure(9.0, 1.4 + 0.28 * length)
+    heat, bars = figure.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1]})
+    image = heat.imshow(attention, cmap="viridis", vmin=0.0, interpolation="nearest", aspect="auto")
+    figure.colorbar(image, ax=heat, label="attention")
+    heat.set_yticks(range(length), tokens, fontsize=8)
+    heat.set_xlabel(f"image region (of {regions})")
+    heat.set_title("Attention of each word over the regions")
+    bars.barh(np.arange(length), shares, color=["tab:blue" if s >= 0 else "tab:red" for s in shares])
+    bars.axvline(0, color="black", linewidth=0.5)
+    bars.set_xlabel("share of the score")
+    bars.set_title(f"score {score:.4f}")
+    figure.suptitle(title)
+    _save(figure, path)

@@ -1,0 +1,305 @@
+"""The similarity contract: registry and --sim, the block scheduler, every variant against a
+float64 transcription of its own equation, training, checkpoints and eval.py per variant,
+and the README's worked example of a new variant."""
+import os
+import re
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import eval as eval_cli
+from lib import training
+from lib.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lib.errors import XDimError
+from lib.options import get_argument_parser
+from lib.similarity import SIMILARITIES, Similarity, build_similarity
+from lib.similarity.blocks import plan, score_padded
+from lib.similarity.xdim import XDimSimilarity
+from lib.vse import VSEModel
+from official_format import official_opt, official_parts, write_official_checkpoint
+from test_eval_cli import _reference_scores
+from test_model import tiny_batch, tiny_opt
+from test_xdim import random_inputs, reference_scores, relative_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each variant's equation as switches of the numpy transcription in tests/test_xdim.py.
+TRANSCRIPTIONS = {
+    "xdim": {},
+    "reference": {},
+    "xdim_fixed_threshold": {},
+    "xdim_nomask": {"masked": False},
+    "xdim_nodelta": {"weighted": False},
+    "cosine": {"word_score": "cosine"},
+}
+
+
+# ---------------------------------------------------------------- registry and --sim
+
+def test_every_variant_is_a_sim_choice_with_its_help_line(capsys):
+    assert set(TRANSCRIPTIONS) == set(SIMILARITIES)
+    parser = get_argument_parser()
+    assert parser.parse_args([]).sim == "xdim"
+    assert parser.parse_args(["--sim", "xdim_nomask"]).sim == "xdim_nomask"
+    help_text = parser.format_help()
+    for name, (_, line) in SIMILARITIES.items():
+        assert re.search(rf"^  {name} +{re.escape(line)}$", help_text, re.M), name
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--sim", "xdimm"])
+    assert info.value.code == 2 and "invalid choice: 'xdimm'" in capsys.readouterr().err
+
+
+def test_unknown_name_in_library_use_is_one_line():
+    with pytest.raises(XDimError) as info:
+        build_similarity("bogus", 8)
+    assert str(info.value) == ("--sim: unknown similarity 'bogus' (known: xdim, reference, cosine, "
+                               "xdim_nomask, xdim_fixed_threshold, xdim_nodelta)")
+
+
+# ---------------------------------------------------------------- the scheduler
+
+class Recorder(Similarity):
+    """Scores pair (i, c) as 1000 * i + c, read from img[i, 0, 0] = i and cap[c, 0, 0] = c,
+    and records every call."""
+
+    block_cost = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.prepared, self.caption_runs = [], 0, 0
+
+    def prepare(self):
+        self.prepared += 1
+        return "weights"
+
+    def prepare_captions(self, cap, cap_lens, prepared):
+        assert prepared == "weights"
+        self.caption_runs += 1
+        return ("run", self.caption_runs)
+
+    def score(self, img, cap, cap_lens, img_lens, prepared):
+        assert prepared == ("run", self.caption_runs)
+        self.calls.append((img[:, 0, 0].long().tolist(), cap[:, 0, 0].long().tolist(),
+                           cap_lens.tolist(), cap.shape[1]))
+        return 1000 * img[:, 0, 0, None] + cap[None, :, 0, 0]
+
+
+def labelled_inputs(n_img, lens):
+    img = torch.zeros(n_img, 3, 4)
+    img[:, 0, 0] = torch.arange(n_img)
+    cap = torch.zeros(len(lens), max(lens), 4)
+    cap[:, 0, 0] = torch.arange(len(lens))
+    return img, cap, torch.tensor(lens)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 20, 64, 10 ** 6])
+def test_scheduler_scores_every_pair_exactly_once(rows):
+    lens = [5, 1, 9, 3, 3, 12, 2, 7, 4]  # 12 > several budgets: such a caption gets a run of its own
+    img, cap, cap_lens = labelled_inputs(6, lens)
+    sim = Recorder()
+    scores = sim(img, cap, cap_lens, rows_per_block=rows)
+    expected = 1000 * torch.arange(6.0)[:, None] + torch.arange(9.0)[None, :]
+    assert torch.equal(scores, expected)
+    pairs = [(i, c) for images, captions, _, _ in sim.calls for i in images for c in captions]
+    assert sorted(pairs) == [(i, c) for i in range(6) for c in range(9)]
+    assert sim.prepared == 1 and sim.caption_runs == len({tuple(c) for _, c, _, _ in sim.calls})
+    for images, captions, block_lens, padded_to in sim.calls:
+        assert block_lens == [lens[c] for c in captions] == sorted(block_lens)
+        assert padded_to == max(block_lens)  # each run padded to its own longest caption only
+        if len(images) > 1 or len(captions) > 1:
+            assert len(images) * sum(block_lens) <= rows
+
+
+def test_block_cost_divides_the_budget():
+    img, cap, cap_lens = labelled_inputs(8, [2] * 8)
+    cheap, costly = Recorder(), Recorder()
+    costly.block_cost = 4
+    cheap(img, cap, cap_lens, rows_per_block=32)
+    costly(img, cap, cap_lens, rows_per_block=32)
+    assert max(len(i) * sum(lens) for i, _, lens, _ in cheap.calls) == 32
+    assert max(len(i) * sum(lens) for i, _, lens, _ in costly.calls) == 8
+
+
+def test_scheduler_edge_cases():
+    img, cap, cap_lens = labelled_inputs(3, [2, 4])
+    assert score_padded(Recorder(), img, cap[:0], cap_lens[:0]).shape == (3, 0)
+    assert score_padded(Recorder(), img[:0], cap, cap_lens).shape == (0, 2)
+    assert plan(cap_lens, n_img=0, rows=100) == [] and plan(cap_lens[:0], n_img=3, rows=100) == []
+    runs = plan(torch.tensor([3, 1, 2]), n_img=5, rows=100)
+    assert len(runs) == 1 and runs[0].columns.tolist() == [1, 2, 0] and runs[0].images == [(0, 5)]
+
+
+# ---------------------------------------------------------------- variants vs their equations
+
+@pytest.mark.parametrize("name", list(TRANSCRIPTIONS))
+def test_variant_matches_float64_transcription_of_its_equation(name):
+    torch.manual_seed(7)
+    sim = build_similarity(name, 33).double()
+    img, cap, lens = random_inputs(33, n_img=4, n_cap=6, seed=2)
+    img, cap = img.double(), cap.double()
+    expected = reference_scores(sim, img, cap, lens, **TRANSCRIPTIONS[name])
+    with torch.no_grad():
+        float64 = sim(img, cap, lens, rows_per_block=20).numpy()
+        float32 = sim.float()(img.float(), cap.float(), lens, rows_per_block=20).numpy()
+    assert relative_error(float64, expected) <= 1e-12
+    assert relative_error(float32, expected) <= 1e-5
+
+
+def test_variants_really_change_the_scores():
+    img, cap, lens = random_inputs(16, seed=3)
+    scores = {}
+    for name in SIMILARITIES:
+        torch.manual_seed(0)  # the same E, lam, t_mask, t_attn where a variant has them
+        with torch.no_grad():
+            scores[name] = build_similarity(name, 16)(img, cap, lens)
+    assert torch.allclose(scores["reference"], scores["xdim"], atol=1e-5)
+    assert torch.equal(scores["xdim_fixed_threshold"], scores["xdim"])  # same equations, other learning
+    for name in ("cosine", "xdim_nomask", "xdim_nodelta"):
+        assert (scores[name] - scores["xdim"]).abs().max() > 1e-2, name
+
+
+@pytest.mark.parametrize("name", ["xdim_fixed_threshold", "xdim_nomask"])
+def test_frozen_parameters_stay_out_of_training_and_in_checkpoints(name, tiny_bert_dir, tmp_path):
+    model = VSEModel(tiny_opt(tiny_bert_dir, sim=name))
+    frozen = {"lam": model.sim.lam.detach().clone(), "log_t_mask": model.sim.log_t_mask.detach().clone()}
+    trained = {id(p) for group in model.optimizer.param_groups for p in group["params"]}
+    assert id(model.sim.E) in trained and id(model.sim.lam) not in trained
+    assert id(model.sim.log_t_mask) not in trained
+    E = model.sim.E.detach().clone()
+    model.train_start()
+    model.train_emb(*tiny_batch())
+    assert not torch.equal(model.sim.E, E)
+    for key, value in frozen.items():
+        assert torch.equal(getattr(model.sim, key), value), key
+    path = str(tmp_path / "frozen.pth")
+    save_checkpoint(make_checkpoint(model, 1, 0.0), path)
+    loaded = VSEModel.from_checkpoint(path, device="cpu")
+    assert torch.equal(loaded.sim.lam, frozen["lam"]) and not loaded.sim.lam.requires_grad
+
+
+def test_masked_regions_take_no_part_in_every_variant():
+    img, cap, lens = random_inputs(12, n_img=2, n_cap=3, regions=6, seed=4)
+    padded = img.clone()
+    padded[0, 4:] = 5.0
+    for name in SIMILARITIES:
+        sim = build_similarity(name, 12)
+        with torch.no_grad():
+            masked = sim(padded, cap, lens, torch.tensor([4, 6]))
+            assert torch.allclose(masked[0], sim(img[:1, :4], cap, lens)[0], atol=1e-6), name
+
+
+# ---------------------------------------------------------------- training, checkpoints, eval.py
+
+def eval_scores(path, tiny_precomp, tmp_path, capsys):
+    """eval.py on the tiny test split: -> (exit code, saved scores or None, stderr)."""
+    data_path, data_name = tiny_precomp
+    sims = tmp_path / f"{os.path.basename(path)}.npy"
+    capsys.readouterr()  # drop what building models printed before
+    code = eval_cli.main(["--model_path", path, "--data_path", data_path, "--data_name", data_name,
+                          "--split", "test", "--device", "cpu", "--workers", "0", "--no_progress",
+                          "--save_sims", str(sims)])
+    err = capsys.readouterr().err
+    return code, (np.load(sims) if code == 0 else None), err
+
+
+@pytest.mark.parametrize("name", list(SIMILARITIES))
+def test_variant_trains_round_trips_and_evaluates(name, tiny_bert_dir, tiny_precomp, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = VSEModel(tiny_opt(tiny_bert_dir, sim=name, data_path=tiny_precomp[0], data_name=tiny_precomp[1]))
+    assert type(model.sim) is SIMILARITIES[name][0]
+    learned = {key: p.detach().clone() for key, p in model.sim.named_parameters() if p.requires_grad}
+    model.train_start()
+    loss = model.train_emb(*tiny_batch())
+    assert np.isfinite(loss)
+    for key, before in learned.items():
+        assert not torch.equal(getattr(model.sim, key), before), key
+    path = str(tmp_path / f"{name}.pth")
+    save_checkpoint(make_checkpoint(model, 1, 0.0), path)
+    assert load_checkpoint(path)["opt"]["sim"] == name
+    loaded = VSEModel.from_checkpoint(path, device="cpu")
+    assert type(loaded.sim) is SIMILARITIES[name][0] and loaded.opt.sim == name
+    code, sims, err = eval_scores(path, tiny_precomp, tmp_path, capsys)
+    assert code == 0, err
+    from lib.bert import load_tokenizer
+    from lib.datasets.precomp import open_split
+    split = open_split(*tiny_precomp, "test")
+    expected = _reference_scores(model, load_tokenizer(tiny_bert_dir), split)  # one unblocked call
+    np.testing.assert_allclose(sims, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoints_without_a_variant_name_load_as_xdim(tiny_bert_dir, tmp_path):
+    model = VSEModel(tiny_opt(tiny_bert_dir))
+    state = make_checkpoint(model, 1, 0.0)
+    del state["opt"]["sim"]  # as saved before --sim existed
+    old = str(tmp_path / "old.pth")
+    save_checkpoint(state, old)
+    loaded = VSEModel.from_checkpoint(old, device="cpu")
+    assert type(loaded.sim) is XDimSimilarity and loaded.opt.sim == "xdim"
+    official = write_official_checkpoint(str(tmp_path / "official.pth"),
+                                         official_parts(tiny_bert_dir, d=16, img_dim=32), official_opt(16, 32))
+    loaded = VSEModel.from_checkpoint(official, bert_path=tiny_bert_dir, device="cpu")
+    assert type(loaded.sim) is XDimSimilarity and loaded.opt.sim == "xdim"
+
+
+def test_checkpoint_naming_an_unknown_variant_fails_in_one_line(tiny_bert_dir, tiny_precomp, tmp_path, capsys):
+    state = make_checkpoint(VSEModel(tiny_opt(tiny_bert_dir)), 1, 0.0)
+    state["opt"]["sim"] = "xdim_from_the_future"
+    path = str(tmp_path / "future.pth")
+    save_checkpoint(state, path)
+    with pytest.raises(XDimError, match=re.escape(f"{path} (stored option sim): unknown similarity "
+                                                  "'xdim_from_the_future' (known: xdim, ")):
+        VSEModel.from_checkpoint(path, device="cpu")
+    code, _, err = eval_scores(path, tiny_precomp, tmp_path, capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "xdim_from_the_future" in err
+
+
+def test_resume_refuses_another_variant(tiny_bert_dir, tmp_path):
+    model = VSEModel(tiny_opt(tiny_bert_dir))
+    path = str(tmp_path / "xdim.pth")
+    save_checkpoint(make_checkpoint(model, 1, 0.0), path)
+    opt = tiny_opt(tiny_bert_dir, sim="xdim_nomask", resume=path)
+    with pytest.raises(XDimError, match="trained with --sim xdim, not --sim xdim_nomask"):
+        training.read_resume(opt)
+    opt = tiny_opt(tiny_bert_dir, sim="xdim_nomask", resume=path, reset_start_epoch=True)
+    nomask = VSEModel(opt)  # weights only: an xdim start for the ablation is allowed
+    logger = training.setup_text_log(str(tmp_path / "log"), enabled=False)
+    assert training.resume(nomask, opt, training.read_resume(opt), logger) == (0, 0.0)
+    assert torch.equal(nomask.sim.E, model.sim.E)
+
+
+# ---------------------------------------------------------------- the README's worked example
+
+def readme_example():
+    """The python block of README.md's section "Adding a similarity", run as a module."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = readme.split("### Adding a similarity", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    entry = re.search(r'^\s*("\w+": \(\w+, ".*"\)),$', section, re.M).group(1)
+    module = types.ModuleType("readme_example")
+    exec(compile(code, "README.md", "exec"), module.__dict__)
+    return module, entry
+
+
+def test_readme_example_variant_trains_and_evaluates(tiny_bert_dir, tiny_precomp, tmp_path, capsys,
+                                                     monkeypatch):
+    module, entry = readme_example()
+    name, cls_name, help_line = re.match(r'"(\w+)": \((\w+), "(.*)"\)', entry).groups()
+    monkeypatch.setitem(SIMILARITIES, name, (getattr(module, cls_name), help_line))
+    # Its equation: each word's best weighted dot product with a region, mean over words.
+    sim = build_similarity(name, 8)
+    img, cap, lens = random_inputs(8, seed=5)
+    with torch.no_grad():
+        ours = sim(img, cap, lens, rows_per_block=9).numpy()
+    expected = np.array([[(cap[c, :lens[c]].double() @ img[i].double().T).max(1).values.mean().item()
+                          for c in range(len(lens))] for i in range(len(img))])
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)
+    # Trained, saved with its name, rebuilt and evaluated by eval.py.
+    model = VSEModel(tiny_opt(tiny_bert_dir, sim=name))
+    model.train_start()
+    assert np.isfinite(model.train_emb(*tiny_batch()))
+    path = str(tmp_path / "example.pth")
+    save_checkpoint(make_checkpoint(model, 1, 0.0), path)
+    code, sims, err = eval_scores(path, tiny_precomp, tmp_path, capsys)
+    assert code == 0, err
+    assert sims.shape == (10, 50) and np.isfinite(sims).all()
