@@ -265,8 +265,12 @@ def load_head(path, model_fingerprint, device="cpu"):
     if saved.get("model_fingerprint") != model_fingerprint:
         raise XDimError(f"{path}: this shortlist head was distilled from other weights than the "
                         f"checkpoint's; distill it again with retrieve.py distill")
-    head = ShortlistHead(**saved["config"])
-    head.load_state_dict(saved["state"])
+    try:
+        head = ShortlistHead(**saved["config"])
+        head.load_state_dict(saved["state"])
+    except (TypeError, RuntimeError, KeyError) as err:
+        raise XDimError(f"{path}: damaged, or written by another version of the head "
+                        f"({first_line(err)[:120]}); distill it again with retrieve.py distill") from None
     return head.to(device).eval()
 
 

@@ -288,6 +288,11 @@ def test_distillation_learns_and_leaves_the_model_unchanged(setup, tiny_precomp,
     assert torch.equal(loaded.images(emb), head.images(emb))
     with pytest.raises(XDimError, match="distilled from other weights"):
         shortlist.load_head(path, "0" * 64)
+    saved = torch.load(path, weights_only=True)
+    del saved["state"]["image_pool.offset.weight"]
+    torch.save(saved, path)
+    with pytest.raises(XDimError, match=r"h\.shortlist\.pth: damaged, or written by another version of the head"):
+        shortlist.load_head(path, before)
 
 
 def test_distill_cli_head_is_used_by_eval_and_build(setup, tiny_precomp, tmp_path, capsys):
