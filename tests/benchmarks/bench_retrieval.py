@@ -65,6 +65,8 @@ def parse_args(argv=None):
     parser.add_argument("--demo_k", type=int, default=3, help="shortlist on the 200-image demo test split")
     parser.add_argument("--coco_images", type=int, default=5000, help="images of the COCO-shaped split (x5 captions)")
     parser.add_argument("--coco_k", type=int, default=50, help="shortlist on the COCO-shaped split")
+    parser.add_argument("--sweep", type=int, nargs="+", default=[1, 3, 10, 100, 1000],
+                        help="shortlist sizes evaluated through eval.py's path (from the exhaustive scores)")
     parser.add_argument("--gallery", type=int, default=100_000, help="images of the latency gallery")
     parser.add_argument("--latency_k", type=int, default=retrieval.DEFAULT_SHORTLIST, help="shortlist per query")
     parser.add_argument("--queries", type=int, default=50, help="timed text queries")
@@ -129,8 +131,9 @@ def exhaustive_scores(model, img_emb, captions, workdir, name, fingerprint):
     return sims, seconds, when
 
 
-def compare_on_split(model, model_path, split, workdir, k, name):
-    """Exhaustive vs two-stage R@1 on one split, with the checkpoint's head and with mean pooling."""
+def compare_on_split(model, model_path, split, workdir, k, name, sweep):
+    """Exhaustive vs two-stage R@1 on one split: query by query with the checkpoint's head at K = `k`,
+    and through eval.py's path for the K of `sweep` with the head and with mean pooling."""
     encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
     fingerprint = weights_fingerprint(model.state_dict())
     img_emb, captions = scoring.encode_split(model, split, encoder, progress=False)
@@ -142,27 +145,33 @@ def compare_on_split(model, model_path, split, workdir, k, name):
     print(f"[{name}]   exhaustive R@1: text-to-image {exhaustive['t2i_r1']:.2f}, image-to-text "
           f"{exhaustive['i2t_r1']:.2f}")
     head = shortlist.global_encoder(model, fingerprint, model_path)
-    for encoder_ in ([head, shortlist.MeanPooling(model.opt.embed_size)]
-                     if head.describe()["kind"] == "head" else [head]):
-        kind = encoder_.describe()["kind"]
-        t2i, i2t, text_s, image_s = library_recalls(model, encoder_, split, workdir, k)
-        masked, union = retrieval.two_stage_metrics(sims, shortlist.image_vectors(encoder_, img_emb),
-                                                    shortlist.caption_vectors(encoder_, captions), k,
-                                                    split.captions_per_image)
-        print(f"[{name}]   two stages, K = {k}, {kind} vectors: X-Dim scores {100 * k / n_img:.2f}% of the "
-              f"text-to-image and {100 * k / n_cap:.2f}% of the image-to-text pair scores "
-              f"(union {100 * union:.2f}%)")
-        print(f"[{name}]     R@1 text-to-image {t2i:.2f} ({t2i - exhaustive['t2i_r1']:+.2f} vs exhaustive), "
-              f"image-to-text {i2t:.2f} ({i2t - exhaustive['i2t_r1']:+.2f}); eval.py --shortlist gives "
-              f"{masked['t2i_r1']:.2f} / {masked['i2t_r1']:.2f}")
-        print(f"[{name}]     per query: text {1000 * text_s:.1f} ms, image {1000 * image_s:.1f} ms; "
-              f"exhaustive per text query {1000 * exhaustive_seconds / n_cap:.1f} ms (amortised)")
+    kind = head.describe()["kind"]
+    t2i, i2t, text_s, image_s = library_recalls(model, head, split, workdir, k)
+    print(f"[{name}]   two stages, K = {k}, {kind} vectors, query by query through lib.retrieval: X-Dim scores "
+          f"{100 * k / n_img:.2f}% of the text-to-image and {100 * k / n_cap:.2f}% of the image-to-text pair scores")
+    print(f"[{name}]     R@1 text-to-image {t2i:.2f} ({t2i - exhaustive['t2i_r1']:+.2f} vs exhaustive), "
+          f"image-to-text {i2t:.2f} ({i2t - exhaustive['i2t_r1']:+.2f})")
+    print(f"[{name}]     per query: text {1000 * text_s:.1f} ms, image {1000 * image_s:.1f} ms; "
+          f"exhaustive per text query {1000 * exhaustive_seconds / n_cap:.1f} ms (amortised)")
+    encoders = [head, shortlist.MeanPooling(model.opt.embed_size)] if kind == "head" else [head]
+    for encoder_ in encoders:
+        img_global = shortlist.image_vectors(encoder_, img_emb)
+        cap_global = shortlist.caption_vectors(encoder_, captions)
+        cells = []
+        for sweep_k in sorted({*sweep, k}):
+            if sweep_k <= n_cap:
+                masked, union = retrieval.two_stage_metrics(sims, img_global, cap_global, sweep_k,
+                                                            split.captions_per_image)
+                cells.append(f"K={sweep_k}: {masked['t2i_r1']:.2f} / {masked['i2t_r1']:.2f} "
+                             f"({100 * union:.2f}%)")
+        print(f"[{name}]   eval.py --shortlist K, {encoder_.describe()['kind']} vectors, R@1 text-to-image / "
+              f"image-to-text (union of pair scores): " + " | ".join(cells))
 
 
 def part_demo(args, workdir):
     model = VSEModel.from_checkpoint(args.model_path, device="cpu")
     split = open_split(args.data_path, "demo_precomp", "test", img_dim=model.opt.img_dim)
-    compare_on_split(model, args.model_path, split, workdir, args.demo_k, "demo")
+    compare_on_split(model, args.model_path, split, workdir, args.demo_k, "demo", args.sweep)
 
 
 def part_coco(args, workdir):
@@ -172,7 +181,7 @@ def part_coco(args, workdir):
     write_demo_split(folder, "test5k", args.coco_images, demo_prototypes(model.opt.img_dim, seed=0),
                      np.random.default_rng(12345))
     split = open_split(workdir, "coco_shaped", "test5k", img_dim=model.opt.img_dim)
-    compare_on_split(model, args.model_path, split, workdir, args.coco_k, "coco")
+    compare_on_split(model, args.model_path, split, workdir, args.coco_k, "coco", args.sweep)
 
 
 # ---------------------------------------------------------------- latency part
