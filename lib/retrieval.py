@@ -20,8 +20,8 @@ An index is a folder written once by `build_index` (retrieve.py build):
     faiss.index    the stage-one index over global.npy
     items.txt      one line per item: image ids, or the captions themselves
 
-Embeddings are memory-mapped at query time, so a gallery larger than memory only
-reads the shortlisted rows. The manifest holds fingerprints of the checkpoint's
+At query time only the shortlisted rows of the embeddings are read from disk
+(`RowReader`), so a gallery larger than memory costs one disk read per candidate. The manifest holds fingerprints of the checkpoint's
 weights and of the global-vector head: opening an index with other weights is an
 error (a stale index), as is any file whose size or shape disagrees with the
 manifest (a damaged index). A build writes into a temporary folder and renames it
@@ -38,10 +38,9 @@ from tqdm import tqdm
 
 from lib import metrics, shortlist
 from lib.checkpoint import weights_fingerprint
-from lib.datasets.precomp import CaptionEncoder, load_region_features, pad_tokens, read_captions
+from lib.datasets.precomp import CaptionEncoder, load_region_features, pad_images, pad_tokens, read_captions
 from lib.errors import XDimError, first_line
 from lib.features import NpyWriter
-from lib.scoring import RaggedCaptions
 
 INDEX_FORMAT = "xdim-gallery-index"
 INDEX_VERSION = 1
@@ -410,11 +409,11 @@ def check_fingerprints(manifest, index_dir, model, encoder):
                         f"not from {encoder.describe()}; rebuild it or pass the same --head")
 
 
-def _load_array(index_dir, name, shape, dtype):
-    """A memory-mapped index array, checked against the manifest's shape and dtype."""
+def _open_array(index_dir, name, shape, dtype):
+    """Check an index array against the manifest's shape and dtype -> its memory map (read-only)."""
     path = os.path.join(index_dir, name)
     try:
-        array = np.load(path, mmap_mode="c", allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise XDimError(f"{path}: damaged or missing ({first_line(err)}); rebuild the index") from None
     if array.shape != shape or array.dtype != dtype:
@@ -423,14 +422,51 @@ def _load_array(index_dir, name, shape, dtype):
     return array
 
 
+class RowReader:
+    """Rows of a large .npy array read from disk with one `pread` per contiguous run.
+
+    A memory map would do the same reads through page faults, each pulling in the
+    kernel's whole read-ahead window: for 100 scattered rows of a gallery that is
+    not in the page cache, pread took 21-25 ms and the memory map 540-630 ms here
+    (README, "Retrieval on your own data").
+    """
+
+    def __init__(self, path, array):
+        self.path = path
+        self.file = open(path, "rb")
+        self.offset, self.dtype, self.row_shape = array.offset, array.dtype, array.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape)) * array.dtype.itemsize
+
+    def _read_into(self, out, start):
+        if os.preadv(self.file.fileno(), [out], self.offset + start * self.row_bytes) != out.nbytes:
+            raise XDimError(f"{self.path}: damaged: ends before row {start + len(out) - 1}; rebuild the index")
+
+    def span(self, start, stop):
+        """Rows start..stop-1 -> array (stop - start, *row_shape)."""
+        out = np.empty((stop - start, *self.row_shape), dtype=self.dtype)
+        self._read_into(out, start)
+        return out
+
+    def rows(self, indices):
+        """Rows `indices` (k,) -> array (k, *row_shape), in that order."""
+        out = np.empty((len(indices), *self.row_shape), dtype=self.dtype)
+        for slot, index in enumerate(indices):
+            self._read_into(out[slot:slot + 1], int(index))
+        return out
+
+    def close(self):
+        self.file.close()
+
+
 class GalleryIndex:
     """An opened index: embeddings memory-mapped, the FAISS index in memory.
 
     Open with `GalleryIndex.open(index_dir, model, encoder)`; then `search_text`
-    (image gallery) or `search_image` (caption gallery).
+    (image gallery) or `search_image` (caption gallery); `close` when done.
     """
 
     def __init__(self, index_dir, manifest, model, encoder, faiss_index, items, embeddings):
+        """embeddings: (RowReader of regions.npy, lengths (n,)) or (RowReader of tokens.npy, offsets (n + 1,))."""
         self.index_dir = index_dir
         self.manifest = manifest
         self.model = model
@@ -439,6 +475,9 @@ class GalleryIndex:
         self.items = items
         self.embeddings = embeddings
         self._caption_encoder = None
+
+    def close(self):
+        self.embeddings[0].close()
 
     @property
     def gallery(self):
@@ -452,18 +491,16 @@ class GalleryIndex:
         manifest = read_manifest(index_dir)
         check_fingerprints(manifest, index_dir, model, encoder)
         n, d, g = manifest["count"], manifest["embed_size"], encoder.size
-        _load_array(index_dir, "global.npy", (n, g), np.float32)  # kept to rebuild stage one; checked here
+        _open_array(index_dir, "global.npy", (n, g), np.float32)  # kept to rebuild stage one; checked here
         if manifest["gallery"] == "images":
-            regions = _load_array(index_dir, "regions.npy", (n, manifest["regions"], d), np.float16)
-            lengths = _load_array(index_dir, "lengths.npy", (n,), np.int64)
-            embeddings = (torch.from_numpy(regions), torch.from_numpy(lengths))
+            name, shape, counts = "regions.npy", (n, manifest["regions"], d), ("lengths.npy", (n,))
         else:
-            tokens = _load_array(index_dir, "tokens.npy", (manifest["tokens"], d), np.float16)
-            offsets = _load_array(index_dir, "offsets.npy", (n + 1,), np.int64)
-            embeddings = RaggedCaptions.from_storage(torch.from_numpy(tokens), torch.from_numpy(offsets))
+            name, shape, counts = "tokens.npy", (manifest["tokens"], d), ("offsets.npy", (n + 1,))
+        rows = RowReader(os.path.join(index_dir, name), _open_array(index_dir, name, shape, np.float16))
+        counts = np.array(_open_array(index_dir, *counts, np.int64))
         items = cls._read_items(index_dir, n)
         faiss_index = cls._read_faiss(index_dir, n, g)
-        return cls(index_dir, manifest, model, encoder, faiss_index, items, embeddings)
+        return cls(index_dir, manifest, model, encoder, faiss_index, items, (rows, counts))
 
     @staticmethod
     def _read_items(index_dir, n):
@@ -522,10 +559,9 @@ class GalleryIndex:
             candidates, global_scores = self._shortlist(self.encoder.captions(cap_emb, lens).cpu().numpy(),
                                                         shortlist_size)
             regions, lengths = self.embeddings
-            picked = torch.from_numpy(candidates)
-            img = regions.index_select(0, picked).float().to(self.model.device)
-            img_lens = lengths.index_select(0, picked)
-            img_lens = None if bool((img_lens == regions.shape[1]).all()) else img_lens.to(self.model.device)
+            img = torch.from_numpy(regions.rows(candidates)).float().to(self.model.device)
+            img_lens = torch.from_numpy(lengths[candidates])
+            img_lens = None if bool((img_lens == img.shape[1]).all()) else img_lens.to(self.model.device)
             scores = self.model.forward_sim(img, cap_emb, lens.to(self.model.device), img_lens)[:, 0]
         return self._hits(candidates, global_scores, scores.cpu().numpy(), top_k)
 
@@ -538,7 +574,9 @@ class GalleryIndex:
             img_emb = self.model.encode_images(images, count)
             candidates, global_scores = self._shortlist(self.encoder.images(img_emb, count).cpu().numpy(),
                                                         shortlist_size)
-            caps, lens = self.embeddings.gather(torch.from_numpy(candidates))
+            tokens, offsets = self.embeddings
+            caps, lens = pad_images([torch.from_numpy(tokens.span(offsets[c], offsets[c + 1])).float()
+                                     for c in candidates])
             img_lens = None if int(count) == images.shape[1] else count.to(self.model.device)
             scores = self.model.forward_sim(img_emb, caps.to(self.model.device), lens.to(self.model.device),
                                             img_lens)[0]

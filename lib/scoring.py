@@ -51,13 +51,6 @@ class RaggedCaptions:
         ragged.append(cap_emb, lengths)
         return ragged
 
-    @classmethod
-    def from_storage(cls, tokens, offsets):
-        """Wrap existing storage (e.g. memory-mapped): tokens (total_tokens, d), offsets (n_cap + 1,) int64."""
-        ragged = cls(tokens.shape[1], tokens.dtype)
-        ragged._tokens, ragged._offsets = tokens, offsets
-        return ragged
-
     def append(self, cap_emb, lengths):
         """Add captions given padded: cap_emb (b, L, d), lengths (b,) with 1 <= lengths <= L."""
         lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()

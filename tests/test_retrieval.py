@@ -167,6 +167,19 @@ def test_hnsw_index_finds_the_same_items_on_a_small_gallery(setup, tmp_path):
     assert retrieval.choose_index_type(retrieval.APPROXIMATE_FROM) == "hnsw"
 
 
+def test_row_reader_reads_rows_and_spans(tmp_path):
+    array = np.arange(5 * 3 * 2, dtype=np.float16).reshape(5, 3, 2)
+    np.save(tmp_path / "a.npy", array)
+    reader = retrieval.RowReader(str(tmp_path / "a.npy"), np.load(tmp_path / "a.npy", mmap_mode="r"))
+    np.testing.assert_array_equal(reader.rows([3, 0, 3]), array[[3, 0, 3]])
+    np.testing.assert_array_equal(reader.span(1, 4), array[1:4])
+    with open(tmp_path / "a.npy", "r+b") as f:
+        f.truncate(os.path.getsize(tmp_path / "a.npy") - 1)
+    with pytest.raises(XDimError, match=r"a\.npy: damaged: ends before row 4; rebuild the index"):
+        reader.rows([4])
+    reader.close()
+
+
 # ---------------------------------------------------------------- two-stage evaluation
 
 def test_two_stage_metrics_by_hand():
