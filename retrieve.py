@@ -15,10 +15,12 @@ Bad input prints one `error: ...` line and exits 2; an existing index is never d
 """
 import argparse
 import json
+import os
 import sys
 import time
 
 from lib.errors import XDimError
+from lib.options import check_output_file, check_output_folder
 
 
 def _add_model_options(parser, required=True):
@@ -121,11 +123,12 @@ def run_distill(args):
     for name in ("epochs", "batch_images", "size", "group"):
         if getattr(args, name) < 1:
             raise XDimError(f"--{name} must be at least 1")
+    out = args.out or shortlist.default_head_path(args.model_path)
+    check_output_file("--out", out)
     model = load_model(args.model_path, args.bert_path, resolve_device(args.device))
     split = open_split(args.data_path or model.opt.data_path, args.data_name or model.opt.data_name,
                        args.split, img_dim=model.opt.img_dim)
     encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
-    out = args.out or shortlist.default_head_path(args.model_path)
     start = time.time()
     head, loss = shortlist.distill_head(model, split, encoder, args.epochs, args.batch_images, args.learning_rate,
                                         args.temperature, args.size, group=args.group, seed=args.seed)
@@ -139,6 +142,7 @@ def run_distill(args):
 
 def run_build(args):
     from lib import retrieval
+    check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)))
     model, _, encoder = _load(args, args.model_path)
     start = time.time()
     manifest = retrieval.build_index(model, encoder, args.index, images=args.images, captions=args.captions,
@@ -173,6 +177,8 @@ def run_query(args):
     from lib.datasets.precomp import read_captions
     if args.top_k < 1 or args.shortlist < 1:
         raise XDimError("--top_k and --shortlist must be at least 1")
+    if args.json:
+        check_output_file("--json", args.json)
     manifest = retrieval.read_manifest(args.index)
     text_query = args.query is not None or args.queries is not None
     retrieval.expect_gallery(manifest, args.index, "images" if text_query else "captions")

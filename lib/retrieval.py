@@ -385,6 +385,10 @@ def read_manifest(index_dir):
     missing = [key for key in required if key not in manifest]
     if missing:
         raise XDimError(f"{path}: damaged (missing {', '.join(missing)}); rebuild the index")
+    kinds = {"gallery": str, "count": int, "embed_size": int, "global": dict, "model": dict, "source": dict}
+    wrong = [key for key, kind in kinds.items() if not isinstance(manifest[key], kind)]
+    if wrong or manifest["gallery"] not in ("images", "captions"):
+        raise XDimError(f"{path}: damaged ({', '.join(wrong) or 'gallery'} of the wrong type); rebuild the index")
     return manifest
 
 

@@ -391,6 +391,14 @@ def test_query_errors(setup, capsys, tmp_path):
     empty_line.write_text("a dog\n\na cat\n", encoding="utf-8")
     assert "q.txt: line 2 is empty" in _query_error(["query", "--index", index, "--queries", str(empty_line)],
                                                     capsys)
+    assert "--json /nowhere/x.json: folder /nowhere does not exist" in _query_error(
+        ["query", "--index", index, "--query", "a dog", "--json", "/nowhere/x.json"], capsys)
+    manifest = json.load(open(os.path.join(index, "manifest.json")))
+    broken = tmp_path / "broken"
+    shutil.copytree(index, broken)
+    json.dump(dict(manifest, model="not a dict"), open(broken / "manifest.json", "w"))
+    assert "manifest.json: damaged (model of the wrong type)" in _query_error(
+        ["query", "--index", str(broken), "--query", "a dog"], capsys)
 
 
 def test_build_errors_leave_existing_index_untouched(setup, tmp_path, capsys):
