@@ -21,8 +21,9 @@ An index is a folder written once by `build_index` (retrieve.py build):
     items.txt      one line per item: image ids, or the captions themselves
 
 At query time only the shortlisted rows of the embeddings are read from disk
-(`RowReader`), so a gallery larger than memory costs one disk read per candidate. The manifest holds fingerprints of the checkpoint's
-weights and of the global-vector head: opening an index with other weights is an
+(`RowReader`), so a gallery larger than memory costs one disk read per candidate.
+The manifest holds fingerprints of the checkpoint's weights and of the
+global-vector head: opening an index with other weights is an
 error (a stale index), as is any file whose size or shape disagrees with the
 manifest (a damaged index). A build writes into a temporary folder and renames it
 into place when complete, so a failed build leaves any existing index untouched.
@@ -388,7 +389,8 @@ def read_manifest(index_dir):
     kinds = {"gallery": str, "count": int, "embed_size": int, "global": dict, "model": dict, "source": dict}
     wrong = [key for key, kind in kinds.items() if not isinstance(manifest[key], kind)]
     if wrong or manifest["gallery"] not in ("images", "captions"):
-        raise XDimError(f"{path}: damaged ({', '.join(wrong) or 'gallery'} of the wrong type); rebuild the index")
+        raise XDimError(f"{path}: damaged ({', '.join(wrong) or 'gallery'} of the wrong type); "
+                        f"rebuild the index")
     return manifest
 
 
