@@ -48,8 +48,8 @@ INDEX_VERSION = 1
 DEFAULT_SHORTLIST = 100
 DEFAULT_TOP_K = 10
 # Galleries below this many items get an exact inner-product index, larger ones HNSW.
-# Exact search grows linearly: 1.3 ms per 100,000 head vectors on 2 CPU cores
-# (bench_retrieval.py), so about 65 ms at 5 million, as long as encoding the query
+# Exact search grows linearly: 1.2-1.3 ms per 100,000 head vectors on 2 CPU cores
+# (bench_retrieval.py), so about 60 ms at 5 million, as long as encoding the query
 # text; beyond that HNSW keeps stage one at a few milliseconds.
 APPROXIMATE_FROM = 5_000_000
 HNSW_NEIGHBOURS = 32
