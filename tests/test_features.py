@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import convert_features
+from butd_files import tsv_line, write_npz, write_tsv
 from lib import features
 from lib.datasets.precomp import open_split
 from lib.errors import XDimError
@@ -18,27 +19,6 @@ def _image(seed, n_boxes, dim=DIM):
     rng = np.random.default_rng(seed)
     boxes = rng.uniform(0, 500, size=(n_boxes, 4)).astype(np.float32)
     return f"img{seed}", 640 + seed, 480 + seed, boxes, rng.standard_normal((n_boxes, dim)).astype(np.float32)
-
-
-def _tsv_line(image_id, width, height, boxes, feats):
-    b64 = lambda a: base64.b64encode(np.ascontiguousarray(a, dtype=np.float32).tobytes()).decode("ascii")
-    return "\t".join([image_id, str(width), str(height), str(len(boxes)), b64(boxes), b64(feats)]) + "\n"
-
-
-def _write_tsv(path, images):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(_tsv_line(*image) for image in images)
-    return str(path)
-
-
-def _write_npz(folder, image, name=None):
-    image_id, width, height, boxes, feats = image
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, (name or image_id) + ".npz")
-    # bottom-up-attention.pytorch also stores an `info` dict (a pickled object): it must not be read.
-    np.savez_compressed(path, x=feats, bbox=boxes, num_bbox=len(boxes), image_w=width, image_h=height,
-                        info=np.array({"objects": [1, 2]}, dtype=object))
-    return path
 
 
 def _expected(image, regions=36):
@@ -74,8 +54,8 @@ def _folder_state(folder):
 
 def test_tsv_converts_truncating_and_padding_and_opens_as_a_split(tmp_path):
     images = [_image(1, 40), _image(2, 36), _image(3, 5)]
-    tsv_a = _write_tsv(tmp_path / "a.tsv", images[:2])
-    tsv_b = _write_tsv(tmp_path / "b.tsv", images[2:])
+    tsv_a = write_tsv(tmp_path / "a.tsv", images[:2])
+    tsv_b = write_tsv(tmp_path / "b.tsv", images[2:])
     out = tmp_path / "out"
     assert convert_features.main(["--tsv", tsv_a, tsv_b, "--out", str(out), "--split", "gallery",
                                   "--no_progress"]) == 0
@@ -89,8 +69,8 @@ def test_tsv_converts_truncating_and_padding_and_opens_as_a_split(tmp_path):
 
 def test_npz_folder_converts_in_file_name_order_with_other_region_count(tmp_path):
     images = [_image(5, 12), _image(4, 3)]
-    _write_npz(tmp_path / "npz", images[0], name="b_second")
-    _write_npz(tmp_path / "npz", images[1], name="a_first")
+    write_npz(tmp_path / "npz", images[0], name="b_second")
+    write_npz(tmp_path / "npz", images[1], name="a_first")
     out = tmp_path / "out"
     code = convert_features.main(["--npz_dir", str(tmp_path / "npz"), "--out", str(out), "--split", "s",
                                   "--regions", "10", "--no_progress"])
@@ -101,14 +81,14 @@ def test_npz_folder_converts_in_file_name_order_with_other_region_count(tmp_path
 
 def test_count_tsv_records_skips_blank_lines(tmp_path):
     path = tmp_path / "x.tsv"
-    path.write_text(_tsv_line(*_image(1, 2)) + "\n" + _tsv_line(*_image(2, 2)) + "\n\n", encoding="utf-8")
+    path.write_text(tsv_line(*_image(1, 2)) + "\n" + tsv_line(*_image(2, 2)) + "\n\n", encoding="utf-8")
     assert features.count_tsv_records([str(path)]) == 2
     assert [r.image_id for r in features.read_tsv([str(path)])] == ["img1", "img2"]
 
 
 def _bad_line(kind):
     image_id, width, height, boxes, feats = _image(9, 4)
-    good = _tsv_line(image_id, width, height, boxes, feats)
+    good = tsv_line(image_id, width, height, boxes, feats)
     fields = good.rstrip("\n").split("\t")
     if kind == "fields":
         return "\t".join(fields[:5]) + "\n"
@@ -142,7 +122,7 @@ def test_malformed_tsv_record_names_its_line_and_changes_nothing(tmp_path, capsy
     (out / "gallery_ims.npy").write_bytes(b"old contents")
     before = _folder_state(out)
     tsv = tmp_path / "f.tsv"
-    tsv.write_text(_tsv_line(*_image(1, 3)) + _tsv_line(*_image(2, 3)) + _bad_line(kind), encoding="utf-8")
+    tsv.write_text(tsv_line(*_image(1, 3)) + tsv_line(*_image(2, 3)) + _bad_line(kind), encoding="utf-8")
     code = convert_features.main(["--tsv", str(tsv), "--out", str(out), "--split", "gallery",
                                   "--overwrite", "--no_progress"])
     err = capsys.readouterr().err
@@ -152,7 +132,7 @@ def test_malformed_tsv_record_names_its_line_and_changes_nothing(tmp_path, capsy
 
 
 def test_existing_split_is_kept_without_overwrite(tmp_path):
-    tsv = _write_tsv(tmp_path / "f.tsv", [_image(1, 3)])
+    tsv = write_tsv(tmp_path / "f.tsv", [_image(1, 3)])
     (tmp_path / "s_ids.txt").write_text("mine\n", encoding="utf-8")
     with pytest.raises(XDimError, match=r"s_ids\.txt: already exists \(pass --overwrite"):
         features.convert(features.read_tsv([tsv]), 1, str(tmp_path), "s", progress=False)
@@ -161,7 +141,7 @@ def test_existing_split_is_kept_without_overwrite(tmp_path):
 
 def test_npz_errors_name_the_file(tmp_path):
     folder = tmp_path / "npz"
-    path = _write_npz(folder, _image(1, 4))
+    path = write_npz(folder, _image(1, 4))
     np.savez(os.path.join(folder, "broken.npz"), x=np.zeros((4, DIM), np.float32))
     with pytest.raises(XDimError, match=r"broken\.npz: missing bbox, num_bbox, image_w, image_h"):
         list(features.read_npz(features.list_npz(str(folder))))
@@ -180,7 +160,7 @@ def test_npz_errors_name_the_file(tmp_path):
 
 
 def test_fewer_records_than_counted_is_an_error_and_writes_nothing(tmp_path):
-    tsv = _write_tsv(tmp_path / "f.tsv", [_image(1, 3), _image(2, 3)])
+    tsv = write_tsv(tmp_path / "f.tsv", [_image(1, 3), _image(2, 3)])
     out = tmp_path / "out"
     with pytest.raises(XDimError, match="read 2 image records, expected 3"):
         features.convert(features.read_tsv([tsv]), 3, str(out), "s", progress=False)

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import convert_features
 import eval as eval_cli
 import retrieve
+from butd_files import write_npz, write_tsv
 from lib import retrieval, shortlist
 from lib.checkpoint import make_checkpoint, save_checkpoint, weights_fingerprint
 from lib.bert import load_tokenizer
@@ -115,33 +117,46 @@ def test_shortlist_is_the_faiss_top_k_of_global_vectors(setup):
         assert hit.global_score == pytest.approx(float(cosine[hit.index]), abs=1e-3)
 
 
-def test_image_id_and_padded_regions(setup, tmp_path, capsys):
-    """A converted split (ids file, fewer real regions) is masked in stage two and found by id."""
+@pytest.mark.parametrize("source", ["tsv", "npz"])
+def test_converted_features_end_to_end(setup, tmp_path, capsys, source):
+    """Extractor output -> convert_features.py -> build -> query: padded regions are masked in
+    stage two, ids come from the extractor, image queries are found by id."""
     model, split = setup["model"], setup["split"]
+    rng = np.random.default_rng(0)
+    counts = [36, 20, 5, 40]  # 40 boxes: the first 36 are kept
+    records = []
+    for row, (image_id, count) in enumerate(zip("abcd", counts)):
+        feats = np.concatenate([split.images[row], rng.standard_normal((4, 32)).astype(np.float32)])[:count]
+        records.append((image_id, 640, 480, np.zeros((count, 4), np.float32), feats))
     folder = tmp_path / "conv"
-    folder.mkdir()
-    images = np.array(split.images[:4])
-    counts = np.array([36, 20, 5, 36])
-    for row, count in enumerate(counts):
-        images[row, count:] = 0
-    np.save(folder / "g_ims.npy", images)
-    np.save(folder / "g_image_info.npy", np.stack([np.full(4, 640), np.full(4, 480), counts], 1))
-    (folder / "g_ids.txt").write_text("a\nb\nc\nd\n", encoding="utf-8")
-    shutil.copy(split.captions_path, folder / "g_caps.txt")
+    if source == "tsv":
+        inputs = ["--tsv", write_tsv(tmp_path / "f.tsv", records)]
+    else:
+        for record in records:
+            write_npz(tmp_path / "npz", record)
+        inputs = ["--npz_dir", str(tmp_path / "npz")]
+    assert convert_features.main(inputs + ["--out", str(folder), "--split", "g", "--no_progress"]) == 0
+    images = np.zeros((4, 36, 32), np.float32)  # what the conversion must have produced, by hand
+    real = np.minimum(counts, 36)
+    for row, count in enumerate(real):
+        images[row, :count] = split.images[row][:count]
     index = str(tmp_path / "idx")
     assert retrieve.main(["build", "--model_path", setup["path"], "--images", str(folder / "g_ims.npy"),
                           "--index", index, "--no_progress"]) == 0
-    gallery = retrieval.GalleryIndex.open(index, model, shortlist.MeanPooling(EMBED))
+    capsys.readouterr()
     query = split.captions[0]
-    hits = gallery.search_text(query, top_k=4, shortlist_size=4)
+    assert retrieve.main(["query", "--index", index, "--query", query, "--top_k", "4",
+                          "--json", str(tmp_path / "hits.json")]) == 0
+    hits = [retrieval.Hit(**h) for h in json.load(open(tmp_path / "hits.json"))[0]["hits"]]
     encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
     ids = torch.tensor([encoder.encode(query)])
     with torch.no_grad():
         img = model.encode_images(torch.from_numpy(images))
         masked = model.forward_sim(img, model.encode_captions(ids), torch.tensor([ids.shape[1]]),
-                                   torch.from_numpy(counts))[:, 0].numpy()
+                                   torch.from_numpy(real))[:, 0].numpy()
     np.testing.assert_allclose([h.score for h in hits], masked[[h.index for h in hits]], atol=FLOAT16_ATOL)
-    assert {h.item for h in hits} == {"a", "b", "c", "d"}
+    assert {(h.index, h.item) for h in hits} == {(0, "a"), (1, "b"), (2, "c"), (3, "d")}
+    (folder / "g_caps.txt").write_text("\n".join(split.captions[:20]) + "\n", encoding="utf-8")
     captions_index = str(tmp_path / "caps_idx")
     assert retrieve.main(["build", "--model_path", setup["path"], "--captions", str(folder / "g_caps.txt"),
                           "--index", captions_index, "--no_progress"]) == 0
