@@ -115,20 +115,16 @@ def _load(args, model_path):
 
 def run_distill(args):
     from lib import shortlist
-    from lib.bert import load_tokenizer
     from lib.checkpoint import weights_fingerprint
-    from lib.datasets.precomp import CaptionEncoder, open_split
     from lib.runtime import resolve_device
-    from lib.scoring import load_model
+    from lib.scoring import load_model, open_model_split
     for name in ("epochs", "batch_images", "size", "group"):
         if getattr(args, name) < 1:
             raise XDimError(f"--{name} must be at least 1")
     out = args.out or shortlist.default_head_path(args.model_path)
     check_output_file("--out", out)
     model = load_model(args.model_path, args.bert_path, resolve_device(args.device))
-    split = open_split(args.data_path or model.opt.data_path, args.data_name or model.opt.data_name,
-                       args.split, img_dim=model.opt.img_dim)
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
+    split, encoder, _ = open_model_split(model, args.data_path, args.data_name, args.split)
     start = time.time()
     head, loss = shortlist.distill_head(model, split, encoder, args.epochs, args.batch_images, args.learning_rate,
                                         args.temperature, args.size, group=args.group, seed=args.seed)

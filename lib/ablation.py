@@ -15,13 +15,10 @@ import argparse
 import os
 import time
 
-from lib.bert import load_tokenizer
-from lib.datasets.precomp import CaptionEncoder, open_split
 from lib.datasets.synthetic import DEMO_DATA_NAME, write_demo_dataset
-from lib.scoring import evaluate_split
+from lib.scoring import evaluate_split, load_model, open_model_split
 from lib.similarity import SIMILARITIES
 from lib.training import BEST, train
-from lib.vse import VSEModel
 
 # The demo's training settings (those of train_demo.sh): the ablation's defaults.
 DEMO_SETTINGS = dict(data_path=os.path.join("data", "demo"), data_name=DEMO_DATA_NAME,
@@ -51,9 +48,8 @@ def variant_options(opt, name, out_dir):
 
 def evaluate_checkpoint(path, data_path, data_name, split, batch_size, device, progress=True):
     """Metrics dict (lib.metrics keys, 'rsum' included) of checkpoint `path` on one split."""
-    model = VSEModel.from_checkpoint(path, device=device)
-    split_files = open_split(data_path, data_name, split, img_dim=model.opt.img_dim)
-    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), model.bert_config["max_position_embeddings"])
+    model = load_model(path, device=device)
+    split_files, encoder, _ = open_model_split(model, data_path, data_name, split)
     return evaluate_split(model, split_files, encoder, batch_size=batch_size, progress=progress)[1]
 
 

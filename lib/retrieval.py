@@ -39,9 +39,10 @@ from tqdm import tqdm
 
 from lib import metrics, shortlist
 from lib.checkpoint import weights_fingerprint
-from lib.datasets.precomp import CaptionEncoder, load_region_features, pad_images, pad_tokens, read_captions
+from lib.datasets.precomp import load_region_features, pad_images, pad_tokens, read_captions
 from lib.errors import XDimError, first_line
 from lib.features import NpyWriter
+from lib.scoring import caption_encoder
 
 INDEX_FORMAT = "xdim-gallery-index"
 INDEX_VERSION = 1
@@ -326,8 +327,7 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
         source = {"images": os.path.abspath(images)}
     else:
         items = read_captions(captions)
-        tokenizer_encoder = CaptionEncoder(_tokenizer(model), model.bert_config["max_position_embeddings"])
-        token_ids = caption_token_ids(items, tokenizer_encoder, progress)
+        token_ids = caption_token_ids(items, caption_encoder(model), progress)
         query_images = _companion(captions, "_ims.npy")
         source = {"captions": os.path.abspath(captions),
                   "query_images": os.path.abspath(query_images) if query_images else None}
@@ -356,11 +356,6 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
-
-
-def _tokenizer(model):
-    from lib.bert import load_tokenizer
-    return load_tokenizer(model.bert_path)
 
 
 # ---------------------------------------------------------------- opening an index
@@ -539,8 +534,7 @@ class GalleryIndex:
     # ----- queries
     def caption_encoder(self):
         if self._caption_encoder is None:
-            self._caption_encoder = CaptionEncoder(_tokenizer(self.model),
-                                                   self.model.bert_config["max_position_embeddings"])
+            self._caption_encoder = caption_encoder(self.model)
         return self._caption_encoder
 
     def _shortlist(self, query, k):

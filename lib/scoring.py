@@ -223,13 +223,18 @@ def open_model_split(model, data_path=None, data_name=None, split="test"):
 
     -> (split files, caption encoder for the model's BERT, table label "data_name split").
     """
-    from lib.bert import load_tokenizer
-    from lib.datasets.precomp import CaptionEncoder, open_split
+    from lib.datasets.precomp import open_split
     data_path = data_path or model.opt.data_path
     data_name = data_name or model.opt.data_name
     files = open_split(data_path, data_name, split, img_dim=model.opt.img_dim)
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
-    return files, encoder, f"{data_name} {split}"
+    return files, caption_encoder(model), f"{data_name} {split}"
+
+
+def caption_encoder(model):
+    """The CaptionEncoder of a model's BERT: its tokenizer, captions cut to its position limit."""
+    from lib.bert import load_tokenizer
+    from lib.datasets.precomp import CaptionEncoder
+    return CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
 
 
 def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
