@@ -15,11 +15,11 @@ import json
 import os
 import sys
 
-import lib.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
-from lib.ablation import DEFAULT_VARIANTS, DEMO_SETTINGS, ablation_table, ensure_demo_data, run_ablation
+import lib.training.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
+from lib.training.ablation import DEFAULT_VARIANTS, DEMO_SETTINGS, ablation_table, ensure_demo_data, run_ablation
 from lib.errors import XDimError
-from lib.options import get_argument_parser
-from lib.similarity import SIMILARITIES
+from lib.cli.options import get_argument_parser
+from lib.model.similarity import SIMILARITIES
 
 
 def build_parser():

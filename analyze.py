@@ -11,8 +11,8 @@ import argparse
 import sys
 
 from lib.errors import XDimError
-from lib.options import add_runtime_options
-from lib.runtime import apply_threads, resolve_device
+from lib.cli.options import add_runtime_options
+from lib.runtime.device import apply_threads, resolve_device
 
 
 def build_parser():
@@ -40,7 +40,8 @@ def build_parser():
 
 def run(args, device):
     """Load the model (and the split when needed), write the report; -> summary dict."""
-    from lib import analysis, scoring
+    from lib.analysis import statistics as analysis
+    from lib.evaluation import scoring
     model = scoring.load_model(args.model_path, args.bert_path, device, args.amp)
     split = encoder = None
     if args.words or args.pair is not None:

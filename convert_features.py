@@ -11,7 +11,7 @@ one `error: ...` line naming the file and line, exits 2 and leaves --out unchang
 import argparse
 import sys
 
-from lib import features
+from lib.data import butd as features
 from lib.errors import XDimError
 
 

@@ -12,10 +12,12 @@ import argparse
 import json
 import sys
 
-from lib import metrics, score_files, scoring
+from lib.evaluation import metrics
+from lib.evaluation import score_files
+from lib.evaluation import scoring
 from lib.errors import XDimError
-from lib.options import HelpFormatter, add_runtime_options, check_evaluation_options
-from lib.runtime import apply_threads
+from lib.cli.options import HelpFormatter, add_runtime_options, check_evaluation_options
+from lib.runtime.device import apply_threads
 
 
 def build_parser(description=None, **defaults):
@@ -58,14 +60,14 @@ def build_parser(description=None, **defaults):
 
 def model_scores(args, model, split, encoder):
     """Encode and score the split -> (sims (n_img, n_cap) float32 checked finite, the global
-    vectors of lib.retrieval.evaluation_vectors with --shortlist, else None)."""
+    vectors of lib.retrieval.index.evaluation_vectors with --shortlist, else None)."""
     img_emb, captions = scoring.encode_split(model, split, encoder, args.batch_size, args.workers,
                                                 args.storage, not args.no_progress)
     sims = scoring.model_sims(model, img_emb, captions, args.rows_per_block, not args.no_progress)
     score_files.check_finite_scores(sims, args.model_path)
     global_vectors = None
     if args.shortlist:
-        from lib.retrieval import evaluation_vectors
+        from lib.retrieval.index import evaluation_vectors
         global_vectors = evaluation_vectors(model, args.model_path, img_emb, captions)
     return sims, global_vectors
 
@@ -99,7 +101,7 @@ def evaluate(args, device):
     results.update({"n_images": sims.shape[0], "n_captions": sims.shape[1], "captions_per_image": cpi,
                     "model_path": args.model_path, "ensemble": list(args.ensemble)})
     if args.shortlist:
-        from lib.retrieval import two_stage_protocol
+        from lib.retrieval.index import two_stage_protocol
         img_global, cap_global, description = global_vectors
         results["shortlist"] = two_stage_protocol(sims, img_global, cap_global, args.shortlist, cpi,
                                                   args.fold5, args.fold_images)

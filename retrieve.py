@@ -20,7 +20,7 @@ import sys
 import time
 
 from lib.errors import XDimError
-from lib.options import check_output_file, check_output_folder
+from lib.cli.options import check_output_file, check_output_folder
 
 
 def _add_model_options(parser, required=True):
@@ -35,7 +35,8 @@ def _add_model_options(parser, required=True):
 
 
 def build_parser():
-    from lib import retrieval, shortlist
+    from lib.retrieval import index as retrieval
+    from lib.retrieval import shortlist
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 2)[2])
@@ -104,20 +105,20 @@ def build_parser():
 
 def _load(args, model_path):
     """-> (model, its weights fingerprint, global-vector encoder)."""
-    from lib import shortlist
-    from lib.checkpoint import weights_fingerprint
-    from lib.runtime import resolve_device
-    from lib.scoring import load_model
+    from lib.retrieval import shortlist
+    from lib.formats.checkpoint import weights_fingerprint
+    from lib.runtime.device import resolve_device
+    from lib.evaluation.scoring import load_model
     model = load_model(model_path, args.bert_path, resolve_device(args.device))
     fingerprint = weights_fingerprint(model.state_dict())
     return model, fingerprint, shortlist.global_encoder(model, fingerprint, model_path, getattr(args, "head", None))
 
 
 def run_distill(args):
-    from lib import shortlist
-    from lib.checkpoint import weights_fingerprint
-    from lib.runtime import resolve_device
-    from lib.scoring import load_model, open_model_split
+    from lib.retrieval import shortlist
+    from lib.formats.checkpoint import weights_fingerprint
+    from lib.runtime.device import resolve_device
+    from lib.evaluation.scoring import load_model, open_model_split
     for name in ("epochs", "batch_images", "size", "group"):
         if getattr(args, name) < 1:
             raise XDimError(f"--{name} must be at least 1")
@@ -137,7 +138,7 @@ def run_distill(args):
 
 
 def run_build(args):
-    from lib import retrieval
+    from lib.retrieval import index as retrieval
     check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)))
     model, _, encoder = _load(args, args.model_path)
     start = time.time()
@@ -152,7 +153,7 @@ def run_build(args):
 
 def _query_image(args, manifest, img_dim):
     """-> (label, features (R, img_dim), real regions) of the image asked for."""
-    from lib import retrieval
+    from lib.retrieval import index as retrieval
     path = args.images or manifest["source"].get("query_images")
     if not path:
         raise XDimError("give --images FILE: the index's caption file has no {split}_ims.npy beside it")
@@ -169,8 +170,8 @@ def _query_image(args, manifest, img_dim):
 
 
 def run_query(args):
-    from lib import retrieval
-    from lib.datasets.precomp import read_captions
+    from lib.retrieval import index as retrieval
+    from lib.data.precomp import read_captions
     if args.top_k < 1 or args.shortlist < 1:
         raise XDimError("--top_k and --shortlist must be at least 1")
     if args.json:

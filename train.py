@@ -7,15 +7,15 @@ Options: `python train.py --help`. Bad input prints one `error: ...` line and ex
 """
 import sys
 
-import lib.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
-from lib import distributed
+import lib.training.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
+from lib.runtime import distributed
 from lib.errors import XDimError
-from lib.options import get_argument_parser
+from lib.cli.options import get_argument_parser
 
 
 def main(argv=None):
     opt = get_argument_parser().parse_args(argv)
-    from lib.training import train
+    from lib.training.trainer import train
     try:
         train(opt)
     except XDimError as error:

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib.datasets.synthetic import DEMO_SPLITS, write_demo_dataset  # noqa: E402
+from lib.data.synthetic import DEMO_SPLITS, write_demo_dataset  # noqa: E402
 from lib.errors import XDimError  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 - `tiny_bert_dir` (session): path of a tiny random BERT folder (hidden 32, 2 layers,
   2 heads, max_position_embeddings 64, weights saved so `BertModel.from_pretrained`
   works) whose vocabulary covers every word of the demo captions
-  (`lib.datasets.synthetic.demo_vocabulary()`).
+  (`lib.data.synthetic.demo_vocabulary()`).
 - `tiny_precomp` (session): `(data_path, data_name)` of a small synthetic dataset in
   the real precomp layout, written by `write_demo_dataset`: splits train (32 images),
   dev (10), test (10), testall (10), 5 captions per image, features float32
@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib.datasets.synthetic import demo_vocabulary, write_demo_dataset, write_tiny_bert  # noqa: E402
+from lib.data.synthetic import demo_vocabulary, write_demo_dataset, write_tiny_bert  # noqa: E402
 
 TINY_IMG_DIM = 32
 TINY_REGIONS = 36

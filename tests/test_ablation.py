@@ -1,4 +1,4 @@
-"""ablate.py / lib/ablation.py on the tiny fixtures: 2 variants, 1 epoch each."""
+"""ablate.py / lib/training/ablation.py on the tiny fixtures: 2 variants, 1 epoch each."""
 import contextlib
 import io
 import json
@@ -8,8 +8,8 @@ import pytest
 
 import ablate
 import eval as eval_cli
-from lib.checkpoint import load_checkpoint
-from lib.metrics import METRIC_KEYS
+from lib.formats.checkpoint import load_checkpoint
+from lib.evaluation.metrics import METRIC_KEYS
 from conftest import TINY_IMG_DIM
 
 

@@ -1,4 +1,4 @@
-"""analyze.py and lib/analysis.py: dependency order, mask statistics, concept statistics, figures."""
+"""analyze.py and lib/analysis/statistics.py: dependency order, mask statistics, concept statistics, figures."""
 import json
 import re
 import sys
@@ -10,15 +10,16 @@ import torch
 
 import analyze as analyze_cli
 from conftest import TINY_IMG_DIM
-from lib import analysis, figures
-from lib.bert import load_tokenizer
-from lib.checkpoint import make_checkpoint, save_checkpoint
-from lib.datasets.precomp import CaptionEncoder, open_split
-from lib.datasets.synthetic import DEMO_OBJECTS
+from lib.analysis import statistics as analysis
+from lib.analysis import figures
+from lib.model.bert import load_tokenizer
+from lib.formats.checkpoint import make_checkpoint, save_checkpoint
+from lib.data.precomp import CaptionEncoder, open_split
+from lib.data.synthetic import DEMO_OBJECTS
 from lib.errors import XDimError
-from lib.options import default_options
-from lib.similarity.xdim import XDimSimilarity
-from lib.vse import VSEModel
+from lib.cli.options import default_options
+from lib.model.similarity.xdim import XDimSimilarity
+from lib.model.xdim_model import VSEModel
 from official_format import official_opt, official_parts, write_official_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

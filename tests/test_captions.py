@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from lib.bert import bert_max_positions, load_tokenizer
-from lib.datasets.precomp import CaptionEncoder
-from lib.datasets.synthetic import write_tiny_bert
+from lib.model.bert import bert_max_positions, load_tokenizer
+from lib.data.precomp import CaptionEncoder
+from lib.data.synthetic import write_tiny_bert
 
 REAL_BERT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "data", "bert-base-uncased")
@@ -127,13 +127,13 @@ def test_truncation_keeps_sep_and_logs_once(tiny_bert_dir, caplog):
     tokenizer = load_tokenizer(tiny_bert_dir)
     encoder = CaptionEncoder(tokenizer, max_len)
     caption = " ".join(["dog"] * 100)
-    with caplog.at_level(logging.WARNING, logger="lib.datasets"):
+    with caplog.at_level(logging.WARNING, logger="lib.data"):
         ids = encoder.encode(caption)
         encoder.encode(caption + " cat")
     dog = tokenizer.get_vocab()["dog"]
     assert len(ids) == 64
     assert ids == [tokenizer.cls_token_id] + [dog] * 62 + [tokenizer.sep_token_id]
-    records = [r for r in caplog.records if r.name == "lib.datasets"]
+    records = [r for r in caplog.records if r.name == "lib.data"]
     assert len(records) == 1 and "64" in records[0].getMessage()
     perturbed = encoder.encode(caption, np.random.default_rng(0))
     assert len(perturbed) == 64 and perturbed[-1] == tokenizer.sep_token_id

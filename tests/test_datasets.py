@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from lib.bert import load_tokenizer
-from lib.datasets.precomp import (CaptionDataset, CaptionEncoder, ImageDataset, PrecompDataset,
+from lib.model.bert import load_tokenizer
+from lib.data.precomp import (CaptionDataset, CaptionEncoder, ImageDataset, PrecompDataset,
                                   caption_loader, collate_pairs, drop_regions, image_loader,
                                   open_split, set_loader_epoch, train_loader)
-from lib.datasets.synthetic import demo_vocabulary
+from lib.data.synthetic import demo_vocabulary
 from lib.errors import XDimError
-from lib.options import default_options
+from lib.cli.options import default_options
 
 from conftest import TINY_IMG_DIM, TINY_REGIONS, TINY_SPLITS
 

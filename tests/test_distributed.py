@@ -1,4 +1,4 @@
-"""lib.distributed on two CPU processes (gloo)."""
+"""lib.runtime.distributed on two CPU processes (gloo)."""
 import datetime
 import os
 import time
@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lib import distributed
+from lib.runtime import distributed
 
 
 def join_group(rank, world, rendezvous):

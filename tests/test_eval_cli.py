@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import eval as eval_cli
-from lib import scoring
-from lib.checkpoint import make_checkpoint, save_checkpoint
-from lib.bert import load_tokenizer
-from lib.datasets.precomp import open_split, train_loader
-from lib.options import default_options
-from lib.vse import VSEModel
+from lib.evaluation import scoring
+from lib.formats.checkpoint import make_checkpoint, save_checkpoint
+from lib.model.bert import load_tokenizer
+from lib.data.precomp import open_split, train_loader
+from lib.cli.options import default_options
+from lib.model.xdim_model import VSEModel
 from official_format import write_official_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +186,7 @@ def test_sharded_model_scores_equal_one_call(trained, tiny_precomp):
     _, model = trained
     data_path, data_name = tiny_precomp
     split = open_split(data_path, data_name, "dev")
-    from lib.datasets.precomp import CaptionEncoder
+    from lib.data.precomp import CaptionEncoder
     encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), 64)
     img_emb, captions = scoring.encode_split(model, split, encoder, batch_size=4, progress=False)
     assert img_emb.shape == (10, 36, EMBED) and len(captions) == 50

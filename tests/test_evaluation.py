@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lib import metrics, score_files, scoring
+from lib.evaluation import metrics
+from lib.evaluation import score_files
+from lib.evaluation import scoring
 from lib.errors import XDimError
-from lib.similarity import Similarity
+from lib.model.similarity import Similarity
 
 
 # ---------------------------------------------------------------- metrics

@@ -1,4 +1,4 @@
-"""convert_features.py / lib.features: BUTD TSV and npz inputs -> precomp files, and their errors."""
+"""convert_features.py / lib.data.butd: BUTD TSV and npz inputs -> precomp files, and their errors."""
 import base64
 import os
 
@@ -7,8 +7,8 @@ import pytest
 
 import convert_features
 from butd_files import tsv_line, write_npz, write_tsv
-from lib import features
-from lib.datasets.precomp import open_split
+from lib.data import butd as features
+from lib.data.precomp import open_split
 from lib.errors import XDimError
 
 DIM = 8

@@ -12,14 +12,19 @@ import torch
 
 import eval as eval_cli
 import train as train_script
-from lib import bert, distributed, metrics, runtime, scoring, training
-from lib.bert import load_tokenizer
-from lib.checkpoint import (LEGACY_BUFFERS, load_checkpoint, make_checkpoint, remove_stale_temp_files,
+from lib.model import bert
+from lib.runtime import distributed
+from lib.evaluation import metrics
+from lib.runtime import device as runtime
+from lib.evaluation import scoring
+from lib.training import trainer as training
+from lib.model.bert import load_tokenizer
+from lib.formats.checkpoint import (LEGACY_BUFFERS, load_checkpoint, make_checkpoint, remove_stale_temp_files,
                             save_checkpoint)
-from lib.datasets.precomp import (CaptionEncoder, first_non_finite, open_split, train_loader)
+from lib.data.precomp import (CaptionEncoder, first_non_finite, open_split, train_loader)
 from lib.errors import XDimError
-from lib.options import default_options, get_argument_parser
-from lib.vse import VSEModel
+from lib.cli.options import default_options, get_argument_parser
+from lib.model.xdim_model import VSEModel
 
 from conftest import TINY_IMG_DIM
 

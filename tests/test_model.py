@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lib.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lib.formats.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from lib.errors import XDimError
-from lib.loss import ContrastiveLoss
-from lib.options import default_options
-from lib.vse import VSEModel
+from lib.model.loss import ContrastiveLoss
+from lib.cli.options import default_options
+from lib.model.xdim_model import VSEModel
 from official_format import official_opt, official_parts, write_official_checkpoint
 from test_xdim import reference_scores
 

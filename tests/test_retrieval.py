@@ -1,4 +1,4 @@
-"""retrieve.py / lib.retrieval / lib.shortlist: index build and queries against direct X-Dim scores,
+"""retrieve.py / lib.retrieval.index / lib.retrieval.shortlist: index build and queries against direct X-Dim scores,
 two-stage recalls in eval.py, the distilled head, and one-line errors that damage nothing."""
 import json
 import os
@@ -13,13 +13,14 @@ import convert_features
 import eval as eval_cli
 import retrieve
 from butd_files import write_npz, write_tsv
-from lib import retrieval, shortlist
-from lib.checkpoint import make_checkpoint, save_checkpoint, weights_fingerprint
-from lib.bert import load_tokenizer
-from lib.datasets.precomp import CaptionEncoder, open_split
+from lib.retrieval import index as retrieval
+from lib.retrieval import shortlist
+from lib.formats.checkpoint import make_checkpoint, save_checkpoint, weights_fingerprint
+from lib.model.bert import load_tokenizer
+from lib.data.precomp import CaptionEncoder, open_split
 from lib.errors import XDimError
-from lib.options import default_options
-from lib.vse import VSEModel
+from lib.cli.options import default_options
+from lib.model.xdim_model import VSEModel
 
 EMBED = 16
 # Region and token embeddings are stored in float16: scores move by about this much.

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import eval as eval_cli
-from lib import training
-from lib.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lib.training import trainer as training
+from lib.formats.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from lib.errors import XDimError
-from lib.options import get_argument_parser
-from lib.similarity import SIMILARITIES, Similarity, build_similarity
-from lib.similarity.blocks import plan, score_padded
-from lib.similarity.xdim import XDimSimilarity
-from lib.vse import VSEModel
+from lib.cli.options import get_argument_parser
+from lib.model.similarity import SIMILARITIES, Similarity, build_similarity
+from lib.model.similarity.blocks import plan, score_padded
+from lib.model.similarity.xdim import XDimSimilarity
+from lib.model.xdim_model import VSEModel
 from official_format import official_opt, official_parts, write_official_checkpoint
 from test_eval_cli import _reference_scores
 from test_model import tiny_batch, tiny_opt
@@ -221,8 +221,8 @@ def test_variant_trains_round_trips_and_evaluates(name, tiny_bert_dir, tiny_prec
     assert type(loaded.sim) is SIMILARITIES[name][0] and loaded.opt.sim == name
     code, sims, err = eval_scores(path, tiny_precomp, tmp_path, capsys)
     assert code == 0, err
-    from lib.bert import load_tokenizer
-    from lib.datasets.precomp import open_split
+    from lib.model.bert import load_tokenizer
+    from lib.data.precomp import open_split
     split = open_split(*tiny_precomp, "test")
     expected = _reference_scores(model, load_tokenizer(tiny_bert_dir), split)  # one unblocked call
     np.testing.assert_allclose(sims, expected, rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lib.tb_logger import TBLogger
+from lib.training.tb_logger import TBLogger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +62,7 @@ def test_tb_logger_without_tensorboard_logger_is_noop(tmp_path, monkeypatch):
 def test_tb_logger_falls_back_when_protobuf_backend_is_foreign(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
     code = ("import google.protobuf.descriptor\n"
-            "from lib.tb_logger import TBLogger\n"
+            "from lib.training.tb_logger import TBLogger\n"
             f"l = TBLogger({str(tmp_path)!r}); l.log_value('a', 1, 1); print('active', l.active)\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
@@ -79,13 +79,13 @@ import re  # noqa: E402
 import torch  # noqa: E402
 
 import train as train_script  # noqa: E402
-from lib import training  # noqa: E402
-from lib.checkpoint import load_checkpoint  # noqa: E402
-from lib.datasets.synthetic import write_demo_dataset  # noqa: E402
+from lib.training import trainer as training  # noqa: E402
+from lib.formats.checkpoint import load_checkpoint  # noqa: E402
+from lib.data.synthetic import write_demo_dataset  # noqa: E402
 from lib.errors import XDimError  # noqa: E402
-from lib.options import default_options  # noqa: E402
-from lib.similarity.xdim import XDimSimilarity  # noqa: E402
-from lib.vse import VSEModel  # noqa: E402
+from lib.cli.options import default_options  # noqa: E402
+from lib.model.similarity.xdim import XDimSimilarity  # noqa: E402
+from lib.model.xdim_model import VSEModel  # noqa: E402
 
 from conftest import TINY_IMG_DIM  # noqa: E402
 from test_distributed import join_group, spawn  # noqa: E402
@@ -262,7 +262,7 @@ def test_resume_errors(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir, capsys)
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_precomp, tiny_bert_dir,
                                                               monkeypatch):
-    from lib.loss import ContrastiveLoss
+    from lib.model.loss import ContrastiveLoss
     original = ContrastiveLoss.forward
     calls = []
 
@@ -302,7 +302,7 @@ def make_comparable(patch):
 
 
 def two_process_worker(rank, world, options, out_dir):
-    from lib import distributed
+    from lib.runtime import distributed
     join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     make_comparable(setattr)
     try:
@@ -362,9 +362,9 @@ def demo_opt(tmp_path, demo, bert_dir, name, **overrides):
 @pytest.fixture(scope="module")
 def demo_float32(tmp_path_factory, demo, tiny_bert_dir):
     """(untrained rSum on dev, training result) of a float32 run on `demo`."""
-    from lib.scoring import validate
-    from lib.bert import load_tokenizer
-    from lib.datasets.precomp import CaptionEncoder, open_split
+    from lib.evaluation.scoring import validate
+    from lib.model.bert import load_tokenizer
+    from lib.data.precomp import CaptionEncoder, open_split
     opt = demo_opt(tmp_path_factory.mktemp("demo_f32"), demo, tiny_bert_dir, "f32")
     encoder = CaptionEncoder(load_tokenizer(tiny_bert_dir), 64)
     untrained = validate(training.build_model(opt), open_split(demo[0], demo[1], "dev"), encoder,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib.similarity import reference
-from lib.similarity.xdim import XDimSimilarity
+from lib.model.similarity import reference
+from lib.model.similarity.xdim import XDimSimilarity
 
 
 def l2n(x, axis):
@@ -87,7 +87,7 @@ def test_scores_match_float64_transcription(d):
 
 @pytest.mark.parametrize("d", [8, 33, 64, 256])
 def test_fast_kernel_matches_readable_reference(d):
-    """The kernel (flattened real tokens, folded norms, blocks) against lib/similarity/reference.py."""
+    """The kernel (flattened real tokens, folded norms, blocks) against lib/model/similarity/reference.py."""
     torch.manual_seed(100 + d)
     sim = XDimSimilarity(d).double()
     img, cap, lens = random_inputs(d, n_img=4, n_cap=7, seed=d)

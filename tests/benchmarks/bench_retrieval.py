@@ -7,8 +7,8 @@ Each part runs in its own process (so its peak memory is its own) and prints
 figures measured in that one run:
 
 1. demo: the demo checkpoint (sh train_demo.sh) on the demo test split. Exhaustive
-   X-Dim R@1 (lib.scoring, every pair) against two stages answered query by
-   query through lib.retrieval (an index built over the split's images for the
+   X-Dim R@1 (lib.evaluation.scoring, every pair) against two stages answered query by
+   query through lib.retrieval.index (an index built over the split's images for the
    1000 caption queries, one over its captions for the 200 image queries), with
    the shortlist head beside the checkpoint (retrieve.py distill) and, for
    comparison, with mean pooling.
@@ -43,15 +43,18 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from lib import metrics, retrieval, scoring, shortlist  # noqa: E402
-from lib.bert import BUNDLED_BERT_BASE, bert_config_dict, load_tokenizer  # noqa: E402
-from lib.checkpoint import weights_fingerprint  # noqa: E402
-from lib.datasets.precomp import CaptionEncoder, open_split  # noqa: E402
-from lib.datasets.synthetic import demo_prototypes, write_demo_split  # noqa: E402
-from lib.encoders import ImageEncoder  # noqa: E402
-from lib.features import NpyWriter  # noqa: E402
-from lib.options import default_options  # noqa: E402
-from lib.vse import VSEModel  # noqa: E402
+from lib.evaluation import metrics
+from lib.retrieval import index as retrieval
+from lib.evaluation import scoring
+from lib.retrieval import shortlist  # noqa: E402
+from lib.model.bert import BUNDLED_BERT_BASE, bert_config_dict, load_tokenizer  # noqa: E402
+from lib.formats.checkpoint import weights_fingerprint  # noqa: E402
+from lib.data.precomp import CaptionEncoder, open_split  # noqa: E402
+from lib.data.synthetic import demo_prototypes, write_demo_split  # noqa: E402
+from lib.model.encoders import ImageEncoder  # noqa: E402
+from lib.data.butd import NpyWriter  # noqa: E402
+from lib.cli.options import default_options  # noqa: E402
+from lib.model.xdim_model import VSEModel  # noqa: E402
 
 PARTS = ("demo", "coco", "latency")
 
@@ -148,7 +151,7 @@ def compare_on_split(model, model_path, split, workdir, k, name, sweep):
     head = shortlist.global_encoder(model, fingerprint, model_path)
     kind = head.describe()["kind"]
     t2i, i2t, text_s, image_s = library_recalls(model, head, split, workdir, k)
-    print(f"[{name}]   two stages, K = {k}, {kind} vectors, query by query through lib.retrieval: X-Dim scores "
+    print(f"[{name}]   two stages, K = {k}, {kind} vectors, query by query through lib.retrieval.index: X-Dim scores "
           f"{100 * k / n_img:.2f}% of the text-to-image and {100 * k / n_cap:.2f}% of the image-to-text pair scores")
     print(f"[{name}]     R@1 text-to-image {t2i:.2f} ({t2i - exhaustive['t2i_r1']:+.2f} vs exhaustive), "
           f"image-to-text {i2t:.2f} ({i2t - exhaustive['i2t_r1']:+.2f})")

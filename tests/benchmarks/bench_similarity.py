@@ -5,13 +5,13 @@
 In one process, on identical inputs (d = 1024, 36 regions, captions of 8..30
 tokens, 5 captions per image made to match their image so recalls mean
 something):
-1. speed: lib.similarity.xdim.XDimSimilarity (float32, and under bf16 autocast as
+1. speed: lib.model.similarity.xdim.XDimSimilarity (float32, and under bf16 autocast as
    forward_sim runs it with --amp bf16) against a baseline written here the
    official way (one caption at a time, words times a dense diag(delta) matrix),
    their agreement, and recalls under float32 vs bf16;
 2. efficiency: irreducible FLOPs (2 * n_img * sum(L) * d^2, step 5's d x d
    product) over our time, as a share of the torch.mm rate measured here;
-3. memory: peak memory of the real encode + score path (lib.scoring) on a
+3. memory: peak memory of the real encode + score path (lib.evaluation.scoring) on a
    COCO-5K-shaped split (5000 images x 25000 captions) with a tiny model, and
    the projected caption storage of COCO 5K at d = 1024.
 """
@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from lib import metrics, scoring  # noqa: E402
-from lib.similarity.xdim import XDimSimilarity  # noqa: E402
+from lib.evaluation import metrics
+from lib.evaluation import scoring  # noqa: E402
+from lib.model.similarity.xdim import XDimSimilarity  # noqa: E402
 
 EPS = 1e-8
 
@@ -254,7 +255,7 @@ def vm_hwm_bytes():
 
 def write_memory_split(folder, n_img, regions, img_dim, max_words, seed):
     """A testall-like split of n_img images and 5 n_img captions of 1..max_words words (+2 tokens)."""
-    from lib.datasets.synthetic import write_tiny_bert
+    from lib.data.synthetic import write_tiny_bert
     rng = np.random.default_rng(seed)
     words = [f"w{k}" for k in range(200)]
     split_dir = os.path.join(folder, "coco_precomp")
@@ -268,10 +269,10 @@ def write_memory_split(folder, n_img, regions, img_dim, max_words, seed):
 
 
 def memory_report(args, device):
-    from lib.bert import load_tokenizer
-    from lib.datasets.precomp import CaptionEncoder, open_split
-    from lib.options import default_options
-    from lib.vse import VSEModel
+    from lib.model.bert import load_tokenizer
+    from lib.data.precomp import CaptionEncoder, open_split
+    from lib.cli.options import default_options
+    from lib.model.xdim_model import VSEModel
     with tempfile.TemporaryDirectory() as folder:
         bert = write_memory_split(folder, args.mem_images, args.mem_regions, args.mem_img_dim,
                                   args.mem_max_words, args.seed)
@@ -291,7 +292,7 @@ def memory_report(args, device):
         n_tokens = len(captions.tokens)
         print(f"memory: encode + score {split.n_images} images x {len(captions)} captions "
               f"(d={args.mem_d}, R={args.mem_regions}, {n_tokens} tokens, mean "
-              f"{n_tokens / len(captions):.1f}) with lib.scoring: encoding {t_encode:.1f} s, "
+              f"{n_tokens / len(captions):.1f}) with lib.evaluation.scoring: encoding {t_encode:.1f} s, "
               f"scoring {t_score:.1f} s")
         print(f"  held: scores {sims.nbytes / 2**20:.1f} MiB, image embeddings "
               f"{img_emb.numel() * img_emb.element_size() / 2**20:.1f} MiB, ragged captions "

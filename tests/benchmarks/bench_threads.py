@@ -4,7 +4,7 @@ The demo's model (tiny random BERT, d = 64, 64-d region features, batch 64) trai
 a fixed time in a fresh process per setting; `--busy N` other processes spin a core
 each meanwhile, as another job on a shared machine would. Prints steps per second for
 every (competing processes, threads) pair, all measured in this run, so the thread
-policy of lib/runtime.py can be checked on the machine at hand.
+policy of lib/runtime/device.py can be checked on the machine at hand.
 
     python tests/benchmarks/bench_threads.py                     # threads 1 and all cores, 0 and 1 busy
     python tests/benchmarks/bench_threads.py --threads 1 2 auto --busy 0 1 --seconds 20
@@ -28,11 +28,11 @@ def steps_per_second(threads, seconds, warmup=3):
     import torch
 
     from bench_train_step import random_batch
-    from lib.bert import bert_config_dict
-    from lib.datasets.synthetic import demo_vocabulary, write_tiny_bert
-    from lib.options import default_options
-    from lib.runtime import apply_threads
-    from lib.vse import VSEModel
+    from lib.model.bert import bert_config_dict
+    from lib.data.synthetic import demo_vocabulary, write_tiny_bert
+    from lib.cli.options import default_options
+    from lib.runtime.device import apply_threads
+    from lib.model.xdim_model import VSEModel
 
     apply_threads(0 if threads == "auto" else int(threads))
     folder = write_tiny_bert(tempfile.mkdtemp(prefix="bench-threads-"), demo_vocabulary(), with_weights=False)
@@ -63,7 +63,7 @@ def measure(threads, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", nargs="+", default=["1", str(os.cpu_count())],
-                        help="thread counts to compare ('auto': lib/runtime.py's policy)")
+                        help="thread counts to compare ('auto': lib/runtime/device.py's policy)")
     parser.add_argument("--busy", nargs="+", type=int, default=[0, 1],
                         help="numbers of competing CPU-bound processes")
     parser.add_argument("--seconds", type=float, default=15.0, help="timed training per setting")

@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from lib.bert import BUNDLED_BERT_BASE, bert_config_dict  # noqa: E402
-from lib.options import default_options  # noqa: E402
-from lib.vse import VSEModel  # noqa: E402
+from lib.model.bert import BUNDLED_BERT_BASE, bert_config_dict  # noqa: E402
+from lib.cli.options import default_options  # noqa: E402
+from lib.model.xdim_model import VSEModel  # noqa: E402
 
 
 def random_batch(batch_size, vocab_size, img_dim, gen, first_id=1000):

@@ -32,8 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lib.checkpoint import save_checkpoint, weights_fingerprint
-from lib.datasets.precomp import pad_tokens
+from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
+from lib.data.precomp import pad_tokens
 from lib.errors import XDimError, first_line
 
 HEAD_FORMAT = "xdim-shortlist-head"

@@ -25,8 +25,8 @@ BERT_DOWNLOAD_HINT = (
 HUB_TIMEOUT_S = 3.0
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # bert-base-uncased's config.json and vocab.txt (no weights), shipped for offline use.
-BUNDLED_BERT_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "data", "bert-base-uncased")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLED_BERT_BASE = os.path.join(REPO_ROOT, "data", "bert-base-uncased")
 
 
 def hub_offline_requested():

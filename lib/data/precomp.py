@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from lib.bert import bert_max_positions
+from lib.model.bert import bert_max_positions
 from lib.errors import XDimError, first_line
 
-logger = logging.getLogger("lib.datasets")
+logger = logging.getLogger("lib.data")
 
 DEV_CAPTION_LIMIT = 5000
 REGION_KEEP_PROB = 0.8

@@ -13,7 +13,7 @@ Symbols: b images with R regions, n captions with L token slots of which the fir
 import torch
 import torch.nn.functional as F
 
-from lib.similarity.xdim import XDimSimilarity
+from lib.model.similarity.xdim import XDimSimilarity
 
 EPS = 1e-8
 

@@ -1,6 +1,6 @@
 """Similarity functions: (images, captions) token embeddings -> (n_images, n_captions) pair scores.
 
-The contract. A similarity is a `Similarity` (lib/similarity/base.py), an nn.Module built
+The contract. A similarity is a `Similarity` (lib/model/similarity/base.py), an nn.Module built
 as `cls(embed_size)`, with
 
 - `score(img (b, R, d), cap (n, L, d), cap_lens (n,), img_lens (b,) or None, prepared)
@@ -13,19 +13,19 @@ as `cls(embed_size)`, with
   (image, real token) row relative to the fast X-Dim kernel.
 
 Calling the module scores all images against all captions through the one block
-scheduler (lib/similarity/blocks.py), which training and evaluation share: a similarity
+scheduler (lib/model/similarity/blocks.py), which training and evaluation share: a similarity
 never handles memory. Adding one = one module plus one entry in SIMILARITIES below;
 `--sim NAME` then picks it, checkpoints store the name, evaluation rebuilds it.
 
 `xdim` is the fast X-Dim kernel, `reference` the same equations step by step
-(lib/similarity/reference.py); the others change one equation each (docs/method.md).
+(lib/model/similarity/reference.py); the others change one equation each (docs/method.md).
 """
 from lib.errors import XDimError
-from lib.similarity.ablations import XDimFixedThreshold, XDimNoDelta, XDimNoMask
-from lib.similarity.base import Similarity
-from lib.similarity.cosine import CosineSimilarity
-from lib.similarity.reference import ReferenceSimilarity
-from lib.similarity.xdim import XDimSimilarity
+from lib.model.similarity.ablations import XDimFixedThreshold, XDimNoDelta, XDimNoMask
+from lib.model.similarity.base import Similarity
+from lib.model.similarity.cosine import CosineSimilarity
+from lib.model.similarity.reference import ReferenceSimilarity
+from lib.model.similarity.xdim import XDimSimilarity
 
 DEFAULT_SIMILARITY = "xdim"
 

@@ -3,7 +3,7 @@
 X-Dim scores a pair by cross-attention between words and regions, so exhaustive
 search costs one similarity per gallery item and query. Here:
 
-1. Stage one: every gallery item has one global vector (lib.shortlist); a FAISS
+1. Stage one: every gallery item has one global vector (lib.retrieval.shortlist); a FAISS
    inner-product index returns the `shortlist` items whose vectors best match the
    query's. Exact (`IndexFlatIP`) below APPROXIMATE_FROM items, HNSW from there.
 2. Stage two: `model.forward_sim` scores the query against those items only, from
@@ -37,12 +37,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib import metrics, shortlist
-from lib.checkpoint import weights_fingerprint
-from lib.datasets.precomp import load_region_features, pad_images, pad_tokens, read_captions
+from lib.evaluation import metrics
+from lib.retrieval import shortlist
+from lib.formats.checkpoint import weights_fingerprint
+from lib.data.precomp import load_region_features, pad_images, pad_tokens, read_captions
 from lib.errors import XDimError, first_line
-from lib.features import NpyWriter
-from lib.scoring import caption_encoder
+from lib.data.butd import NpyWriter
+from lib.evaluation.scoring import caption_encoder
 
 INDEX_FORMAT = "xdim-gallery-index"
 INDEX_VERSION = 1
@@ -315,7 +316,7 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
                 index_type="auto", overwrite=False, progress=True):
     """Encode a gallery (`images`: a {split}_ims.npy, or `captions`: a text file) into `index_dir`.
 
-    model: VSEModel; encoder: lib.shortlist global-vector encoder. -> manifest dict.
+    model: VSEModel; encoder: lib.retrieval.shortlist global-vector encoder. -> manifest dict.
     """
     if (images is None) == (captions is None):
         raise XDimError("give exactly one gallery: --images FILE or --captions FILE")

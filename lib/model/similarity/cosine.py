@@ -9,8 +9,8 @@ import math
 import torch
 import torch.nn as nn
 
-from lib.encoders import l2norm
-from lib.similarity.xdim import EPS, AttentionWeights, WordRegionAttention
+from lib.model.encoders import l2norm
+from lib.model.similarity.xdim import EPS, AttentionWeights, WordRegionAttention
 
 
 class CosineSimilarity(WordRegionAttention):

@@ -1,7 +1,7 @@
 """The ablation runner: every similarity variant trained on the same data with the same seed.
 
 `run_ablation(opt, variants, split, out_dir)` trains one model per `--sim` variant with
-lib.training.train, options identical but for `sim` and the output folders
+lib.training.trainer.train, options identical but for `sim` and the output folders
 (`out_dir/NAME/checkpoint`, `out_dir/NAME/log`), then evaluates each `model_best.pth`
 on `split` and returns one row per variant. `ablation_table` prints the rows;
 ablate.py writes them as JSON too.
@@ -15,10 +15,10 @@ import argparse
 import os
 import time
 
-from lib.datasets.synthetic import DEMO_DATA_NAME, write_demo_dataset
-from lib.scoring import evaluate_split, load_model, open_model_split
-from lib.similarity import SIMILARITIES
-from lib.training import BEST, train
+from lib.data.synthetic import DEMO_DATA_NAME, write_demo_dataset
+from lib.evaluation.scoring import evaluate_split, load_model, open_model_split
+from lib.model.similarity import SIMILARITIES
+from lib.training.trainer import BEST, train
 
 # The demo's training settings (those of train_demo.sh): the ablation's defaults.
 DEMO_SETTINGS = dict(data_path=os.path.join("data", "demo"), data_name=DEMO_DATA_NAME,
@@ -47,7 +47,7 @@ def variant_options(opt, name, out_dir):
 
 
 def evaluate_checkpoint(path, data_path, data_name, split, batch_size, device, progress=True):
-    """Metrics dict (lib.metrics keys, 'rsum' included) of checkpoint `path` on one split."""
+    """Metrics dict (lib.evaluation.metrics keys, 'rsum' included) of checkpoint `path` on one split."""
     model = load_model(path, device=device)
     split_files, encoder, _ = open_model_split(model, data_path, data_name, split)
     return evaluate_split(model, split_files, encoder, batch_size=batch_size, progress=progress)[1]

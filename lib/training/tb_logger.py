@@ -25,7 +25,7 @@ def _load_tensorboard_logger():
     except Exception as exc:  # protobuf's TypeError when another backend was loaded first
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         warnings.warn("TensorBoard logging disabled: tensorboard_logger could not be "
-                      f"imported ({type(exc).__name__}: {first_line}). Import lib.tb_logger "
+                      f"imported ({type(exc).__name__}: {first_line}). Import lib.training.tb_logger "
                       "before anything that imports protobuf, or set "
                       "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python.", stacklevel=3)
         return None

@@ -1,8 +1,8 @@
 """The block scheduler: scoring many images against many captions in memory-bounded blocks.
 
-Every similarity (the contract is in lib/similarity/__init__.py) scores one block at a
+Every similarity (the contract is in lib/model/similarity/__init__.py) scores one block at a
 time; this module alone decides the blocks, for training (`score_padded`, under
-autograd) and for evaluation (lib.scoring, captions stored ragged on the CPU):
+autograd) and for evaluation (lib.evaluation.scoring, captions stored ragged on the CPU):
 
 - captions are sorted by length and cut into consecutive runs holding at most `rows`
   real tokens (at least one caption each); a run is padded only to its own longest

@@ -8,15 +8,15 @@ import contextlib
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from lib import checkpoint as ckpt_io
-from lib import distributed
-from lib.bert import BUNDLED_BERT_BASE, DEFAULT_BERT, bert_config_dict, bert_vocab, materialize_bert_dir
-from lib.encoders import ImageEncoder, TextEncoder
+from lib.formats import checkpoint as ckpt_io
+from lib.runtime import distributed
+from lib.model.bert import BUNDLED_BERT_BASE, DEFAULT_BERT, bert_config_dict, bert_vocab, materialize_bert_dir
+from lib.model.encoders import ImageEncoder, TextEncoder
 from lib.errors import XDimError
-from lib.loss import ContrastiveLoss
-from lib.options import default_options
-from lib.runtime import resolve_device
-from lib.similarity import DEFAULT_SIMILARITY, build_similarity, check_similarity_name
+from lib.model.loss import ContrastiveLoss
+from lib.cli.options import default_options
+from lib.runtime.device import resolve_device
+from lib.model.similarity import DEFAULT_SIMILARITY, build_similarity, check_similarity_name
 
 WEIGHT_DECAY = 1e-4
 BERT_LR_FACTOR = 0.1
@@ -25,9 +25,9 @@ BERT_LR_FACTOR = 0.1
 class VSEModel:
     """X-Dim: image encoder, BERT text encoder and a similarity (`opt.sim`), trained with the hinge loss.
 
-    `opt` uses the official option names (lib.options) and is never modified.
-    `device`, `bert_path` and `amp` are what an entry point resolved once (lib.runtime,
-    lib.bert.resolve_bert_path); left out, they are read from `opt` (`bert_path`
+    `opt` uses the official option names (lib.cli.options) and is never modified.
+    `device`, `bert_path` and `amp` are what an entry point resolved once (lib.runtime.device,
+    lib.model.bert.resolve_bert_path); left out, they are read from `opt` (`bert_path`
     defaults to bert-base-uncased). `bert_config` (a dict) builds BERT's architecture
     without pretrained weights, for loading a checkpoint; otherwise the pretrained BERT
     at `bert_path` is loaded.
@@ -110,7 +110,7 @@ class VSEModel:
     def forward_sim(self, img_emb, cap_emb, cap_lens, image_lengths=None):
         """-> (n_img, n_cap) float32 scores; `image_lengths` masks padded regions out of attention.
 
-        Calling the similarity runs the block scheduler (lib/similarity/blocks.py).
+        Calling the similarity runs the block scheduler (lib/model/similarity/blocks.py).
         """
         with self.autocast():
             return self.sim(img_emb, cap_emb, cap_lens, image_lengths).float()

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from lib.bert import write_bert_folder
+from lib.model.bert import write_bert_folder
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -1,7 +1,7 @@
-"""The base class of every similarity: the contract of lib/similarity/__init__.py as code."""
+"""The base class of every similarity: the contract of lib/model/similarity/__init__.py as code."""
 import torch.nn as nn
 
-from lib.similarity.blocks import score_padded
+from lib.model.similarity.blocks import score_padded
 
 
 class Similarity(nn.Module):
@@ -10,7 +10,7 @@ class Similarity(nn.Module):
     A subclass implements `score` and, when it pays, `prepare` and `prepare_captions`.
     Calling the module, `sim(img, cap, cap_lens, img_lens=None, rows_per_block=None)`,
     scores every image against every caption through the block scheduler
-    (lib/similarity/blocks.py), so a subclass never deals with memory.
+    (lib/model/similarity/blocks.py), so a subclass never deals with memory.
 
     `block_cost`: working memory per (image, real token) row relative to the fast
     X-Dim kernel; the scheduler divides its row budget by it (e.g. 4 for a similarity

@@ -13,9 +13,9 @@ import argparse
 import math
 import os
 
-from lib.bert import DEFAULT_BERT
+from lib.model.bert import DEFAULT_BERT
 from lib.errors import XDimError
-from lib.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_help
+from lib.model.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_help
 
 # Options of the official parser that this codebase does not use.
 UNUSED = argparse.SUPPRESS
@@ -169,10 +169,10 @@ def check_training_options(opt):
     """Check train.py's options before any work -> the torch.device that --device names.
 
     Numbers must lie in their range, --logger_name and --model_name must be writable
-    folders (or creatable), and the device must exist here (lib.runtime.resolve_device,
+    folders (or creatable), and the device must exist here (lib.runtime.device.resolve_device,
     called only here). Raises XDimError naming the first bad option.
     """
-    from lib.runtime import resolve_device
+    from lib.runtime.device import resolve_device
     _check_ranges(opt, TRAINING_RANGES)
     check_output_folder("--logger_name", opt.logger_name)
     check_output_folder("--model_name", opt.model_name)
@@ -186,7 +186,7 @@ def check_evaluation_options(args):
     and --save_sims files must be writable and the device must exist here. Raises
     XDimError naming the first bad option.
     """
-    from lib.runtime import resolve_device
+    from lib.runtime.device import resolve_device
     if not args.model_path and not args.ensemble:
         raise XDimError("nothing to evaluate: give --model_path and/or --ensemble FILE...")
     if args.shortlist is not None and (args.shortlist < 1 or not args.model_path):

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn as nn
 
-from lib.bert import build_bert
+from lib.model.bert import build_bert
 
 
 def l2norm(x, dim=-1, eps=1e-8):

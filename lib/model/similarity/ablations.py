@@ -7,8 +7,8 @@ the optimizer leaves them out and checkpoints still store them.
 """
 import torch
 
-from lib.encoders import l2norm
-from lib.similarity.xdim import EPS, XDimSimilarity
+from lib.model.encoders import l2norm
+from lib.model.similarity.xdim import EPS, XDimSimilarity
 
 
 def freeze(*parameters):

@@ -1,6 +1,6 @@
 """The X-Dim similarity, fast kernel: dependency weights and pair scores (docs/method.md).
 
-The scheduler (lib/similarity/blocks.py) hands the kernel one block of images and one
+The scheduler (lib/model/similarity/blocks.py) hands the kernel one block of images and one
 run of captions at a time. Inside a block the captions' real tokens are gathered into
 one flat list, so the single irreducible d x d product (step 5) runs as one large
 matrix product over (image, real token) rows and padding costs nothing there.
@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lib.encoders import l2norm
-from lib.similarity.base import Similarity
-from lib.similarity.blocks import accumulation_dtype
+from lib.model.encoders import l2norm
+from lib.model.similarity.base import Similarity
+from lib.model.similarity.blocks import accumulation_dtype
 
 EPS = 1e-8
 # A mask entry above this counts as a kept dependency (mask_density, analyze.py).

@@ -21,7 +21,7 @@ import zipfile
 import torch
 
 from lib.errors import XDimError, first_line
-from lib.similarity import DEFAULT_SIMILARITY
+from lib.model.similarity import DEFAULT_SIMILARITY
 
 FORMAT = "xdim"
 

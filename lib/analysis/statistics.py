@@ -1,6 +1,6 @@
 """Looking inside an X-Dim model: what the dependency mask kept and which dimensions act together.
 
-Statistics (numpy / torch; every intermediate comes from lib/similarity/reference.py):
+Statistics (numpy / torch; every intermediate comes from lib/model/similarity/reference.py):
 - `dependency_order(W)`: an order of the d dimensions in which groups of mutually
   dependent dimensions sit next to each other (average-linkage clustering);
 - `dependencies_per_dimension(mask)`: for each dimension i, the number of
@@ -8,7 +8,7 @@ Statistics (numpy / torch; every intermediate comes from lib/similarity/referenc
 - `concept_statistics`: for a word, each dimension's probability of taking part in
   the word's representation over a split (`participation_probabilities`);
 - `pair_analysis`: one image-caption pair's attention and word scores.
-`write_report` draws them (lib/figures.py, which alone needs matplotlib) and writes
+`write_report` draws them (lib/analysis/figures.py, which alone needs matplotlib) and writes
 summary.json; it is what analyze.py runs.
 """
 import json
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib import figures
-from lib.datasets.precomp import CaptionDataset, ImageDataset, pad_tokens
+from lib.analysis import figures
+from lib.data.precomp import CaptionDataset, ImageDataset, pad_tokens
 from lib.errors import XDimError
-from lib.similarity import reference
-from lib.similarity.xdim import MASK_ON
+from lib.model.similarity import reference
+from lib.model.similarity.xdim import MASK_ON
 
 
 # ---------------------------------------------------------------- dependency structure
@@ -129,7 +129,7 @@ def dependency_parts(sim):
     """The X-Dim similarity's dependency weights and their parts, as float64 numpy arrays.
 
     sim: an XDimSimilarity. Returns {P, theta, mask, W, delta} (see
-    lib.similarity.reference.dependency_weights) plus lam (d,).
+    lib.model.similarity.reference.dependency_weights) plus lam (d,).
     """
     with torch.no_grad():
         parts = reference.dependency_weights(sim.E.double(), sim.lam.double(), sim.log_t_mask.double())
@@ -197,7 +197,7 @@ def occurrence_vectors(model, split, encoder, occurrences, progress=True):
     """Word-region correspondence vectors of occurrences in their matching pairs: (n, d) float64 numpy.
 
     Each occurrence is scored against the image its caption describes; its vector is
-    the correspondence u * w (lib.similarity.reference.xdim_steps) averaged over the
+    the correspondence u * w (lib.model.similarity.reference.xdim_steps) averaged over the
     word's WordPieces.
     """
     model.val_start()

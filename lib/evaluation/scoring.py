@@ -6,9 +6,9 @@
    tokens concatenated plus offsets), never as a padded float64 array.
 2. `score_sharded` fills the `(n_img, n_cap)` float32 score matrix block by
    block with the similarity, in the blocks of the one scheduler that training uses
-   too (lib/similarity/blocks.py: length-sorted caption runs, a bounded number of
+   too (lib/model/similarity/blocks.py: length-sorted caption runs, a bounded number of
    (image, real token) rows per block); its `prepare()` runs once per split.
-3. lib.metrics turns the matrix into recalls.
+3. lib.evaluation.metrics turns the matrix into recalls.
 
 Entry points for other modules:
 - `evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0)
@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from lib.errors import XDimError
-from lib.metrics import evaluate_sims
-from lib.similarity.blocks import plan, row_budget, score_blocks
+from lib.evaluation.metrics import evaluate_sims
+from lib.model.similarity.blocks import plan, row_budget, score_blocks
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -129,7 +129,7 @@ def encode_images(model, split_files, batch_size=128, workers=0, storage="float3
 
     XDimError names the first image whose features hold NaN or inf.
     """
-    from lib.datasets.precomp import check_finite_images, image_loader
+    from lib.data.precomp import check_finite_images, image_loader
     loader = image_loader(split_files, batch_size, workers)
     out, done = None, 0
     for images, image_lengths, indices in tqdm(loader, desc="encode images", disable=not progress):
@@ -146,7 +146,7 @@ def encode_images(model, split_files, batch_size=128, workers=0, storage="float3
 def encode_captions(model, split_files, caption_encoder, batch_size=128, workers=0,
                     storage="float32", progress=True):
     """Encode every caption of the split once: -> RaggedCaptions."""
-    from lib.datasets.precomp import caption_loader
+    from lib.data.precomp import caption_loader
     loader = caption_loader(split_files, caption_encoder, batch_size, workers)
     ragged = None
     for captions, lengths, indices in tqdm(loader, desc="encode captions", disable=not progress):
@@ -174,10 +174,10 @@ def encode_split(model, split_files, caption_encoder, batch_size=128, workers=0,
 
 
 def score_sharded(img_emb, captions, similarity, rows_per_block=None, device="cpu", progress=True):
-    """Score every image against every caption with the block scheduler (lib/similarity/blocks.py).
+    """Score every image against every caption with the block scheduler (lib/model/similarity/blocks.py).
 
     img_emb (n_img, R, d) in any storage dtype; captions: RaggedCaptions; similarity: a
-    lib.similarity Similarity. Each caption run is gathered from the ragged storage and
+    lib.model.similarity Similarity. Each caption run is gathered from the ragged storage and
     moved to `device` once, each image block when it is scored (as float32); a run's
     scores come back from the device in one piece.
     -> float32 numpy (n_img, n_cap) in the original caption order.
@@ -212,8 +212,8 @@ def load_model(model_path, bert_path=None, device=None, amp="none"):
 
     `bert_path` (None: the BERT the checkpoint carries) is resolved here, once.
     """
-    from lib.bert import resolve_bert_path
-    from lib.vse import VSEModel
+    from lib.model.bert import resolve_bert_path
+    from lib.model.xdim_model import VSEModel
     bert_path = resolve_bert_path(bert_path) if bert_path else None
     return VSEModel.from_checkpoint(model_path, bert_path=bert_path, device=device, amp=amp)
 
@@ -223,7 +223,7 @@ def open_model_split(model, data_path=None, data_name=None, split="test"):
 
     -> (split files, caption encoder for the model's BERT, table label "data_name split").
     """
-    from lib.datasets.precomp import open_split
+    from lib.data.precomp import open_split
     data_path = data_path or model.opt.data_path
     data_name = data_name or model.opt.data_name
     files = open_split(data_path, data_name, split, img_dim=model.opt.img_dim)
@@ -232,14 +232,14 @@ def open_model_split(model, data_path=None, data_name=None, split="test"):
 
 def caption_encoder(model):
     """The CaptionEncoder of a model's BERT: its tokenizer, captions cut to its position limit."""
-    from lib.bert import load_tokenizer
-    from lib.datasets.precomp import CaptionEncoder
+    from lib.model.bert import load_tokenizer
+    from lib.data.precomp import CaptionEncoder
     return CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
 
 
 def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
                    rows_per_block=None, progress=True):
-    """Encode and score one split (split_files from lib.datasets.precomp.open_split).
+    """Encode and score one split (split_files from lib.data.precomp.open_split).
 
     -> (sims float32 numpy (n_img, n_cap), metrics dict of the whole matrix:
     METRIC_KEYS, 'rsum' included). Leaves the model in eval mode.

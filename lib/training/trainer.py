@@ -1,8 +1,8 @@
 """The training loop: schedule, validation, checkpoints, resume, logs.
 
 `train(opt)` runs a whole training from an options namespace
-(lib.options.get_argument_parser) in one process or, under torchrun, in each
-of several processes (lib.distributed explains the gradient arithmetic).
+(lib.cli.options.get_argument_parser) in one process or, under torchrun, in each
+of several processes (lib.runtime.distributed explains the gradient arithmetic).
 
 Reproducibility: at the start of every epoch python's, numpy's and torch's
 random generators are reseeded from (seed, epoch, rank), the shuffle is a
@@ -20,17 +20,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib import distributed
-from lib.bert import bert_max_positions, load_tokenizer, resolve_bert_path
-from lib.checkpoint import (copy_checkpoint, load_checkpoint, make_checkpoint, remove_stale_temp_files,
+from lib.runtime import distributed
+from lib.model.bert import bert_max_positions, load_tokenizer, resolve_bert_path
+from lib.formats.checkpoint import (copy_checkpoint, load_checkpoint, make_checkpoint, remove_stale_temp_files,
                             save_checkpoint, similarity_name)
-from lib.datasets import precomp
+from lib.data import precomp
 from lib.errors import XDimError
-from lib.options import check_training_options
-from lib.runtime import apply_threads
-from lib.scoring import validate
-from lib.tb_logger import TBLogger
-from lib.vse import VSEModel
+from lib.cli.options import check_training_options
+from lib.runtime.device import apply_threads
+from lib.evaluation.scoring import validate
+from lib.training.tb_logger import TBLogger
+from lib.model.xdim_model import VSEModel
 
 LOGGER_NAME = "xdim.train"
 CHECKPOINT = "checkpoint.pth"
@@ -300,7 +300,7 @@ def open_dev(opt, caption_encoder):
 def train(opt, augment=True):
     """Train from options; -> {'best_rsum', 'losses' (per iteration), 'last_metrics', 'iterations'}.
 
-    Checks the options first (lib.options.check_training_options), then resolves
+    Checks the options first (lib.cli.options.check_training_options), then resolves
     the device, CPU threads and BERT once. Under torchrun every process runs this;
     only rank 0 validates, logs and writes checkpoints. Raises XDimError for bad
     input and for a non-finite loss.
