@@ -8,24 +8,29 @@
 
 Every train.py option applies to all variants alike; the defaults are the demo's
 (train_demo.sh), generated under data/demo on first use. --variants replaces --sim;
---model_name and --logger_name are set per variant (OUT/NAME/checkpoint, OUT/NAME/log).
+each variant's checkpoints and log go to OUT/NAME/checkpoint and OUT/NAME/log, so
+--model_name and --logger_name are refused.
 """
-import argparse
 import json
 import os
 import sys
 
 import lib.training.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
-from lib.training.ablation import DEFAULT_VARIANTS, DEMO_SETTINGS, ablation_table, ensure_demo_data, run_ablation
+from lib.cli.entry import entry_point
+from lib.cli.options import check_training_options, get_argument_parser, train_configs
+from lib.data.synthetic import DEMO_TRAINING
 from lib.errors import XDimError
-from lib.cli.options import get_argument_parser
 from lib.model.similarity import SIMILARITIES
+from lib.training.ablation import DEFAULT_VARIANTS, ablation_table, ensure_demo_data, run_ablation
+
+# Options ablate.py sets itself for every variant: giving one is an error, not silently overridden.
+SET_PER_VARIANT = {"model_name": "OUT/NAME/checkpoint", "logger_name": "OUT/NAME/log"}
 
 
 def build_parser():
     parser = get_argument_parser(with_sim=False)
     parser.description = __doc__.split("\n")[0]
-    parser.set_defaults(**DEMO_SETTINGS)
+    parser.set_defaults(**DEMO_TRAINING, **{name: None for name in SET_PER_VARIANT})
     group = parser.add_argument_group("ablation")
     group.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(SIMILARITIES),
                        metavar="NAME", help="similarities to train (listed below)")
@@ -35,21 +40,29 @@ def build_parser():
     return parser
 
 
+def check_not_given(args):
+    """XDimError for an option that every variant sets itself."""
+    for name, value in SET_PER_VARIANT.items():
+        if getattr(args, name) is not None:
+            raise XDimError(f"--{name}: ablate.py sets it for every variant ({value}); "
+                            "choose the folder with --out instead")
+
+
+@entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_not_given(args)
     json_path = os.path.join(args.out, "ablation.json")
-    options = {k: v for k, v in vars(args).items() if k not in ("variants", "split", "out")}
-    try:
-        ensure_demo_data(args)
-        rows = run_ablation(argparse.Namespace(**options), args.variants, args.split, args.out)
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump({"split": args.split, "options": options, "variants": rows}, f, indent=2)
-    except (XDimError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    args.sim, args.model_name, args.logger_name = args.variants[0], args.out, args.out
+    check_training_options(args)
+    model_config, train_config, runtime = train_configs(args)
+    ensure_demo_data(train_config.data_path, train_config.data_name, model_config.img_dim)
+    rows = run_ablation(model_config, train_config, runtime, args.variants, args.split, args.out)
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump({"split": args.split, "model": model_config.as_dict() | {"bert_config": None},
+                   "training": train_config.as_dict(), "variants": rows}, f, indent=2)
     print(ablation_table(rows, f"{args.data_name} {args.split}, {len(rows)} variants, seed {args.seed}:"))
     print(f"written: {json_path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Needs matplotlib (pip install matplotlib).
 import argparse
 import sys
 
-from lib.errors import XDimError
+from lib.cli.entry import entry_point
 from lib.cli.options import add_runtime_options
 from lib.runtime.device import apply_threads, resolve_device
 
@@ -42,7 +42,8 @@ def run(args, device):
     """Load the model (and the split when needed), write the report; -> summary dict."""
     from lib.analysis import statistics as analysis
     from lib.evaluation import scoring
-    model = scoring.load_model(args.model_path, args.bert_path, device, args.amp)
+    from lib.model.xdim_model import XDimModel
+    model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
     split = encoder = None
     if args.words or args.pair is not None:
         split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
@@ -68,16 +69,12 @@ def describe(summary, out):
     return "\n".join(lines)
 
 
+@entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        apply_threads(args.threads)
-        summary = run(args, resolve_device(args.device))
-    except (XDimError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    apply_threads(args.threads)
+    summary = run(args, resolve_device(args.device))
     print(describe(summary, args.out))
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from lib.data import butd as features
-from lib.errors import XDimError
+from lib.cli.entry import entry_point
 
 
 def build_parser():
@@ -35,24 +35,20 @@ def build_parser():
     return parser
 
 
+@entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        if args.tsv:
-            n_images, records = features.count_tsv_records(args.tsv), features.read_tsv(args.tsv)
-        else:
-            paths = features.list_npz(args.npz_dir)
-            n_images, records = len(paths), features.read_npz(paths)
-        summary = features.convert(records, n_images, args.out, args.split, args.regions,
-                                   args.overwrite, not args.no_progress)
-    except (XDimError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.tsv:
+        n_images, records = features.count_tsv_records(args.tsv), features.read_tsv(args.tsv)
+    else:
+        paths = features.list_npz(args.npz_dir)
+        n_images, records = len(paths), features.read_npz(paths)
+    summary = features.convert(records, n_images, args.out, args.split, args.regions,
+                               args.overwrite, not args.no_progress)
     print(f"wrote {summary.n_images} images x {summary.regions} regions x {summary.feature_dim} features "
           f"({summary.truncated} cut to {summary.regions} regions, {summary.padded} zero-padded):")
     for path in summary.paths.values():
         print(f"  {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import sys
 from lib.evaluation import metrics
 from lib.evaluation import score_files
 from lib.evaluation import scoring
-from lib.errors import XDimError
+from lib.cli.entry import entry_point
 from lib.cli.options import HelpFormatter, add_runtime_options, check_evaluation_options
+from lib.model.xdim_model import XDimModel
 from lib.runtime.device import apply_threads
 
 
@@ -81,7 +82,7 @@ def evaluate(args, device):
     matrices = [score_files.load_score_file(path) for path in args.ensemble]
     sources, shapes = list(args.ensemble), [m.shape for m in matrices]
     if args.model_path:
-        model = scoring.load_model(args.model_path, args.bert_path, device, args.amp)
+        model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
         split, encoder, label = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
         sources, shapes = [args.model_path] + sources, [(split.n_images, split.n_captions)] + shapes
         cpi = split.captions_per_image
@@ -109,25 +110,21 @@ def evaluate(args, device):
     return results, label
 
 
+@entry_point
 def main(argv=None, description=None, **defaults):
     args = build_parser(description, **defaults).parse_args(argv)
-    try:
-        device = check_evaluation_options(args)
-        apply_threads(args.threads)
-        results, label = evaluate(args, device)
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(metrics.rounded(results), f, indent=2)
-    except (XDimError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    device = check_evaluation_options(args)
+    apply_threads(args.threads)
+    results, label = evaluate(args, device)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(metrics.rounded(results), f, indent=2)
     print(metrics.results_table(results, label))
     if "shortlist" in results:
         two_stage = results["shortlist"]
         print(f"\ntwo stages: X-Dim on the {two_stage['k']} best by {two_stage['vectors']['kind']} "
               f"global vectors per query, {100 * two_stage['pair_fraction']:.2f}% of the pair scores")
         print(metrics.results_table(two_stage, f"{label} shortlist {two_stage['k']}"))
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ import os
 import sys
 import time
 
+from lib.cli.entry import entry_point
+from lib.cli.options import HelpFormatter, add_runtime_options, check_output_file, check_output_folder, runtime_config
 from lib.errors import XDimError
-from lib.cli.options import check_output_file, check_output_folder
 
 
 def _add_model_options(parser, required=True):
@@ -29,9 +30,7 @@ def _add_model_options(parser, required=True):
     parser.add_argument("--head", default=None, metavar="FILE",
                         help="shortlist head (default: the .shortlist.pth file beside the checkpoint if "
                              "there is one, else parameter-free mean pooling)")
-    parser.add_argument("--bert_path", default=None, help="BERT folder (default: the checkpoint's own)")
-    parser.add_argument("--device", default="auto",
-                        help="torch device: auto (CUDA if available, else CPU), cpu, cuda, ... (default %(default)s)")
+    add_runtime_options(parser)
 
 
 def build_parser():
@@ -65,9 +64,7 @@ def build_parser():
     distill.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     distill.add_argument("--out", default=None, metavar="FILE",
                          help="head file (default: beside the checkpoint, *.shortlist.pth)")
-    distill.add_argument("--bert_path", default=None, help="BERT folder (default: the checkpoint's own)")
-    distill.add_argument("--device", default="auto",
-                         help="torch device: auto (CUDA if available, else CPU), cpu, cuda, ... (default %(default)s)")
+    add_runtime_options(distill)
 
     build = commands.add_parser("build", help="encode a gallery into an index folder")
     _add_model_options(build)
@@ -103,13 +100,19 @@ def build_parser():
     return parser
 
 
+def _load_model(args, model_path):
+    """The checkpoint at `model_path` on the device and with the threads and precision asked for."""
+    from lib.model.xdim_model import XDimModel
+    runtime = runtime_config(args)
+    runtime.apply_threads()
+    return XDimModel.from_checkpoint(model_path, args.bert_path, runtime.torch_device(), runtime.amp)
+
+
 def _load(args, model_path):
     """-> (model, its weights fingerprint, global-vector encoder)."""
     from lib.retrieval import shortlist
     from lib.formats.checkpoint import weights_fingerprint
-    from lib.runtime.device import resolve_device
-    from lib.evaluation.scoring import load_model
-    model = load_model(model_path, args.bert_path, resolve_device(args.device))
+    model = _load_model(args, model_path)
     fingerprint = weights_fingerprint(model.state_dict())
     return model, fingerprint, shortlist.global_encoder(model, fingerprint, model_path, getattr(args, "head", None))
 
@@ -117,14 +120,13 @@ def _load(args, model_path):
 def run_distill(args):
     from lib.retrieval import shortlist
     from lib.formats.checkpoint import weights_fingerprint
-    from lib.runtime.device import resolve_device
-    from lib.evaluation.scoring import load_model, open_model_split
+    from lib.evaluation.scoring import open_model_split
     for name in ("epochs", "batch_images", "size", "group"):
         if getattr(args, name) < 1:
             raise XDimError(f"--{name} must be at least 1")
     out = args.out or shortlist.default_head_path(args.model_path)
     check_output_file("--out", out)
-    model = load_model(args.model_path, args.bert_path, resolve_device(args.device))
+    model = _load_model(args, args.model_path)
     split, encoder, _ = open_model_split(model, args.data_path, args.data_name, args.split)
     start = time.time()
     head, loss = shortlist.distill_head(model, split, encoder, args.epochs, args.batch_images, args.learning_rate,
@@ -185,6 +187,9 @@ def run_query(args):
     model, _, encoder = _load(args, model_path)
     gallery = retrieval.GalleryIndex.open(args.index, model, encoder)
     shortlist_size = max(args.shortlist, args.top_k)
+    if shortlist_size > args.shortlist:
+        print(f"note: --shortlist {args.shortlist} is below --top_k {args.top_k}; X-Dim scores the "
+              f"{shortlist_size} best of stage one instead", file=sys.stderr)
     results = []
     if text_query:
         texts = [args.query] if args.query is not None else read_captions(args.queries)
@@ -193,7 +198,7 @@ def run_query(args):
             hits = gallery.search_text(text, args.top_k, shortlist_size)
             results.append((text, hits, time.time() - start))
     else:
-        label, regions, count = _query_image(args, manifest, model.opt.img_dim)
+        label, regions, count = _query_image(args, manifest, model.config.img_dim)
         start = time.time()
         results.append((label, gallery.search_image(regions, count, args.top_k, shortlist_size), time.time() - start))
     for label, hits, seconds in results:
@@ -207,14 +212,10 @@ def run_query(args):
                        for label, hits, seconds in results], f, indent=2)
 
 
+@entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        {"distill": run_distill, "build": run_build, "query": run_query}[args.command](args)
-    except (XDimError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    {"distill": run_distill, "build": run_build, "query": run_query}[args.command](args)
 
 
 if __name__ == "__main__":

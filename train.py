@@ -8,22 +8,16 @@ Options: `python train.py --help`. Bad input prints one `error: ...` line and ex
 import sys
 
 import lib.training.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
-from lib.runtime import distributed
-from lib.errors import XDimError
-from lib.cli.options import get_argument_parser
+from lib.cli.entry import entry_point
+from lib.cli.options import check_training_options, get_argument_parser, train_configs
 
 
+@entry_point
 def main(argv=None):
-    opt = get_argument_parser().parse_args(argv)
+    args = get_argument_parser().parse_args(argv)
+    check_training_options(args)
     from lib.training.trainer import train
-    try:
-        train(opt)
-    except XDimError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        distributed.cleanup()
-    return 0
+    train(*train_configs(args))
 
 
 if __name__ == "__main__":

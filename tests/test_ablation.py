@@ -32,7 +32,7 @@ def test_ablation_trains_each_variant_and_writes_the_table(ablation):
     assert code == 0
     results = json.load(open(os.path.join(out, "ablation.json")))
     assert results["split"] == "test" and [row["sim"] for row in results["variants"]] == ["xdim", "cosine"]
-    assert "sim" not in results["options"] and results["options"]["num_epochs"] == 1
+    assert results["training"]["num_epochs"] == 1 and results["model"]["embed_size"] == 16
     lines = stdout.splitlines()
     header = lines.index(next(line for line in lines if line.startswith("variant")))
     for offset, row in enumerate(results["variants"], start=2):
@@ -41,8 +41,9 @@ def test_ablation_trains_each_variant_and_writes_the_table(ablation):
         assert row["rsum"] == pytest.approx(sum(recalls))
         assert row["i2t_r1"] == row["metrics"]["i2t_r1"] and row["t2i_r1"] == row["metrics"]["t2i_r1"]
         # Each variant's own checkpoint, trained with its --sim and the same seed otherwise.
-        saved = load_checkpoint(row["checkpoint"])["opt"]
-        assert saved["sim"] == row["sim"] and saved["seed"] == 0 and saved["num_epochs"] == 1
+        saved = load_checkpoint(row["checkpoint"])
+        assert saved["model_config"]["sim"] == row["sim"]
+        assert saved["train_config"]["seed"] == 0 and saved["train_config"]["num_epochs"] == 1
         assert row["checkpoint"] == os.path.join(out, row["sim"], "checkpoint", "model_best.pth")
         cells = [cell.strip() for cell in lines[header + offset].split("|")]
         assert cells[:4] == [row["sim"], f"{row['i2t_r1']:.1f}", f"{row['t2i_r1']:.1f}", f"{row['rsum']:.1f}"]
@@ -64,3 +65,10 @@ def test_ablation_rejects_an_unknown_variant(capsys):
     with pytest.raises(SystemExit) as info:
         ablate.build_parser().parse_args(["--variants", "xdim", "nope"])
     assert info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--model_name", "--logger_name"])
+def test_ablation_refuses_an_option_it_sets_per_variant(option, capsys):
+    assert ablate.main([option, "somewhere", "--variants", "xdim"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {option}: ablate.py sets it for every variant") and err.count("\n") == 1

@@ -10,16 +10,17 @@ import torch
 
 import analyze as analyze_cli
 from conftest import TINY_IMG_DIM
+from builders import checkpoint_of, model_from_options
 from lib.analysis import statistics as analysis
 from lib.analysis import figures
 from lib.model.bert import load_tokenizer
-from lib.formats.checkpoint import make_checkpoint, save_checkpoint
+from lib.formats.checkpoint import save_checkpoint
 from lib.data.precomp import CaptionEncoder, open_split
 from lib.data.synthetic import DEMO_OBJECTS
 from lib.errors import XDimError
 from lib.cli.options import default_options
 from lib.model.similarity.xdim import XDimSimilarity
-from lib.model.xdim_model import VSEModel
+from lib.model.xdim_model import XDimModel
 from official_format import official_opt, official_parts, write_official_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -179,7 +180,7 @@ def planted(tmp_path_factory, tiny_bert_dir, tiny_precomp):
     torch.manual_seed(0)
     opt = default_options(embed_size=D, img_dim=TINY_IMG_DIM, bert_path=tiny_bert_dir, device="cpu",
                           data_path=data_path, data_name=data_name)
-    model = VSEModel(opt)
+    model = model_from_options(opt)
     rng = np.random.default_rng(5)
     labels = rng.permutation(np.repeat(np.arange(len(BLOCKS)), BLOCKS))
     E = np.where(labels[:, None] == labels[None, :], 6.0, -6.0) + rng.normal(0.0, 0.3, (D, D))
@@ -187,7 +188,7 @@ def planted(tmp_path_factory, tiny_bert_dir, tiny_precomp):
         model.sim.E.copy_(torch.from_numpy(E))
         model.sim.lam.fill_(0.5)
     path = str(tmp_path_factory.mktemp("planted") / "model_best.pth")
-    save_checkpoint(make_checkpoint(model, 0, 0.0), path)
+    save_checkpoint(checkpoint_of(model, opt), path)
     return path, model, [np.flatnonzero(labels == b) for b in range(len(BLOCKS))]
 
 
@@ -303,7 +304,7 @@ def test_bad_input_is_one_line(planted, tiny_precomp, test_captions, tmp_path, c
 def test_variants_with_other_equations_are_refused(tiny_bert_dir, tmp_path, capsys, sim):
     opt = default_options(embed_size=D, img_dim=TINY_IMG_DIM, bert_path=tiny_bert_dir, device="cpu", sim=sim)
     path = str(tmp_path / "variant.pth")
-    save_checkpoint(make_checkpoint(VSEModel(opt), 0, 0.0), path)
+    save_checkpoint(checkpoint_of(model_from_options(opt), opt), path)
     capsys.readouterr()
     code, _, err = run_cli(["--model_path", path, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and err.startswith(f"error: this checkpoint's similarity is '{sim}'") and err.count("\n") == 1
@@ -319,7 +320,7 @@ def test_missing_matplotlib_stops_analyze_before_writing(planted, tmp_path, caps
 # ---------------------------------------------------------------- concepts from embeddings
 
 class PlantedEmbeddings:
-    """Stands in for VSEModel in the concept analysis: fixed random token embeddings, except
+    """Stands in for XDimModel in the concept analysis: fixed random token embeddings, except
     that one word's token and every image region are strongest on the planted dimensions."""
 
     def __init__(self, tokenizer, word, planted, seed=0):
@@ -331,11 +332,8 @@ class PlantedEmbeddings:
         self.projection = 0.02 * torch.randn(TINY_IMG_DIM, D, generator=gen)
         self.planted = planted
         self.sim = XDimSimilarity(D)
-        self.opt = SimpleNamespace(embed_size=D)
+        self.config = SimpleNamespace(embed_size=D)
         self.device = torch.device("cpu")
-
-    def modules(self):
-        return {"sim": self.sim}
 
     def val_start(self):
         pass

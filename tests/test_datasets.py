@@ -177,9 +177,9 @@ def loader_batches(loader, epoch):
 
 
 def test_train_loader_deterministic_across_workers_and_resume(tiny_precomp, tiny_bert_dir, tokenizer):
-    opt = default_options(data_path=tiny_precomp[0], data_name=tiny_precomp[1], img_dim=TINY_IMG_DIM,
-                          batch_size=16, workers=0, seed=5, bert_path=tiny_bert_dir)
-    single = train_loader(opt, tokenizer)
+    files = open_split(tiny_precomp[0], tiny_precomp[1], "train", img_dim=TINY_IMG_DIM)
+    encoder = CaptionEncoder(tokenizer, 64)
+    single = train_loader(files, encoder, batch_size=16, workers=0, seed=5)
     epoch0, epoch1 = loader_batches(single, 0), loader_batches(single, 1)
     assert len(epoch0) == 160 // 16
     order0 = torch.cat([b[4] for b in epoch0])
@@ -187,18 +187,16 @@ def test_train_loader_deterministic_across_workers_and_resume(tiny_precomp, tiny
     assert order0.tolist() != list(range(160))
     assert order0.tolist() != torch.cat([b[4] for b in epoch1]).tolist()
 
-    opt.workers = 2
-    resumed = train_loader(opt, tokenizer)
+    resumed = train_loader(files, encoder, batch_size=16, workers=2, seed=5)
     for mine, theirs in zip(loader_batches(resumed, 1), epoch1):
         for a, b in zip(mine, theirs):
             assert torch.equal(a, b)
 
 
 def test_train_loader_reads_its_replica_share(tiny_precomp, tiny_bert_dir, tokenizer):
-    opt = default_options(data_path=tiny_precomp[0], data_name=tiny_precomp[1], img_dim=TINY_IMG_DIM,
-                          batch_size=4, workers=0, seed=0, bert_path=tiny_bert_dir)
+    files = open_split(tiny_precomp[0], tiny_precomp[1], "train", img_dim=TINY_IMG_DIM)
     sampler = torch.utils.data.DistributedSampler(range(160), num_replicas=2, rank=1, shuffle=True, seed=0)
-    loader = train_loader(opt, tokenizer, batch_size=8, num_replicas=2, rank=1)
+    loader = train_loader(files, CaptionEncoder(tokenizer, 64), batch_size=8, seed=0, num_replicas=2, rank=1)
     batches = loader_batches(loader, 0)
     sampler.set_epoch(0)
     assert torch.cat([b[4] for b in batches]).tolist() == list(sampler)

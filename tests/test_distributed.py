@@ -110,7 +110,7 @@ class TinyText(torch.nn.Module):
 
 
 class TinyModel(torch.nn.Module):
-    """Stand-in with the three sub-modules wrap_encoders touches."""
+    """Stand-in with the parts of XDimModel that wrap_model and the train step touch."""
 
     def __init__(self):
         super().__init__()
@@ -119,18 +119,20 @@ class TinyModel(torch.nn.Module):
         self.txt_enc = TinyText()
         self.sim = torch.nn.Linear(4, 1, bias=False)
 
+    def forward(self, x):
+        """x (B_k, 3) -> this rank's image rows scored against every rank's captions (B_k, B).
 
-def tiny_loss(model, x):
-    """x (B_k, 3) -> image/text embeddings -> rows of the global score matrix -> scalar loss.
+        As XDimModel.forward in the train step: captions gathered between encoding and scoring.
+        """
+        img = self.img_enc(x)
+        txt = self.txt_enc(x.cos())[:, None]
+        txt, _ = distributed.gather_captions(txt, torch.ones(len(x), dtype=torch.long))
+        return self.sim((img[:, None, :] * txt[None, :, 0, :]).tanh())[..., 0]
 
-    As VSEModel.train_emb: captions gathered, this rank's image rows scored against
-    all of them, rows gathered (both identities in one process).
-    """
-    img = model.img_enc(x)
-    txt = model.txt_enc(x.cos())[:, None]
-    txt, _ = distributed.gather_captions(txt, torch.ones(len(x), dtype=torch.long))
-    rows = model.sim((img[:, None, :] * txt[None, :, 0, :]).tanh())[..., 0]  # (B_k, B)
-    scores = distributed.gather_rows(rows)
+
+def tiny_loss(network, x):
+    """The rows of every rank gathered (an identity in one process) -> a scalar loss."""
+    scores = distributed.gather_rows(network(x))
     return scores.square().sum() + scores.diagonal().sum()
 
 
@@ -140,15 +142,12 @@ def inputs():
 
 def ddp_gradients(rank):
     """Per-rank slice -> gather -> shared loss -> backward -> the averaged grads by name."""
-    model = distributed.wrap_encoders(TinyModel().double())
+    model = TinyModel().double()
+    network = distributed.wrap_model(model)
+    assert isinstance(network, torch.nn.parallel.DistributedDataParallel)
     model.img_enc.eval()  # per-rank BN batch statistics would differ from one process's
-    tiny_loss(model, inputs()[2 * rank: 2 * rank + 2]).backward()
-    grads = {}
-    for part in ("img_enc", "txt_enc", "sim"):
-        for name, p in distributed.unwrap(getattr(model, part)).named_parameters():
-            if p.grad is not None:
-                grads[f"{part}.{name}"] = p.grad
-    return grads
+    tiny_loss(network, inputs()[2 * rank: 2 * rank + 2]).backward()
+    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
 def ddp_worker(rank, world, out_dir):

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import eval as eval_cli
+from builders import checkpoint_of, model_from_options, trainer_for
 from lib.evaluation import scoring
-from lib.formats.checkpoint import make_checkpoint, save_checkpoint
+from lib.formats.checkpoint import save_checkpoint
 from lib.model.bert import load_tokenizer
-from lib.data.precomp import open_split, train_loader
+from lib.data.precomp import CaptionEncoder, open_split, train_loader
 from lib.cli.options import default_options
-from lib.model.xdim_model import VSEModel
+from lib.model.xdim_model import XDimModel
 from official_format import write_official_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,14 +31,16 @@ def trained(tmp_path_factory, tiny_bert_dir, tiny_precomp):
     torch.manual_seed(0)
     opt = default_options(embed_size=EMBED, img_dim=32, bert_path=tiny_bert_dir, device="cpu",
                           data_path=data_path, data_name=data_name, batch_size=8, workers=0)
-    model = VSEModel(opt)
-    model.train_start()
-    loader = train_loader(opt, load_tokenizer(tiny_bert_dir))
+    model = model_from_options(opt)
+    model.train()
+    trainer = trainer_for(model, opt)
+    files = open_split(data_path, data_name, "train", img_dim=32)
+    loader = train_loader(files, CaptionEncoder(load_tokenizer(tiny_bert_dir), 64), batch_size=8)
     for _, batch in zip(range(2), loader):
         images, image_lengths, captions, lengths = batch[:4]
-        model.train_emb(images, captions, lengths, image_lengths)
+        trainer.train_step(images, captions, lengths, image_lengths)
     path = str(tmp_path_factory.mktemp("ckpt") / "model_best.pth")
-    save_checkpoint(make_checkpoint(model, 0, 0.0), path)
+    save_checkpoint(checkpoint_of(model, opt), path)
     return path, model
 
 
@@ -87,7 +90,7 @@ def test_eval_writes_json_and_sims_matching_unsharded_reference(trained, tiny_pr
     sims = np.load(sims_file, allow_pickle=False)
     assert sims.dtype == np.float32 and sims.shape == (10, 50)
     split = open_split(data_path, data_name, "test")
-    reference = _reference_scores(model, load_tokenizer(model.opt.bert_path), split)
+    reference = _reference_scores(model, load_tokenizer(model.bert_path), split)
     np.testing.assert_allclose(sims, reference, rtol=1e-5, atol=1e-5)
     results = json.load(open(json_file))
     assert results["all"] == pytest.approx(_loop_metrics(sims, 5))
@@ -135,8 +138,9 @@ def _official_checkpoint(model, path):
     sim = {"weights.weight": sd["sim.E"], "sim_map.weight": sd["sim.lam"].view(1, d),
            "temp_learnable.weight": sd["sim.log_t_mask"].view(1, 1),
            "temp_scale.weight": sd["sim.log_t_attn"].view(1, 1), "sim_eval.weight": torch.randn(1, d)}
-    opt = argparse.Namespace(**{k: v for k, v in vars(model.opt).items()
-                                if k not in ("device", "amp", "bert_path", "seed", "mask_padded_regions")})
+    ours = ("device", "amp", "threads", "bert_path", "seed", "mask_padded_regions", "sim")
+    options = default_options(embed_size=model.config.embed_size, img_dim=model.config.img_dim)
+    opt = argparse.Namespace(**{k: v for k, v in vars(options).items() if k not in ours})
     write_official_checkpoint(path, [image, text, sim], opt)
 
 
@@ -187,7 +191,7 @@ def test_sharded_model_scores_equal_one_call(trained, tiny_precomp):
     data_path, data_name = tiny_precomp
     split = open_split(data_path, data_name, "dev")
     from lib.data.precomp import CaptionEncoder
-    encoder = CaptionEncoder(load_tokenizer(model.opt.bert_path), 64)
+    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
     img_emb, captions = scoring.encode_split(model, split, encoder, batch_size=4, progress=False)
     assert img_emb.shape == (10, 36, EMBED) and len(captions) == 50
     with torch.no_grad():

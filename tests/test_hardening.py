@@ -12,6 +12,7 @@ import torch
 
 import eval as eval_cli
 import train as train_script
+from builders import checkpoint_of, model_from_options, train_from_options
 from lib.model import bert
 from lib.runtime import distributed
 from lib.evaluation import metrics
@@ -19,12 +20,12 @@ from lib.runtime import device as runtime
 from lib.evaluation import scoring
 from lib.training import trainer as training
 from lib.model.bert import load_tokenizer
-from lib.formats.checkpoint import (LEGACY_BUFFERS, load_checkpoint, make_checkpoint, remove_stale_temp_files,
+from lib.formats.checkpoint import (LEGACY_BUFFERS, load_checkpoint, remove_stale_temp_files,
                             save_checkpoint)
 from lib.data.precomp import (CaptionEncoder, first_non_finite, open_split, train_loader)
 from lib.errors import XDimError
 from lib.cli.options import default_options, get_argument_parser
-from lib.model.xdim_model import VSEModel
+from lib.model.xdim_model import XDimModel
 
 from conftest import TINY_IMG_DIM
 
@@ -76,7 +77,7 @@ def checkpoint(tmp_path_factory, tiny_bert_dir):
     torch.manual_seed(0)
     opt = default_options(embed_size=16, img_dim=TINY_IMG_DIM, bert_path=tiny_bert_dir, device="cpu")
     path = str(tmp_path_factory.mktemp("hardening") / "model.pth")
-    save_checkpoint(make_checkpoint(VSEModel(opt), 0, 0.0), path)
+    save_checkpoint(checkpoint_of(model_from_options(opt), opt), path)
     return path
 
 
@@ -151,7 +152,7 @@ def test_nan_dev_features_stop_training_before_the_first_step(tmp_path, tiny_pre
     poison(folder, "dev", 3, float("-inf"))
     opt = get_argument_parser().parse_args(train_argv(tmp_path, data_path, data_name, tiny_bert_dir))
     with pytest.raises(XDimError, match=r"dev_ims\.npy: image 3 holds NaN or infinite"):
-        training.train(opt)
+        train_from_options(opt)
     assert not (tmp_path / "log" / "events.out.tfevents").exists()
     assert not os.path.exists(tmp_path / "ckpt")
 
@@ -213,7 +214,7 @@ def test_indivisible_global_batch_fails_before_anything_is_logged(tmp_path, tiny
     opt = get_argument_parser().parse_args(train_argv(tmp_path, *tiny_precomp, tiny_bert_dir,
                                                       "--batch_size", "31"))
     with pytest.raises(XDimError, match=r"--batch_size 31 is the global batch .* processes \(2\)"):
-        training.train(opt)
+        train_from_options(opt)
     assert os.listdir(tmp_path) == []
 
 
@@ -315,7 +316,7 @@ def as_transformers_4(model):
 
 def tiny_model(bert_dir, seed):
     torch.manual_seed(seed)
-    return VSEModel(default_options(embed_size=16, img_dim=TINY_IMG_DIM, bert_path=bert_dir, device="cpu"))
+    return model_from_options(default_options(embed_size=16, img_dim=TINY_IMG_DIM, bert_path=bert_dir, device="cpu"))
 
 
 @pytest.mark.parametrize("writer_is_4x", [True, False])
@@ -325,7 +326,7 @@ def test_checkpoints_load_under_either_transformers_version(tiny_bert_dir, tmp_p
     (as_transformers_4(writer) if writer_is_4x else as_transformers_4(reader))
     assert "bert.embeddings.position_ids" in (writer if writer_is_4x else reader).txt_enc.state_dict()
     path = str(tmp_path / "checkpoint.pth")
-    save_checkpoint(make_checkpoint(writer, 0, 0.0), path)
+    save_checkpoint(checkpoint_of(writer), path)
     state = load_checkpoint(path)["model"]
     assert POSITION_IDS not in state  # never saved, whichever version wrote it
     reader.load_state_dict(state, path)
@@ -351,10 +352,9 @@ def write_captions(tmp_path, data, images=1):
 def test_captions_that_tokenize_to_nothing_are_rejected_alike(tmp_path, tiny_bert_dir, invisible):
     data = ("a dog\na cat\n" + invisible + "\na red car\na ball\n").encode("utf-8")
     data_path, data_name = write_captions(tmp_path, data)
-    opt = default_options(data_path=data_path, data_name=data_name, img_dim=TINY_IMG_DIM, bert_path=tiny_bert_dir,
-                          batch_size=2, workers=0)
     with pytest.raises(XDimError, match=r"train_caps\.txt: line 3 is empty"):
-        train_loader(opt, load_tokenizer(tiny_bert_dir), max_len=64)
+        files = open_split(data_path, data_name, "train", img_dim=TINY_IMG_DIM)
+        train_loader(files, CaptionEncoder(load_tokenizer(tiny_bert_dir), 64), batch_size=2)
 
 
 def test_evaluation_rejects_a_caption_that_tokenizes_to_nothing(tmp_path, tiny_bert_dir):
@@ -394,13 +394,13 @@ def test_options_are_never_rewritten(tmp_path, tiny_precomp, tiny_bert_dir, chec
                                                       "--device", "auto"))
     before = dict(vars(opt))
     with pytest.raises(XDimError):
-        training.train(opt)
+        train_from_options(opt)
     assert vars(opt) == before
-    saved = load_checkpoint(checkpoint)["opt"]
-    model = VSEModel.from_checkpoint(checkpoint, device="cpu", amp="bf16")
-    assert vars(model.opt) == {**vars(default_options()), **saved}
-    assert model.amp == "bf16" and model.opt.amp == "none"
-    assert model.opt.bert_path == tiny_bert_dir and model.bert_path != tiny_bert_dir  # carried in the file
+    saved = load_checkpoint(checkpoint)
+    model = XDimModel.from_checkpoint(checkpoint, device="cpu", amp="bf16")
+    assert model.config.as_dict() == saved["model_config"] and model.trained_with == saved["train_config"]
+    assert model.amp == "bf16" and "amp" not in saved["train_config"]
+    assert model.config.bert == tiny_bert_dir and model.bert_path != tiny_bert_dir  # carried in the file
 
 
 # ---------------------------------------------------------------- threads
@@ -483,7 +483,8 @@ def test_testall_folds_can_be_turned_off():
 def test_ddp_does_not_search_for_unused_parameters(monkeypatch):
     seen = {}
     monkeypatch.setattr(distributed, "DistributedDataParallel", lambda module, **kwargs: seen.update(kwargs))
-    distributed._ddp(torch.nn.Linear(2, 2), torch.device("cpu"))
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    distributed.wrap_model(torch.nn.Linear(2, 2))
     assert seen["find_unused_parameters"] is False and seen["broadcast_buffers"] is False
 
 

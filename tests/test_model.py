@@ -1,4 +1,4 @@
-"""Loss, optimizer groups, VSEModel API and checkpoints (ours and the official format)."""
+"""Loss, optimizer groups, the XDimModel module and checkpoints (ours and the official format)."""
 import os
 import re
 
@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from lib.formats.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from builders import checkpoint_of, model_from_options, trainer_for
+from legacy_format import save_v1_checkpoint
+from lib.formats.checkpoint import load_checkpoint, save_checkpoint, training_state
 from lib.errors import XDimError
 from lib.model.loss import ContrastiveLoss
 from lib.cli.options import default_options
-from lib.model.xdim_model import VSEModel
+from lib.model.xdim_model import XDimModel
 from official_format import official_opt, official_parts, write_official_checkpoint
 from test_xdim import reference_scores
 
@@ -49,9 +51,11 @@ def tiny_batch(n=4, regions=6, img_dim=32, vocab=20, seed=0):
 
 
 def test_optimizer_groups_carry_section_5_learning_rates(tiny_bert_dir):
-    model = VSEModel(tiny_opt(tiny_bert_dir, learning_rate=5e-4))
-    groups = {g["name"]: g for g in model.optimizer.param_groups}
-    assert isinstance(model.optimizer, torch.optim.AdamW)
+    opt = tiny_opt(tiny_bert_dir, learning_rate=5e-4)
+    model = model_from_options(opt)
+    trainer = trainer_for(model, opt)
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
     assert groups["main"]["lr"] == pytest.approx(5e-4) and groups["bert"]["lr"] == pytest.approx(5e-5)
     assert all(g["weight_decay"] == pytest.approx(1e-4) for g in groups.values())
     bert = {id(p) for p in model.txt_enc.bert.parameters() if p.requires_grad}
@@ -59,31 +63,34 @@ def test_optimizer_groups_carry_section_5_learning_rates(tiny_bert_dir):
     assert {id(p) for p in groups["bert"]["params"]} == bert
     expected_main = [*model.img_enc.parameters(), *model.txt_enc.proj.parameters(), *model.sim.parameters()]
     assert main == {id(p) for p in expected_main}
-    model.set_learning_rate_factor(0.1)
+    trainer.set_learning_rate_factor(0.1)
     assert groups["main"]["lr"] == pytest.approx(5e-5) and groups["bert"]["lr"] == pytest.approx(5e-6)
 
 
 def test_forward_shapes_and_train_step(tiny_bert_dir):
-    model = VSEModel(tiny_opt(tiny_bert_dir, embed_size=12))
+    opt = tiny_opt(tiny_bert_dir, embed_size=12)
+    model = model_from_options(opt)
+    trainer = trainer_for(model, opt)
     images, captions, lengths = tiny_batch()
     img_emb, cap_emb, cap_lens = model.forward_emb(images, captions, lengths)
     assert img_emb.shape == (4, 6, 12) and cap_emb.shape == (4, 7, 12)
     assert torch.allclose(img_emb.norm(dim=-1), torch.ones(4, 6), atol=1e-5)
     assert model.forward_sim(img_emb, cap_emb, cap_lens).shape == (4, 4)
-    model.train_start()
+    model.train()
     before = model.sim.E.detach().clone()
-    losses = [model.train_emb(images, captions, lengths) for _ in range(5)]
-    assert model.Eiters == 5 and not torch.equal(before, model.sim.E.detach())
+    losses = [trainer.train_step(images, captions, lengths) for _ in range(5)]
+    assert trainer.iterations == 5 and not torch.equal(before, model.sim.E.detach())
     assert losses[-1] < losses[0]
 
 
 def test_non_finite_loss_stops_before_the_step(tiny_bert_dir):
-    model = VSEModel(tiny_opt(tiny_bert_dir))
+    opt = tiny_opt(tiny_bert_dir)
+    model = model_from_options(opt)
     images, captions, lengths = tiny_batch()
     weights = model.state_dict()["img_enc.fc.weight"].clone()
     images[0, 0, 0] = float("nan")
     with pytest.raises(XDimError, match="loss is nan at iteration 1"):
-        model.train_emb(images, captions, lengths)
+        trainer_for(model, opt).train_step(images, captions, lengths)
     assert torch.equal(weights, model.state_dict()["img_enc.fc.weight"])
 
 
@@ -94,15 +101,18 @@ def scores_of(model, seed=1):
 
 
 def test_our_checkpoint_round_trip(tiny_bert_dir, tmp_path):
-    model = VSEModel(tiny_opt(tiny_bert_dir))
-    model.train_start()
-    model.train_emb(*tiny_batch())
+    opt = tiny_opt(tiny_bert_dir)
+    model = model_from_options(opt)
+    model.train()
+    trainer = trainer_for(model, opt)
+    trainer.train_step(*tiny_batch())
     path = str(tmp_path / "model_best.pth")
-    save_checkpoint(make_checkpoint(model, epoch=3, best_rsum=123.5), path)
+    save_checkpoint(trainer.checkpoint(next_epoch=3), path)
     raw = torch.load(path, weights_only=True)
-    assert raw["epoch"] == 3 and raw["best_rsum"] == 123.5 and raw["Eiters"] == 1
-    assert isinstance(raw["opt"], dict) and raw["optimizer"]["state"]
-    loaded = VSEModel.from_checkpoint(path, device="cpu")  # BERT architecture and vocab from the file
+    assert raw["epoch"] == 3 and raw["iterations"] == 1 and raw["version"] == 2
+    assert raw["model_config"]["embed_size"] == 16 and raw["train_config"]["learning_rate"] == 0.002
+    assert raw["optimizer"]["state"]
+    loaded = XDimModel.from_checkpoint(path, device="cpu")  # BERT architecture and vocab from the file
     assert torch.equal(scores_of(loaded), scores_of(model))
     assert loaded.vocab() == model.vocab()
 
@@ -115,9 +125,9 @@ class Payload:
 
 
 def test_unreadable_files_say_what_they_are_in_one_line(tiny_bert_dir, tmp_path):
-    model = VSEModel(tiny_opt(tiny_bert_dir))
+    model = model_from_options(tiny_opt(tiny_bert_dir))
     good = str(tmp_path / "good.pth")
-    save_checkpoint(make_checkpoint(model, 0, 0.0), good)
+    save_checkpoint(checkpoint_of(model), good)
     legacy = str(tmp_path / "legacy.pth")
     torch.save({"w": torch.zeros(3)}, legacy, _use_new_zipfile_serialization=False)
     files = {
@@ -144,7 +154,7 @@ def test_unreadable_files_say_what_they_are_in_one_line(tiny_bert_dir, tmp_path)
     for name, problem in expected.items():
         path = str(tmp_path / name)
         with pytest.raises(XDimError) as info:
-            VSEModel.from_checkpoint(path, device="cpu")
+            XDimModel.from_checkpoint(path, device="cpu")
         message = str(info.value)
         assert message.startswith(f"{path}: ") and problem in message and "\n" not in message, message
         assert "weights_only" not in message
@@ -154,10 +164,10 @@ def test_unreadable_files_say_what_they_are_in_one_line(tiny_bert_dir, tmp_path)
 
 def test_checkpoint_of_another_shape_is_rejected_with_the_key(tiny_bert_dir, tmp_path):
     path = str(tmp_path / "small.pth")
-    save_checkpoint(make_checkpoint(VSEModel(tiny_opt(tiny_bert_dir, embed_size=8)), 0, 0.0), path)
-    model = VSEModel(tiny_opt(tiny_bert_dir, embed_size=16))
+    save_checkpoint(checkpoint_of(model_from_options(tiny_opt(tiny_bert_dir, embed_size=8))), path)
+    model = model_from_options(tiny_opt(tiny_bert_dir, embed_size=16))
     with pytest.raises(XDimError, match=r"'img_enc.fc.weight' has shape \(8, 32\).*\(16, 32\)"):
-        model.load_state_dict(load_checkpoint(path)["model"], path)
+        model.load_state_dict(load_checkpoint(path)["model"], path=path)
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -185,8 +195,9 @@ def official_checkpoint(tiny_bert_dir, tmp_path_factory):
 
 def test_official_checkpoint_scores_as_the_spec_says(official_checkpoint, tiny_bert_dir):
     path, parts = official_checkpoint
-    model = VSEModel.from_checkpoint(path, bert_path=tiny_bert_dir, device="cpu")
-    assert model.opt.embed_size == 1024 and model.Eiters == 12345
+    model = XDimModel.from_checkpoint(path, bert_path=tiny_bert_dir, device="cpu")
+    assert model.config.embed_size == 1024 and model.config.sim == "xdim"
+    assert model.trained_with["data_name"] == official_opt().data_name
     image, text, similarity = parts
     # The image encoder in evaluation mode, written out from the official weights.
     x = torch.randn(2, 5, 2048)
@@ -229,9 +240,47 @@ def test_official_checkpoint_with_a_bad_key_names_it(official_checkpoint, tiny_b
     edit(parts)
     path = write_official_checkpoint(str(tmp_path / "bad.pth"), parts, official_opt())
     with pytest.raises(XDimError, match=expected):
-        VSEModel.from_checkpoint(path, bert_path=tiny_bert_dir, device="cpu")
+        XDimModel.from_checkpoint(path, bert_path=tiny_bert_dir, device="cpu")
 
 
 def test_missing_pretrained_bert_says_how_to_get_it(tmp_path):
     with pytest.raises(XDimError, match="cannot load pretrained BERT weights.*--bert_path"):
-        VSEModel(tiny_opt(str(tmp_path / "no-such-bert")))
+        model_from_options(tiny_opt(str(tmp_path / "no-such-bert")))
+
+
+def test_version_1_checkpoint_loads_and_scores_as_the_model_it_holds(tiny_bert_dir, tmp_path):
+    opt = tiny_opt(tiny_bert_dir, sim="xdim_nodelta", no_txtnorm=True, data_path="/data", data_name="x_precomp")
+    model = model_from_options(opt)
+    path = save_v1_checkpoint(model, opt, str(tmp_path / "v1.pth"))
+    loaded = XDimModel.from_checkpoint(path, device="cpu")
+    assert loaded.config.sim == "xdim_nodelta" and loaded.config.no_txtnorm and not loaded.config.no_imgnorm
+    assert (loaded.config.embed_size, loaded.config.img_dim, loaded.config.bert) == (16, 32, tiny_bert_dir)
+    assert loaded.trained_with["data_path"] == "/data" and loaded.trained_with["learning_rate"] == 0.002
+    assert "device" not in loaded.trained_with and "vocab_path" not in loaded.trained_with
+    assert torch.equal(scores_of(loaded), scores_of(model))
+    epoch, best_rsum, iterations, _ = training_state(load_checkpoint(path))
+    assert (epoch, best_rsum, iterations) == (3, 123.5, 42)
+
+
+def test_unknown_checkpoint_version_is_refused(tiny_bert_dir, tmp_path):
+    state = checkpoint_of(model_from_options(tiny_opt(tiny_bert_dir)))
+    state["version"] = 3
+    path = str(tmp_path / "future.pth")
+    save_checkpoint(state, path)
+    with pytest.raises(XDimError, match=re.escape(f"{path}: checkpoint format version 3; this code reads "
+                                                  "versions 1 and 2")):
+        XDimModel.from_checkpoint(path)
+
+
+def test_model_is_one_module_that_moves_saves_and_compiles(tiny_bert_dir):
+    model = model_from_options(tiny_opt(tiny_bert_dir))
+    assert isinstance(model, torch.nn.Module) and model.device.type == "cpu"
+    assert {key.split(".")[0] for key in model.state_dict()} == {"img_enc", "txt_enc", "sim"}
+    moved = model.to(torch.float64)
+    assert next(moved.parameters()).dtype == torch.float64
+    model = model.to(torch.float32).eval()
+    images, captions, lengths = tiny_batch()
+    with torch.no_grad():
+        eager = model(images, captions, lengths)
+        compiled = torch.compile(model, backend="eager")(images, captions, lengths)
+    assert eager.shape == (4, 4) and torch.allclose(compiled, eager, atol=1e-6)

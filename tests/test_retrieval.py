@@ -13,14 +13,15 @@ import convert_features
 import eval as eval_cli
 import retrieve
 from butd_files import write_npz, write_tsv
+from builders import checkpoint_of, model_from_options
 from lib.retrieval import index as retrieval
 from lib.retrieval import shortlist
-from lib.formats.checkpoint import make_checkpoint, save_checkpoint, weights_fingerprint
+from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
 from lib.model.bert import load_tokenizer
 from lib.data.precomp import CaptionEncoder, open_split
 from lib.errors import XDimError
 from lib.cli.options import default_options
-from lib.model.xdim_model import VSEModel
+from lib.model.xdim_model import XDimModel
 
 EMBED = 16
 # Region and token embeddings are stored in float16: scores move by about this much.
@@ -33,10 +34,10 @@ def _checkpoint(folder, tiny_bert_dir, tiny_precomp, seed):
     torch.manual_seed(seed)
     opt = default_options(embed_size=EMBED, img_dim=32, bert_path=tiny_bert_dir, device="cpu",
                           data_path=data_path, data_name=data_name, workers=0)
-    model = VSEModel(opt)
+    model = model_from_options(opt)
     path = str(folder / f"model_{seed}.pth")
-    save_checkpoint(make_checkpoint(model, 0, 0.0), path)
-    return path, VSEModel.from_checkpoint(path, device="cpu")
+    save_checkpoint(checkpoint_of(model, opt), path)
+    return path, XDimModel.from_checkpoint(path, device="cpu")
 
 
 @pytest.fixture(scope="module")

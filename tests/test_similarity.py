@@ -10,14 +10,16 @@ import pytest
 import torch
 
 import eval as eval_cli
+from builders import checkpoint_of, model_from_options, trainer_for
 from lib.training import trainer as training
-from lib.formats.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lib.formats.checkpoint import load_checkpoint, save_checkpoint
 from lib.errors import XDimError
-from lib.cli.options import get_argument_parser
+from lib.cli.options import train_configs, get_argument_parser
 from lib.model.similarity import SIMILARITIES, Similarity, build_similarity
 from lib.model.similarity.blocks import plan, score_padded
 from lib.model.similarity.xdim import XDimSimilarity
-from lib.model.xdim_model import VSEModel
+from lib.model.xdim_model import XDimModel
+from legacy_format import save_v1_checkpoint
 from official_format import official_opt, official_parts, write_official_checkpoint
 from test_eval_cli import _reference_scores
 from test_model import tiny_batch, tiny_opt
@@ -161,20 +163,22 @@ def test_variants_really_change_the_scores():
 
 @pytest.mark.parametrize("name", ["xdim_fixed_threshold", "xdim_nomask"])
 def test_frozen_parameters_stay_out_of_training_and_in_checkpoints(name, tiny_bert_dir, tmp_path):
-    model = VSEModel(tiny_opt(tiny_bert_dir, sim=name))
+    opt = tiny_opt(tiny_bert_dir, sim=name)
+    model = model_from_options(opt)
+    trainer = trainer_for(model, opt)
     frozen = {"lam": model.sim.lam.detach().clone(), "log_t_mask": model.sim.log_t_mask.detach().clone()}
-    trained = {id(p) for group in model.optimizer.param_groups for p in group["params"]}
+    trained = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert id(model.sim.E) in trained and id(model.sim.lam) not in trained
     assert id(model.sim.log_t_mask) not in trained
     E = model.sim.E.detach().clone()
-    model.train_start()
-    model.train_emb(*tiny_batch())
+    model.train()
+    trainer.train_step(*tiny_batch())
     assert not torch.equal(model.sim.E, E)
     for key, value in frozen.items():
         assert torch.equal(getattr(model.sim, key), value), key
     path = str(tmp_path / "frozen.pth")
-    save_checkpoint(make_checkpoint(model, 1, 0.0), path)
-    loaded = VSEModel.from_checkpoint(path, device="cpu")
+    save_checkpoint(checkpoint_of(model), path)
+    loaded = XDimModel.from_checkpoint(path, device="cpu")
     assert torch.equal(loaded.sim.lam, frozen["lam"]) and not loaded.sim.lam.requires_grad
 
 
@@ -206,19 +210,20 @@ def eval_scores(path, tiny_precomp, tmp_path, capsys):
 @pytest.mark.parametrize("name", list(SIMILARITIES))
 def test_variant_trains_round_trips_and_evaluates(name, tiny_bert_dir, tiny_precomp, tmp_path, capsys):
     torch.manual_seed(0)
-    model = VSEModel(tiny_opt(tiny_bert_dir, sim=name, data_path=tiny_precomp[0], data_name=tiny_precomp[1]))
+    opt = tiny_opt(tiny_bert_dir, sim=name, data_path=tiny_precomp[0], data_name=tiny_precomp[1])
+    model = model_from_options(opt)
     assert type(model.sim) is SIMILARITIES[name][0]
     learned = {key: p.detach().clone() for key, p in model.sim.named_parameters() if p.requires_grad}
-    model.train_start()
-    loss = model.train_emb(*tiny_batch())
+    model.train()
+    loss = trainer_for(model, opt).train_step(*tiny_batch())
     assert np.isfinite(loss)
     for key, before in learned.items():
         assert not torch.equal(getattr(model.sim, key), before), key
     path = str(tmp_path / f"{name}.pth")
-    save_checkpoint(make_checkpoint(model, 1, 0.0), path)
-    assert load_checkpoint(path)["opt"]["sim"] == name
-    loaded = VSEModel.from_checkpoint(path, device="cpu")
-    assert type(loaded.sim) is SIMILARITIES[name][0] and loaded.opt.sim == name
+    save_checkpoint(checkpoint_of(model, opt), path)
+    assert load_checkpoint(path)["model_config"]["sim"] == name
+    loaded = XDimModel.from_checkpoint(path, device="cpu")
+    assert type(loaded.sim) is SIMILARITIES[name][0] and loaded.config.sim == name
     code, sims, err = eval_scores(path, tiny_precomp, tmp_path, capsys)
     assert code == 0, err
     from lib.model.bert import load_tokenizer
@@ -229,42 +234,41 @@ def test_variant_trains_round_trips_and_evaluates(name, tiny_bert_dir, tiny_prec
 
 
 def test_checkpoints_without_a_variant_name_load_as_xdim(tiny_bert_dir, tmp_path):
-    model = VSEModel(tiny_opt(tiny_bert_dir))
-    state = make_checkpoint(model, 1, 0.0)
-    del state["opt"]["sim"]  # as saved before --sim existed
-    old = str(tmp_path / "old.pth")
-    save_checkpoint(state, old)
-    loaded = VSEModel.from_checkpoint(old, device="cpu")
-    assert type(loaded.sim) is XDimSimilarity and loaded.opt.sim == "xdim"
+    opt = tiny_opt(tiny_bert_dir)
+    old = save_v1_checkpoint(model_from_options(opt), opt, str(tmp_path / "old.pth"), sim=None)  # as saved before --sim existed
+    loaded = XDimModel.from_checkpoint(old, device="cpu")
+    assert type(loaded.sim) is XDimSimilarity and loaded.config.sim == "xdim"
     official = write_official_checkpoint(str(tmp_path / "official.pth"),
                                          official_parts(tiny_bert_dir, d=16, img_dim=32), official_opt(16, 32))
-    loaded = VSEModel.from_checkpoint(official, bert_path=tiny_bert_dir, device="cpu")
-    assert type(loaded.sim) is XDimSimilarity and loaded.opt.sim == "xdim"
+    loaded = XDimModel.from_checkpoint(official, bert_path=tiny_bert_dir, device="cpu")
+    assert type(loaded.sim) is XDimSimilarity and loaded.config.sim == "xdim"
 
 
 def test_checkpoint_naming_an_unknown_variant_fails_in_one_line(tiny_bert_dir, tiny_precomp, tmp_path, capsys):
-    state = make_checkpoint(VSEModel(tiny_opt(tiny_bert_dir)), 1, 0.0)
-    state["opt"]["sim"] = "xdim_from_the_future"
+    state = checkpoint_of(model_from_options(tiny_opt(tiny_bert_dir)))
+    state["model_config"]["sim"] = "xdim_from_the_future"
     path = str(tmp_path / "future.pth")
     save_checkpoint(state, path)
-    with pytest.raises(XDimError, match=re.escape(f"{path} (stored option sim): unknown similarity "
+    with pytest.raises(XDimError, match=re.escape(f"{path} (stored similarity): unknown similarity "
                                                   "'xdim_from_the_future' (known: xdim, ")):
-        VSEModel.from_checkpoint(path, device="cpu")
+        XDimModel.from_checkpoint(path, device="cpu")
     code, _, err = eval_scores(path, tiny_precomp, tmp_path, capsys)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "xdim_from_the_future" in err
 
 
 def test_resume_refuses_another_variant(tiny_bert_dir, tmp_path):
-    model = VSEModel(tiny_opt(tiny_bert_dir))
+    model = model_from_options(tiny_opt(tiny_bert_dir))
     path = str(tmp_path / "xdim.pth")
-    save_checkpoint(make_checkpoint(model, 1, 0.0), path)
+    save_checkpoint(checkpoint_of(model), path)
     opt = tiny_opt(tiny_bert_dir, sim="xdim_nomask", resume=path)
     with pytest.raises(XDimError, match="trained with --sim xdim, not --sim xdim_nomask"):
-        training.read_resume(opt)
+        training.read_resume(train_configs(opt)[1], "xdim_nomask")
     opt = tiny_opt(tiny_bert_dir, sim="xdim_nomask", resume=path, reset_start_epoch=True)
-    nomask = VSEModel(opt)  # weights only: an xdim start for the ablation is allowed
-    logger = training.setup_text_log(str(tmp_path / "log"), enabled=False)
-    assert training.resume(nomask, opt, training.read_resume(opt), logger) == (0, 0.0)
+    nomask = model_from_options(opt)  # weights only: an xdim start for the ablation is allowed
+    trainer = trainer_for(nomask, opt)
+    trainer.logger = training.setup_text_log(str(tmp_path / "log"), enabled=False)
+    assert trainer.resume(training.read_resume(train_configs(opt)[1], "xdim_nomask")) == 0
+    assert trainer.best_rsum == 0.0 and trainer.iterations == 0
     assert torch.equal(nomask.sim.E, model.sim.E)
 
 
@@ -295,11 +299,12 @@ def test_readme_example_variant_trains_and_evaluates(tiny_bert_dir, tiny_precomp
                           for c in range(len(lens))] for i in range(len(img))])
     np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)
     # Trained, saved with its name, rebuilt and evaluated by eval.py.
-    model = VSEModel(tiny_opt(tiny_bert_dir, sim=name))
-    model.train_start()
-    assert np.isfinite(model.train_emb(*tiny_batch()))
+    opt = tiny_opt(tiny_bert_dir, sim=name)
+    model = model_from_options(opt)
+    model.train()
+    assert np.isfinite(trainer_for(model, opt).train_step(*tiny_batch()))
     path = str(tmp_path / "example.pth")
-    save_checkpoint(make_checkpoint(model, 1, 0.0), path)
+    save_checkpoint(checkpoint_of(model), path)
     code, sims, err = eval_scores(path, tiny_precomp, tmp_path, capsys)
     assert code == 0, err
     assert sims.shape == (10, 50) and np.isfinite(sims).all()

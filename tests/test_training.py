@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from builders import train_from_options
 from lib.training.tb_logger import TBLogger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,9 +84,9 @@ from lib.training import trainer as training  # noqa: E402
 from lib.formats.checkpoint import load_checkpoint  # noqa: E402
 from lib.data.synthetic import write_demo_dataset  # noqa: E402
 from lib.errors import XDimError  # noqa: E402
-from lib.cli.options import default_options  # noqa: E402
+from lib.cli.options import default_options, train_configs  # noqa: E402
 from lib.model.similarity.xdim import XDimSimilarity  # noqa: E402
-from lib.model.xdim_model import VSEModel  # noqa: E402
+from lib.model.xdim_model import XDimModel  # noqa: E402
 
 from conftest import TINY_IMG_DIM  # noqa: E402
 from test_distributed import join_group, spawn  # noqa: E402
@@ -133,7 +134,7 @@ def one_epoch(tmp_path_factory, tiny_precomp, tiny_bert_dir):
     """A finished 1-epoch run on the tiny data: (opt, result). Read-only."""
     tmp = tmp_path_factory.mktemp("one_epoch")
     opt = make_opt(tmp, tiny_precomp, tiny_bert_dir, num_epochs=1)
-    return opt, training.train(opt)
+    return opt, train_from_options(opt)
 
 
 def test_one_epoch_writes_checkpoints_and_logs(one_epoch):
@@ -142,11 +143,11 @@ def test_one_epoch_writes_checkpoints_and_logs(one_epoch):
     assert all(math.isfinite(x) for x in result["losses"])
     ckpt = load_checkpoint(os.path.join(opt.model_name, "checkpoint.pth"))
     best = load_checkpoint(os.path.join(opt.model_name, "model_best.pth"))
-    assert ckpt["epoch"] == 1 and ckpt["Eiters"] == 5
+    assert ckpt["epoch"] == 1 and ckpt["iterations"] == 5
     assert ckpt["best_rsum"] == pytest.approx(result["best_rsum"]) == pytest.approx(result["last_metrics"]["rsum"])
     assert_same_weights(ckpt["model"], best["model"], atol=0)
     log = open(os.path.join(opt.logger_name, "train.log"), encoding="utf-8").read()
-    assert "options:" in log and "rsum" in log and "epoch 0 [2/5]" in log
+    assert "model: {" in log and "training: {" in log and "rsum" in log and "epoch 0 [2/5]" in log
     scalars = read_scalars(opt.logger_name)
     assert [step for step, _ in scalars["loss"]] == [1, 2, 3, 4, 5]
     assert [v for _, v in scalars["loss"]] == pytest.approx(result["losses"], rel=1e-6)
@@ -169,14 +170,14 @@ def test_one_epoch_writes_checkpoints_and_logs(one_epoch):
 def test_resume_continues_exactly(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir):
     first, _ = one_epoch
     straight = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="straight", num_epochs=2)
-    full = training.train(straight)
+    full = train_from_options(straight)
     resumed = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="resumed", num_epochs=2,
                        resume=os.path.join(first.model_name, "checkpoint.pth"))
-    rest = training.train(resumed)
+    rest = train_from_options(resumed)
     assert rest["losses"] == pytest.approx(full["losses"][5:], rel=0, abs=1e-6)
     a = load_checkpoint(os.path.join(straight.model_name, "checkpoint.pth"))
     b = load_checkpoint(os.path.join(resumed.model_name, "checkpoint.pth"))
-    assert a["epoch"] == b["epoch"] == 2 and a["Eiters"] == b["Eiters"] == 10
+    assert a["epoch"] == b["epoch"] == 2 and a["iterations"] == b["iterations"] == 10
     assert a["best_rsum"] == pytest.approx(b["best_rsum"])
     assert_same_weights(a["model"], b["model"], atol=1e-6)
     assert_same_weights(a["optimizer"]["state"], b["optimizer"]["state"], atol=1e-6)
@@ -190,12 +191,12 @@ def test_reset_start_epoch_and_mid_epoch_validation(tmp_path, one_epoch, tiny_pr
     first, first_result = one_epoch
     opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=1, val_step=2, reset_start_epoch=True,
                    resume=os.path.join(first.model_name, "checkpoint.pth"))
-    result = training.train(opt)
+    result = train_from_options(opt)
     # Weights from the checkpoint, but epoch, iteration counter and best rSum start afresh.
     assert result["iterations"] == 5
     assert result["losses"][0] != pytest.approx(first_result["losses"][0], rel=1e-3)
     ckpt = load_checkpoint(os.path.join(opt.model_name, "checkpoint.pth"))
-    assert ckpt["epoch"] == 1 and ckpt["Eiters"] == 5
+    assert ckpt["epoch"] == 1 and ckpt["iterations"] == 5
     # Validation at iterations 2 and 4 (val_step) and at the end of the epoch (5).
     assert [step for step, _ in read_scalars(opt.logger_name)["rsum"]] == [2, 4, 5]
     assert ckpt["best_rsum"] == pytest.approx(max(v for _, v in read_scalars(opt.logger_name)["rsum"]), rel=1e-6)
@@ -221,10 +222,10 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, one_epoch, tiny_pr
     opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=2, resume=str(path),
                    model_name=str(folder))
     with pytest.raises(OSError, match="simulated"):
-        training.train(opt)  # epoch 1 trains, then its checkpoint write dies half-way
+        train_from_options(opt)  # epoch 1 trains, then its checkpoint write dies half-way
     monkeypatch.undo()
     kept = load_checkpoint(str(path))
-    assert kept["epoch"] == 1 and kept["Eiters"] == 5
+    assert kept["epoch"] == 1 and kept["iterations"] == 5
     assert_same_weights(kept["model"], weights(os.path.join(first.model_name, "checkpoint.pth")), atol=0)
 
 
@@ -274,9 +275,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_pre
     monkeypatch.setattr(ContrastiveLoss, "forward", poisoned)
     opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=3)
     with pytest.raises(XDimError, match=r"nan at iteration 7\b"):
-        training.train(opt)
+        train_from_options(opt)
     kept = load_checkpoint(os.path.join(opt.model_name, "checkpoint.pth"))
-    assert kept["epoch"] == 1 and kept["Eiters"] == 5
+    assert kept["epoch"] == 1 and kept["iterations"] == 5
     assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
     log = open(os.path.join(opt.logger_name, "train.log"), encoding="utf-8").read()
     assert "epoch 1 [2/5]" not in log
@@ -285,7 +286,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_pre
 # ---------------------------------------------------------------- two processes
 
 def make_comparable(patch):
-    """Patch VSEModel so that one- and two-process runs can be compared weight by weight.
+    """Patch the trainer so that one- and two-process runs can be compared weight by weight.
 
     BatchNorm on running statistics and dropout off (eval mode while training): per-process
     batch statistics and random masks legitimately differ. Plain SGD instead of AdamW: Adam
@@ -293,12 +294,12 @@ def make_comparable(patch):
     rounding noise (|g| near Adam's eps) move by a sizeable, noise-signed fraction of the lr;
     with SGD weight differences stay proportional to gradient differences.
     """
-    def sgd(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+    def sgd(model, learning_rate):
+        params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.SGD([{"params": params, "lr": 0.05, "base_lr": 0.05}], lr=0.05)
 
-    patch(VSEModel, "train_start", VSEModel.val_start)
-    patch(VSEModel, "_build_optimizer", sgd)
+    patch(XDimModel, "train", lambda self, mode=True: torch.nn.Module.train(self, False))
+    patch(training, "build_optimizer", sgd)
 
 
 def two_process_worker(rank, world, options, out_dir):
@@ -306,7 +307,7 @@ def two_process_worker(rank, world, options, out_dir):
     join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     make_comparable(setattr)
     try:
-        result = training.train(argparse_namespace(options), augment=False)
+        result = train_from_options(argparse_namespace(options), augment=False)
         if rank == 0:
             torch.save(result["losses"], os.path.join(out_dir, "losses.pt"))
     finally:
@@ -324,7 +325,7 @@ def test_two_processes_equal_one_process(tmp_path, tiny_precomp, tiny_bert_dir, 
     double = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="double", batch_size=48, num_epochs=1)
     spawn(two_process_worker, (2, vars(double), str(tmp_path)))
     make_comparable(monkeypatch.setattr)
-    reference = training.train(single, augment=False)
+    reference = train_from_options(single, augment=False)
     losses = torch.load(tmp_path / "losses.pt")
     assert len(losses) == len(reference["losses"]) == 3
     # The loss sums ~4500 float32 hinge terms (in another order): compare relatively.
@@ -332,10 +333,11 @@ def test_two_processes_equal_one_process(tmp_path, tiny_precomp, tiny_bert_dir, 
     assert losses[1:] == pytest.approx(reference["losses"][1:], rel=1e-5)
     a = load_checkpoint(os.path.join(single.model_name, "checkpoint.pth"))
     b = load_checkpoint(os.path.join(double.model_name, "checkpoint.pth"))
-    assert a["Eiters"] == b["Eiters"] == 3
+    assert a["iterations"] == b["iterations"] == 3
     assert_same_weights(a["model"], b["model"], atol=1e-5)
     # The weights moved: three steps are not a no-op.
-    untrained = flat_weights(training.build_model(single).state_dict())
+    untrained = flat_weights(training.build_model(train_configs(single)[0], single.bert_path, single.seed,
+                                                  "cpu", "none").state_dict())
     trained = flat_weights(a["model"])
     assert max(float((trained[k] - untrained[k]).abs().max())
                for k in trained if trained[k].is_floating_point()) > 1e-4
@@ -367,9 +369,10 @@ def demo_float32(tmp_path_factory, demo, tiny_bert_dir):
     from lib.data.precomp import CaptionEncoder, open_split
     opt = demo_opt(tmp_path_factory.mktemp("demo_f32"), demo, tiny_bert_dir, "f32")
     encoder = CaptionEncoder(load_tokenizer(tiny_bert_dir), 64)
-    untrained = validate(training.build_model(opt), open_split(demo[0], demo[1], "dev"), encoder,
+    untrained = validate(training.build_model(train_configs(opt)[0], opt.bert_path, opt.seed, "cpu", "none"),
+                         open_split(demo[0], demo[1], "dev"), encoder,
                          progress=False)["rsum"]
-    return untrained, training.train(opt)
+    return untrained, train_from_options(opt)
 
 
 def test_training_raises_rsum(demo_float32):
@@ -382,7 +385,7 @@ def test_training_raises_rsum(demo_float32):
 
 
 def test_bf16_training_close_to_float32(tmp_path, demo, tiny_bert_dir, demo_float32):
-    result = training.train(demo_opt(tmp_path, demo, tiny_bert_dir, "bf16", amp="bf16"))
+    result = train_from_options(demo_opt(tmp_path, demo, tiny_bert_dir, "bf16", amp="bf16"))
     reference = demo_float32[1]["best_rsum"]
     assert all(math.isfinite(x) for x in result["losses"])
     # Same start: the first losses differ by bf16 rounding only (and do differ: autocast ran).

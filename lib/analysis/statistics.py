@@ -139,7 +139,7 @@ def dependency_parts(sim):
 
 def _reference_weights(model):
     """(W (d, d), delta (d,)) of the model's similarity, from the reference equations."""
-    sim = model.modules()["sim"]
+    sim = model.sim
     parts = reference.dependency_weights(sim.E, sim.lam, sim.log_t_mask)
     return parts["W"], parts["delta"]
 
@@ -152,7 +152,7 @@ def _pair_steps(model, split, image, token_ids, weights):
     captions, lengths = pad_tokens(token_ids)
     regions, _ = ImageDataset(split)[image]
     return reference.xdim_steps(model.encode_images(regions.unsqueeze(0)), model.encode_captions(captions, lengths),
-                                lengths.to(model.device), *weights, model.modules()["sim"].log_t_attn)
+                                lengths.to(model.device), *weights, model.sim.log_t_attn)
 
 
 class Occurrence(NamedTuple):
@@ -204,7 +204,7 @@ def occurrence_vectors(model, split, encoder, occurrences, progress=True):
     by_image = {}
     for number, occurrence in enumerate(occurrences):
         by_image.setdefault(occurrence.caption // split.captions_per_image, []).append(number)
-    vectors = np.empty((len(occurrences), model.opt.embed_size))
+    vectors = np.empty((len(occurrences), model.config.embed_size))
     captions_data = CaptionDataset(split, encoder)
     with torch.no_grad():
         weights = _reference_weights(model)
@@ -353,8 +353,8 @@ def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pai
     XDimError (one line) for bad input and when matplotlib is missing.
     """
     figures.require_matplotlib()
-    check_xdim_equations(model.opt.sim)
-    d = model.opt.embed_size
+    check_xdim_equations(model.config.sim)
+    d = model.config.embed_size
     top_k = default_top_k(d) if top_k is None else top_k
     if not 1 <= top_k <= d:
         raise XDimError(f"--top_k {top_k}: must be between 1 and the embedding size {d}")
@@ -365,7 +365,7 @@ def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pai
         check_pair(split, *pair)
     found = occurrences_in_split(encoder, split, words, progress) if words else {}
     os.makedirs(out, exist_ok=True)
-    mask, files = mask_report(model.modules()["sim"], out)
+    mask, files = mask_report(model.sim, out)
     summary = {"embed_size": d, "mask": mask}
     if words:
         concepts, overlap, concept_files = concepts_report(model, split, encoder, found, top_k, out, progress)

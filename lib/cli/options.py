@@ -1,9 +1,14 @@
-"""Command-line options and their checks.
+"""Command-line options, their checks, and their conversion into typed configs.
 
 `get_argument_parser()` keeps every option of the official X-Dim parser with the
-same name and default (some are accepted only so that old command lines and
-pickled option namespaces keep working; they are hidden from --help), and adds the
-options this codebase introduces.
+same name and default (some are accepted only so that old command lines keep
+working; they are hidden from --help), and adds the options this codebase
+introduces. `add_runtime_options` declares the options every script shares
+(--bert_path, --device, --amp, --threads) once.
+
+`train_configs(args)` turns train.py's parsed options into (ModelConfig,
+TrainConfig, RuntimeConfig) once, at the entry point; nothing below it sees the
+namespace.
 
 `check_training_options` and `check_evaluation_options` are the one place where
 each entry point checks its options, right after parsing and before any work:
@@ -12,10 +17,14 @@ the first bad one stops the run with one line naming it.
 import argparse
 import math
 import os
+from dataclasses import fields
 
-from lib.model.bert import DEFAULT_BERT
 from lib.errors import XDimError
+from lib.model.bert import DEFAULT_BERT
+from lib.model.config import ModelConfig
 from lib.model.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_help
+from lib.runtime.device import RuntimeConfig, resolve_device
+from lib.training.config import TrainConfig
 
 # Options of the official parser that this codebase does not use.
 UNUSED = argparse.SUPPRESS
@@ -32,7 +41,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def add_runtime_options(parser):
-    """Options shared by training and evaluation: where BERT and the work live."""
+    """Options every script shares: which BERT, and where and how the work runs (RuntimeConfig)."""
     parser.add_argument("--bert_path", default=None,
                         help="BERT to use: a hub name or a local directory holding "
                              "config.json, vocab.txt and (for training) the weights. "
@@ -101,13 +110,34 @@ def get_argument_parser(with_sim=True):
 
 
 def default_options(**overrides):
-    """The parser's defaults as a namespace, with `overrides` applied (for library use)."""
+    """train.py's options as parsed from an empty command line, with `overrides` applied
+    (what a command line would give; for tests and notebooks)."""
     opt = get_argument_parser().parse_args([])
     for key, value in overrides.items():
         if not hasattr(opt, key):
             raise ValueError(f"unknown option {key!r}")
         setattr(opt, key, value)
     return opt
+
+
+def _fields_of(config_class, args):
+    return {f.name: getattr(args, f.name) for f in fields(config_class) if hasattr(args, f.name)}
+
+
+def runtime_config(args):
+    """The RuntimeConfig of parsed options that include `add_runtime_options`."""
+    return RuntimeConfig(**_fields_of(RuntimeConfig, args))
+
+
+def train_configs(args):
+    """train.py's parsed options -> (ModelConfig, TrainConfig, RuntimeConfig).
+
+    --bert_path (default bert-base-uncased) becomes ModelConfig.bert.
+    """
+    model = _fields_of(ModelConfig, args)
+    model.pop("bert_config", None)
+    model["bert"] = args.bert_path or DEFAULT_BERT
+    return ModelConfig(**model), TrainConfig(**_fields_of(TrainConfig, args)), runtime_config(args)
 
 
 # ---------------------------------------------------------------- checks
@@ -169,10 +199,9 @@ def check_training_options(opt):
     """Check train.py's options before any work -> the torch.device that --device names.
 
     Numbers must lie in their range, --logger_name and --model_name must be writable
-    folders (or creatable), and the device must exist here (lib.runtime.device.resolve_device,
-    called only here). Raises XDimError naming the first bad option.
+    folders (or creatable), and the device must exist here. Raises XDimError naming the
+    first bad option.
     """
-    from lib.runtime.device import resolve_device
     _check_ranges(opt, TRAINING_RANGES)
     check_output_folder("--logger_name", opt.logger_name)
     check_output_folder("--model_name", opt.model_name)
@@ -186,7 +215,6 @@ def check_evaluation_options(args):
     and --save_sims files must be writable and the device must exist here. Raises
     XDimError naming the first bad option.
     """
-    from lib.runtime.device import resolve_device
     if not args.model_path and not args.ensemble:
         raise XDimError("nothing to evaluate: give --model_path and/or --ensemble FILE...")
     if args.shortlist is not None and (args.shortlist < 1 or not args.model_path):

@@ -1,4 +1,4 @@
-"""Precomputed region features and captions: the "precomp" layout (README "Data").
+"""Precomputed region features and captions: the "precomp" layout (docs/data.md).
 
 `{data_path}/{data_name}/{split}_ims.npy` holds float region features
 (n_images, R, img_dim) and is memory-mapped, never read whole (COCO train is
@@ -8,7 +8,7 @@ Typical use:
 
     files = open_split(data_path, data_name, "test", img_dim=2048)
     encoder = CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
-    loader = train_loader(opt, tokenizer)            # training
+    loader = train_loader(open_split(data_path, data_name, "train", 2048), encoder, 128)  # training
     for epoch in ...: set_loader_epoch(loader, epoch); for batch in loader: ...
 
 Training-time randomness (region dropping, word perturbation) comes from a
@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from lib.model.bert import bert_max_positions
 from lib.errors import XDimError, first_line
 
 logger = logging.getLogger("lib.data")
@@ -395,33 +394,25 @@ class EpochShuffleSampler(Sampler):
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
-def train_loader(opt, tokenizer, batch_size=None, split="train", max_len=None, augment=True,
-                 num_replicas=1, rank=0):
-    """Shuffled training batches of `collate_pairs` tuples over `opt.data_path/opt.data_name/split`.
+def train_loader(files, caption_encoder, batch_size, workers=0, seed=0, augment=True, num_replicas=1, rank=0):
+    """Shuffled training batches of `collate_pairs` tuples over one split (`open_split`).
 
-    opt: options namespace (data_path, data_name, img_dim, batch_size, workers,
-    seed, bert_path). `batch_size` overrides opt.batch_size (e.g. the
-    per-process share). `max_len` defaults to the BERT config's
-    max_position_embeddings. `augment=False` turns region dropping and word
-    perturbation off. With `num_replicas` > 1 this process (`rank`) reads its
-    share of every epoch's shuffle (DistributedSampler); otherwise the shuffle
-    is an EpochShuffleSampler. Both depend only on (opt.seed, epoch). The last
+    Every caption is checked to tokenize to something first. `augment=False` turns
+    region dropping and word perturbation off. With `num_replicas` > 1 this process
+    (`rank`) reads its share of every epoch's shuffle (DistributedSampler); otherwise
+    the shuffle is an EpochShuffleSampler. Both depend only on (seed, epoch). The last
     incomplete batch is dropped. Workers are not persistent, so
     `set_loader_epoch(loader, epoch)` reaches them.
     """
-    files = open_split(opt.data_path, opt.data_name, split, img_dim=opt.img_dim)
-    if max_len is None:
-        max_len = bert_max_positions(opt.bert_path)
-    encoder = CaptionEncoder(tokenizer, max_len)
-    encoder.check_captions(files)
-    dataset = PrecompDataset(files, encoder, train=augment, seed=opt.seed)
+    caption_encoder.check_captions(files)
+    dataset = PrecompDataset(files, caption_encoder, train=augment, seed=seed)
     if num_replicas > 1:
         sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
-                                     seed=opt.seed, drop_last=True)
+                                     seed=seed, drop_last=True)
     else:
-        sampler = EpochShuffleSampler(len(dataset), opt.seed)
-    return DataLoader(dataset, batch_size=batch_size or opt.batch_size, sampler=sampler,
-                      num_workers=opt.workers, collate_fn=collate_pairs, drop_last=True)
+        sampler = EpochShuffleSampler(len(dataset), seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_pairs, drop_last=True)
 
 
 def set_loader_epoch(loader, epoch):

@@ -204,29 +204,21 @@ def model_sims(model, img_emb, captions, rows_per_block=None, progress=True):
     """The model's (n_img, n_cap) float32 scores, as forward_sim computes them (autocast included)."""
     model.val_start()
     with torch.no_grad(), model.autocast():
-        return score_sharded(img_emb, captions, model.modules()["sim"], rows_per_block, model.device, progress)
-
-
-def load_model(model_path, bert_path=None, device=None, amp="none"):
-    """A checkpoint (ours or the official release's) ready to score, on `device` (a torch.device).
-
-    `bert_path` (None: the BERT the checkpoint carries) is resolved here, once.
-    """
-    from lib.model.bert import resolve_bert_path
-    from lib.model.xdim_model import VSEModel
-    bert_path = resolve_bert_path(bert_path) if bert_path else None
-    return VSEModel.from_checkpoint(model_path, bert_path=bert_path, device=device, amp=amp)
+        return score_sharded(img_emb, captions, model.sim, rows_per_block, model.device, progress)
 
 
 def open_model_split(model, data_path=None, data_name=None, split="test"):
-    """The split a model is evaluated on (data_path/data_name default to the model's training data).
+    """The split a model is evaluated on (data_path/data_name default to those it was trained on).
 
     -> (split files, caption encoder for the model's BERT, table label "data_name split").
     """
     from lib.data.precomp import open_split
-    data_path = data_path or model.opt.data_path
-    data_name = data_name or model.opt.data_name
-    files = open_split(data_path, data_name, split, img_dim=model.opt.img_dim)
+    trained_on = model.trained_with or {}
+    data_path = data_path or trained_on.get("data_path")
+    data_name = data_name or trained_on.get("data_name")
+    if not data_path or not data_name:
+        raise XDimError("the checkpoint does not say which data it was trained on: give --data_path and --data_name")
+    files = open_split(data_path, data_name, split, img_dim=model.config.img_dim)
     return files, caption_encoder(model), f"{data_name} {split}"
 
 

@@ -1,14 +1,22 @@
 """Checkpoint files: ours (self-contained, `weights_only`-safe) and the official release's.
 
-Our format is a dict: `format` ("xdim"), `model` (flat state dict with `img_enc.`,
-`txt_enc.` and `sim.` prefixes), `optimizer`, `epoch`, `best_rsum`, `Eiters`,
-`opt` (options as a plain dict), `bert_config` and `vocab` (so evaluation needs
-no BERT download).
+Our format, version 2, is a dict:
 
-The authors' release checkpoints pickle `opt` as an `argparse.Namespace` and
-store `model` as a list of three state dicts with `module.` prefixes and their own
-key names; `official_state_dict` maps them onto ours with one table (docs/method.md
-lists the similarity's). They load as `--sim xdim`, as do ours saved before `--sim`.
+    format        "xdim"
+    version       2
+    model         flat state dict: img_enc.*, txt_enc.*, sim.*
+    model_config  lib.model.config.ModelConfig as a dict (BERT's architecture included)
+    train_config  lib.training.config.TrainConfig as a dict, or None
+    vocab         BERT's vocabulary, tokens by id (evaluation needs no BERT download)
+    optimizer, epoch, best_rsum, iterations   the training state (resumable files only)
+
+Version 1 (written until December 2026, no `version` key) held one `opt` dict of
+the command-line options, `bert_config` and `Eiters` instead. The official release's
+files pickle `opt` as an `argparse.Namespace` and their weights under other names
+(lib.formats.official). `checkpoint_configs` turns the options of both older
+layouts into config fields through one table each (V1_OPTION_FIELDS,
+OFFICIAL_OPTION_FIELDS); options missing from a file keep the configs' defaults,
+so both load as `--sim xdim` unless they say otherwise.
 """
 import argparse
 import hashlib
@@ -21,37 +29,37 @@ import zipfile
 import torch
 
 from lib.errors import XDimError, first_line
-from lib.model.similarity import DEFAULT_SIMILARITY
 
 FORMAT = "xdim"
+VERSION = 2
 
-# (part, official key) -> our key. Parts: 0 image encoder, 1 text encoder, 2 similarity.
-OFFICIAL_KEYS = {
-    (0, "fc.weight"): "img_enc.fc.weight",
-    (0, "fc.bias"): "img_enc.fc.bias",
-    (0, "mlp.layers.0.weight"): "img_enc.mlp_in.weight",
-    (0, "mlp.layers.0.bias"): "img_enc.mlp_in.bias",
-    (0, "mlp.bns.0.weight"): "img_enc.mlp_bn.weight",
-    (0, "mlp.bns.0.bias"): "img_enc.mlp_bn.bias",
-    (0, "mlp.bns.0.running_mean"): "img_enc.mlp_bn.running_mean",
-    (0, "mlp.bns.0.running_var"): "img_enc.mlp_bn.running_var",
-    (0, "mlp.bns.0.num_batches_tracked"): "img_enc.mlp_bn.num_batches_tracked",
-    (0, "mlp.layers.1.weight"): "img_enc.mlp_out.weight",
-    (0, "mlp.layers.1.bias"): "img_enc.mlp_out.bias",
-    (1, "linear.weight"): "txt_enc.proj.weight",
-    (1, "linear.bias"): "txt_enc.proj.bias",
-    (2, "weights.weight"): "sim.E",
-    (2, "sim_map.weight"): "sim.lam",
-    (2, "temp_learnable.weight"): "sim.log_t_mask",
-    (2, "temp_scale.weight"): "sim.log_t_attn",
+# Option name -> (config, field) for the official release's pickled options. "model"
+# is ModelConfig, "training" TrainConfig; options not listed (runtime settings and the
+# official parser's unused ones) are dropped.
+OFFICIAL_OPTION_FIELDS = {
+    "img_dim": ("model", "img_dim"), "embed_size": ("model", "embed_size"),
+    "no_imgnorm": ("model", "no_imgnorm"), "no_txtnorm": ("model", "no_txtnorm"),
+    "precomp_enc_type": ("model", "precomp_enc_type"),
+    "data_path": ("training", "data_path"), "data_name": ("training", "data_name"),
+    "margin": ("training", "margin"), "num_epochs": ("training", "num_epochs"),
+    "batch_size": ("training", "batch_size"), "grad_clip": ("training", "grad_clip"),
+    "learning_rate": ("training", "learning_rate"), "lr_update": ("training", "lr_update"),
+    "optim": ("training", "optim"), "workers": ("training", "workers"), "log_step": ("training", "log_step"),
+    "val_step": ("training", "val_step"), "logger_name": ("training", "logger_name"),
+    "model_name": ("training", "model_name"), "resume": ("training", "resume"),
+    "max_violation": ("training", "max_violation"),
+    "vse_mean_warmup_epochs": ("training", "vse_mean_warmup_epochs"),
+    "reset_start_epoch": ("training", "reset_start_epoch"),
 }
-# BERT's own keys keep their names under this prefix.
-OFFICIAL_PREFIXES = {(1, "bert."): "txt_enc.bert."}
-# Entries the official model holds but never uses (BatchNorm after the MLP's last layer, sim_eval).
-OFFICIAL_UNUSED = ((0, "mlp.bns.1."), (2, "sim_eval.weight"))
+# The same for our version-1 files' `opt` dict: the official options plus ours.
+V1_OPTION_FIELDS = {
+    **OFFICIAL_OPTION_FIELDS,
+    "sim": ("model", "sim"), "bert_path": ("model", "bert"),
+    "seed": ("training", "seed"), "mask_padded_regions": ("training", "mask_padded_regions"),
+}
+
 # A buffer transformers 4.x saved in 2023 and current versions no longer keep in the state dict.
 LEGACY_BUFFERS = ("txt_enc.bert.embeddings.position_ids",)
-PART_NAMES = ("image encoder", "text encoder", "similarity")
 # Temporary files of an atomic save: `checkpoint.pth.tmp-<pid>` (visible to ls), and the
 # hidden `.checkpoint.pth.<pid>.tmp` that earlier versions wrote. Group 1 is the pid.
 TEMP_PATTERNS = (re.compile(r"^.+\.pth\.tmp-(\d+)$"), re.compile(r"^\..+\.pth\.(\d+)\.tmp$"))
@@ -122,19 +130,15 @@ def remove_stale_temp_files(folder):
     return removed
 
 
-def make_checkpoint(model, epoch, best_rsum):
-    """Everything a resume or an evaluation needs, in our format (loads with weights_only=True)."""
-    return {
-        "format": FORMAT,
-        "model": model.state_dict(),
-        "optimizer": model.optimizer.state_dict(),
-        "epoch": int(epoch),
-        "best_rsum": float(best_rsum),
-        "Eiters": int(model.Eiters),
-        "opt": dict(vars(model.opt)),
-        "bert_config": model.bert_config,
-        "vocab": model.vocab(),
-    }
+def new_checkpoint(state, model_config, vocab, train_config=None, optimizer=None, epoch=None,
+                   best_rsum=None, iterations=None):
+    """Our checkpoint dict (version 2, module docstring) from plain parts: state dict, config dicts,
+    vocabulary, and for a resumable file the optimizer state, epoch, best rSum and iteration count."""
+    ckpt = {"format": FORMAT, "version": VERSION, "model": state, "model_config": dict(model_config),
+            "train_config": None if train_config is None else dict(train_config), "vocab": list(vocab)}
+    if optimizer is not None:
+        ckpt.update(optimizer=optimizer, epoch=int(epoch), best_rsum=float(best_rsum), iterations=int(iterations))
+    return ckpt
 
 
 def _looks_like_text(head):
@@ -202,70 +206,42 @@ def is_official(ckpt):
     return isinstance(model, (list, tuple)) and len(model) == 3 and all(isinstance(p, dict) for p in model)
 
 
-def official_options(ckpt):
-    """The official checkpoint's options as a plain dict."""
-    opt = ckpt.get("opt")
-    return dict(vars(opt)) if isinstance(opt, argparse.Namespace) else dict(opt or {})
+def _options_to_configs(options, table):
+    """Split an options dict into {'model': {...}, 'training': {...}} config fields by `table`."""
+    configs = {"model": {}, "training": {}}
+    for option, value in options.items():
+        if option in table and value is not None:
+            section, name = table[option]
+            configs[section][name] = value
+    return configs
 
 
-def similarity_name(ckpt):
-    """The `--sim` a checkpoint was trained with; `xdim` for official files and ours from before `--sim`."""
-    opt = ckpt.get("opt")
-    saved = vars(opt) if isinstance(opt, argparse.Namespace) else dict(opt or {})
-    return saved.get("sim") or DEFAULT_SIMILARITY
+def checkpoint_configs(ckpt, path="checkpoint"):
+    """{'model': ModelConfig fields, 'training': TrainConfig fields} of a checkpoint of any layout.
 
-
-def official_state_dict(parts, expected, path="checkpoint"):
-    """Map the official `model` list onto our flat key names.
-
-    parts: the three official state dicts; expected: our state dict (name -> tensor),
-    used for the key set and shapes. Returns our-named tensors; raises XDimError naming
-    the first unknown, missing or mis-shaped key.
+    Version 2 stores both; version 1 and official files are converted from their options.
+    XDimError for a version this code does not read.
     """
-    ours = {}
-    for part, state in enumerate(parts):
-        for official_key, tensor in state.items():
-            key = official_key[len("module."):] if official_key.startswith("module.") else official_key
-            if any(part == p and key.startswith(prefix) for p, prefix in OFFICIAL_UNUSED):
-                continue
-            name = _our_name(part, key)
-            if name is None or (name not in expected and name not in LEGACY_BUFFERS):
-                raise XDimError(f"{path}: unexpected key {official_key!r} in the official {PART_NAMES[part]}")
-            if name in expected:
-                ours[name] = _fit_shape(tensor, expected[name].shape, official_key, path)
-    missing = [name for name in expected if name not in ours]
-    if missing:
-        raise XDimError(f"{path}: official checkpoint lacks {_official_name(missing[0])!r} (our {missing[0]!r})")
-    return ours
+    if is_official(ckpt):
+        options = ckpt.get("opt")
+        options = vars(options) if isinstance(options, argparse.Namespace) else dict(options or {})
+        return _options_to_configs(options, OFFICIAL_OPTION_FIELDS)
+    version = ckpt.get("version", 1)
+    if version == 1:
+        configs = _options_to_configs(dict(ckpt.get("opt") or {}), V1_OPTION_FIELDS)
+        if ckpt.get("bert_config") is not None:
+            configs["model"]["bert_config"] = ckpt["bert_config"]
+        return configs
+    if version != VERSION:
+        raise XDimError(f"{path}: checkpoint format version {version!r}; this code reads versions 1 and "
+                        f"{VERSION} (update the code)")
+    return {"model": dict(ckpt["model_config"]), "training": dict(ckpt.get("train_config") or {})}
 
 
-def _our_name(part, key):
-    if (part, key) in OFFICIAL_KEYS:
-        return OFFICIAL_KEYS[(part, key)]
-    for (p, prefix), target in OFFICIAL_PREFIXES.items():
-        if p == part and key.startswith(prefix):
-            return target + key[len(prefix):]
-    return None
-
-
-def _official_name(name):
-    for (part, key), ours in OFFICIAL_KEYS.items():
-        if ours == name:
-            return f"model[{part}].module.{key}"
-    for (part, prefix), target in OFFICIAL_PREFIXES.items():
-        if name.startswith(target):
-            return f"model[{part}].module.{prefix}{name[len(target):]}"
-    return name
-
-
-def _fit_shape(tensor, shape, official_key, path):
-    """The official scalars and vectors carry leading singleton dims ((1, d), (1, 1)); drop them."""
-    if tensor.shape == shape:
-        return tensor
-    leading = tensor.dim() - len(shape)
-    if leading > 0 and tensor.shape[leading:] == shape and all(n == 1 for n in tensor.shape[:leading]):
-        return tensor.reshape(shape)
-    raise XDimError(f"{path}: key {official_key!r} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+def training_state(ckpt):
+    """(epoch, best_rsum, iterations, optimizer state) of a resumable checkpoint of version 1 or 2."""
+    iterations = ckpt.get("iterations", ckpt.get("Eiters"))
+    return int(ckpt["epoch"]), float(ckpt["best_rsum"]), int(iterations), ckpt["optimizer"]
 
 
 def check_state_dict(state, expected, path="checkpoint"):

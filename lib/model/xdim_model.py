@@ -1,89 +1,69 @@
-"""VSEModel: the encoders, the similarity (`--sim`), the loss and the optimizer, wired together.
+"""XDimModel: the image encoder, the BERT text encoder and the similarity as one nn.Module.
 
-Public API (outside scripts rely on these names):
-`VSEModel(opt)`, `forward_emb`, `forward_sim`, `train_emb`, `VSEModel.from_checkpoint`.
+The method names follow the VSE-infinity lineage: `encode_images`,
+`encode_captions`, `forward_emb` (both at once) and `forward_sim` (scores of every
+image against every caption). `forward` is the training forward that
+DistributedDataParallel wraps. The model owns no optimizer and no training step
+(lib.training.trainer does); `from_checkpoint` is the one way to load a saved model.
 """
 import contextlib
 
 import torch
-from torch.nn.utils import clip_grad_norm_
+import torch.nn as nn
 
-from lib.formats import checkpoint as ckpt_io
-from lib.runtime import distributed
-from lib.model.bert import BUNDLED_BERT_BASE, DEFAULT_BERT, bert_config_dict, bert_vocab, materialize_bert_dir
-from lib.model.encoders import ImageEncoder, TextEncoder
 from lib.errors import XDimError
-from lib.model.loss import ContrastiveLoss
-from lib.cli.options import default_options
-from lib.runtime.device import resolve_device
-from lib.model.similarity import DEFAULT_SIMILARITY, build_similarity, check_similarity_name
+from lib.formats import checkpoint as ckpt_io
+from lib.formats.official import official_state_dict
+from lib.model.bert import BUNDLED_BERT_BASE, bert_config_dict, bert_vocab, materialize_bert_dir, resolve_bert_path
+from lib.model.config import ModelConfig
+from lib.model.encoders import ImageEncoder, TextEncoder
+from lib.model.similarity import build_similarity
 
-WEIGHT_DECAY = 1e-4
-BERT_LR_FACTOR = 0.1
+AMP_MODES = ("none", "bf16")
 
 
-class VSEModel:
-    """X-Dim: image encoder, BERT text encoder and a similarity (`opt.sim`), trained with the hinge loss.
+class XDimModel(nn.Module):
+    """X-Dim: `img_enc` (regions -> joint space), `txt_enc` (BERT + projection) and `sim`.
 
-    `opt` uses the official option names (lib.cli.options) and is never modified.
-    `device`, `bert_path` and `amp` are what an entry point resolved once (lib.runtime.device,
-    lib.model.bert.resolve_bert_path); left out, they are read from `opt` (`bert_path`
-    defaults to bert-base-uncased). `bert_config` (a dict) builds BERT's architecture
-    without pretrained weights, for loading a checkpoint; otherwise the pretrained BERT
-    at `bert_path` is loaded.
+    config: a ModelConfig. bert_path: the BERT folder or hub name whose tokenizer
+    and vocabulary go with the model (default config.bert). Without
+    `config.bert_config` the pretrained weights at `bert_path` are loaded (training);
+    with it only BERT's architecture is built (the weights come from a checkpoint).
+    `amp` ('none' or 'bf16') is the autocast precision of the encoders and the
+    similarity; the loss stays float32. The state dict is flat: `img_enc.*`,
+    `txt_enc.*`, `sim.*`.
     """
 
-    def __init__(self, opt, bert_config=None, device=None, bert_path=None, amp=None):
-        self.opt = opt
-        self.device = resolve_device(device if device is not None else getattr(opt, "device", "auto"))
-        self.bert_path = bert_path or getattr(opt, "bert_path", None) or DEFAULT_BERT
-        self.amp = amp if amp is not None else getattr(opt, "amp", "none")
-        self.img_enc = ImageEncoder(opt.img_dim, opt.embed_size, no_imgnorm=opt.no_imgnorm)
-        self.txt_enc = TextEncoder(opt.embed_size, bert_path=self.bert_path, bert_config=bert_config,
-                                   no_txtnorm=opt.no_txtnorm)
-        self.sim = build_similarity(getattr(opt, "sim", DEFAULT_SIMILARITY), opt.embed_size)
-        for module in self.modules().values():
-            module.to(self.device)
-        self.criterion = ContrastiveLoss(margin=opt.margin, max_violation=opt.max_violation)
-        self.optimizer = self._build_optimizer()
-        self.Eiters = 0
+    def __init__(self, config, bert_path=None, amp="none"):
+        super().__init__()
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, not {amp!r}")
+        self.bert_path = bert_path or config.bert
+        self.amp = amp
+        self.img_enc = ImageEncoder(config.img_dim, config.embed_size, no_imgnorm=config.no_imgnorm)
+        self.txt_enc = TextEncoder(config.embed_size, bert_path=self.bert_path, bert_config=config.bert_config,
+                                   no_txtnorm=config.no_txtnorm)
+        self.sim = build_similarity(config.sim, config.embed_size)
+        self.config = config.with_bert_config(self.txt_enc.bert.config.to_dict())
+        self.trained_with = None
 
-    def _build_optimizer(self):
-        """AdamW: base lr for the image encoder, text projection and similarity; base x 0.1 for BERT."""
-        lr = self.opt.learning_rate
-        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
-        groups = [
-            {"name": "main", "params": trainable(self.img_enc) + trainable(self.txt_enc.proj) + trainable(self.sim),
-             "lr": lr, "base_lr": lr},
-            {"name": "bert", "params": trainable(self.txt_enc.bert),
-             "lr": lr * BERT_LR_FACTOR, "base_lr": lr * BERT_LR_FACTOR},
-        ]
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=WEIGHT_DECAY)
+    @property
+    def device(self):
+        """The device of the model's parameters."""
+        return next(self.parameters()).device
 
-    # ----- parts and modes -------------------------------------------------
-    def modules(self):
-        """The three parts by name, unwrapped from DistributedDataParallel if wrapped."""
-        parts = {"img_enc": self.img_enc, "txt_enc": self.txt_enc, "sim": self.sim}
-        return {name: getattr(module, "module", module) for name, module in parts.items()}
+    @property
+    def bert_config(self):
+        """BERT's architecture as a dict (its config.json)."""
+        return self.config.bert_config
 
-    def parameters(self):
-        return [p for module in self.modules().values() for p in module.parameters()]
-
-    def train_start(self):
-        for module in (self.img_enc, self.txt_enc, self.sim):
-            module.train()
+    def vocab(self):
+        """BERT's vocabulary (list of tokens by id), stored in checkpoints."""
+        return bert_vocab(self.bert_path)
 
     def val_start(self):
-        for module in (self.img_enc, self.txt_enc, self.sim):
-            module.eval()
-
-    def set_max_violation(self, max_violation):
-        self.criterion.max_violation = bool(max_violation)
-
-    def set_learning_rate_factor(self, factor):
-        """Every group's lr becomes its base lr times `factor` (0.1 after lr_update)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
+        """Evaluation mode (kept for the VSE lineage's callers; same as `eval()`)."""
+        return self.eval()
 
     def autocast(self):
         """bf16 autocast on the model's device when amp == 'bf16', else a no-op."""
@@ -93,119 +73,102 @@ class VSEModel:
 
     # ----- forward ----------------------------------------------------------
     def encode_images(self, images, image_lengths=None):
-        """images (n, R, img_dim) -> (n, R, d) float32 on model.device (image_lengths unused here)."""
+        """images (n, R, img_dim) -> (n, R, d) float32 on the model's device (image_lengths unused)."""
         with self.autocast():
             return self.img_enc(images.to(self.device, non_blocking=True).float()).float()
 
     def encode_captions(self, captions, lengths=None):
-        """captions (n, L) token ids, 0 = padding -> (n, L, d) float32 on model.device."""
+        """captions (n, L) token ids, 0 = padding -> (n, L, d) float32 on the model's device."""
         with self.autocast():
             return self.txt_enc(captions.to(self.device, non_blocking=True).long()).float()
 
     def forward_emb(self, images, captions, lengths, image_lengths=None):
-        """-> (img_emb (n_img, R, d), cap_emb (n_cap, L, d), cap_lens (n_cap,) on model.device)."""
+        """-> (img_emb (n_img, R, d), cap_emb (n_cap, L, d), cap_lens (n_cap,) on the model's device)."""
         cap_lens = torch.as_tensor(lengths, device=self.device).long()
         return self.encode_images(images, image_lengths), self.encode_captions(captions, cap_lens), cap_lens
 
     def forward_sim(self, img_emb, cap_emb, cap_lens, image_lengths=None):
-        """-> (n_img, n_cap) float32 scores; `image_lengths` masks padded regions out of attention.
+        """-> (n_img, n_cap) float32 scores; `image_lengths` (n_img,) masks padded regions out of attention.
 
         Calling the similarity runs the block scheduler (lib/model/similarity/blocks.py).
         """
         with self.autocast():
             return self.sim(img_emb, cap_emb, cap_lens, image_lengths).float()
 
-    def train_emb(self, images, captions, lengths, image_lengths=None):
-        """One optimisation step on a batch of matching pairs; returns the loss (float).
+    def forward(self, images, captions, lengths, region_lengths=None, gather_captions=None):
+        """The training forward: this batch's images scored against its captions.
 
-        Under torchrun each process scores its own images against the captions of
-        all processes and the score rows are gathered, so the loss sees the whole
-        global batch's negatives. A non-finite loss raises XDimError before any
-        weight changes.
+        images (n_img, R, img_dim), captions (n_cap, L) ids, lengths (n_cap,);
+        region_lengths (n_img,) or None: real regions per image, masked in attention.
+        `gather_captions(cap_emb, cap_lens) -> (cap_emb, cap_lens)` replaces the
+        captions by those of every process (lib.runtime.distributed.gather_captions)
+        between encoding and scoring. -> (n_img, n_cap_total) float32.
         """
-        self.Eiters += 1
-        img_emb, cap_emb, cap_lens = self.forward_emb(images, captions, lengths, image_lengths)
-        region_lens = None
-        if self.opt.mask_padded_regions and image_lengths is not None:
-            region_lens = torch.as_tensor(image_lengths, device=self.device).long()
-        cap_emb, cap_lens = distributed.gather_captions(cap_emb, cap_lens)
-        scores = distributed.gather_rows(self.forward_sim(img_emb, cap_emb, cap_lens, region_lens))
-        loss = self.criterion(scores)
-        if not torch.isfinite(loss):
-            raise XDimError(f"loss is {loss.item()} at iteration {self.Eiters}: training stopped "
-                            f"(the last saved checkpoint is intact; try a lower --learning_rate)")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.opt.grad_clip > 0:
-            clip_grad_norm_(self.parameters(), self.opt.grad_clip)
-        self.optimizer.step()
-        return loss.item()
+        img_emb, cap_emb, cap_lens = self.forward_emb(images, captions, lengths)
+        if gather_captions is not None:
+            cap_emb, cap_lens = gather_captions(cap_emb, cap_lens)
+        if region_lengths is not None:
+            region_lengths = torch.as_tensor(region_lengths, device=self.device).long()
+        return self.forward_sim(img_emb, cap_emb, cap_lens, region_lengths)
 
     # ----- state ------------------------------------------------------------
-    def state_dict(self):
-        """Flat weights dict: `img_enc.*`, `txt_enc.*`, `sim.*`.
+    def state_dict(self, *args, **kwargs):
+        """The flat weights dict, without the buffers only some transformers versions save
+        (lib.formats.checkpoint.LEGACY_BUFFERS), so a checkpoint is the same whichever wrote it."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for name in ckpt_io.LEGACY_BUFFERS:
+            state.pop(prefix + name, None)
+        return state
 
-        Without the buffers that only some transformers versions keep in BERT's state
-        dict (checkpoint.LEGACY_BUFFERS), so a checkpoint is the same whichever
-        version wrote it.
-        """
-        return {f"{name}.{key}": value
-                for name, module in self.modules().items() for key, value in module.state_dict().items()
-                if f"{name}.{key}" not in ckpt_io.LEGACY_BUFFERS}
-
-    def load_state_dict(self, state, path="checkpoint"):
+    def load_state_dict(self, state, strict=True, path="checkpoint"):
         """Load weights after checking every key and shape (XDimError names the first bad one).
 
         The legacy buffers are accepted whether `state` holds them or not; the model
         keeps its own values of them (fixed position indices).
         """
-        expected = self.state_dict()
-        ckpt_io.check_state_dict(state, expected, path)
-        for name, module in self.modules().items():
-            prefix = name + "."
-            own = module.state_dict()
-            loaded = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k in expected}
-            loaded.update({key: own[key] for key in own if prefix + key in ckpt_io.LEGACY_BUFFERS})
-            module.load_state_dict(loaded)
+        own = super().state_dict()
+        ckpt_io.check_state_dict(state, self.state_dict(), path)
+        merged = {key: value for key, value in state.items() if key not in ckpt_io.LEGACY_BUFFERS}
+        merged.update({key: own[key] for key in ckpt_io.LEGACY_BUFFERS if key in own})
+        return super().load_state_dict(merged, strict=strict)
 
-    @property
-    def bert_config(self):
-        return self.modules()["txt_enc"].bert.config.to_dict()
+    def to_checkpoint(self, train_config=None, training_state=None):
+        """Our checkpoint dict (lib.formats.checkpoint.new_checkpoint) of this model.
+
+        train_config: the TrainConfig it was trained with (or None); training_state:
+        {'optimizer', 'epoch', 'best_rsum', 'iterations'} for a resumable checkpoint.
+        """
+        return ckpt_io.new_checkpoint(self.state_dict(), self.config.as_dict(), self.vocab(),
+                                      train_config=None if train_config is None else train_config.as_dict(),
+                                      **(training_state or {}))
 
     @classmethod
-    def from_checkpoint(cls, path, bert_path=None, device=None, amp="none"):
-        """Load our checkpoint or an official release checkpoint for evaluation.
+    def from_checkpoint(cls, path, bert_path=None, device="cpu", amp="none"):
+        """Load our checkpoint (either version) or an official release checkpoint, in eval mode.
 
         BERT's weights come from the checkpoint; its architecture and vocabulary from
-        `bert_path` if given, else from our checkpoint itself, else (official files)
+        `bert_path` if given (a folder or hub name, resolved here), else from our checkpoint itself, else (official files)
         from the bundled bert-base-uncased config and vocab. No network is needed.
-        `device` (None: auto) and `amp` apply to this evaluation, whatever the
-        checkpoint was trained with; `model.opt` holds the options it was saved with.
+        `device` (a torch.device or name) and `amp` apply to this use, whatever the
+        checkpoint was trained with. The training settings it was saved with, if any,
+        are `model.trained_with` (a dict of TrainConfig fields, or None).
         """
         ckpt = ckpt_io.load_checkpoint(path)
+        configs = ckpt_io.checkpoint_configs(ckpt, path)
+        config = ModelConfig.from_dict(configs["model"], path)
         official = ckpt_io.is_official(ckpt)
-        saved = ckpt_io.official_options(ckpt) if official else dict(ckpt.get("opt") or {})
-        opt = default_options()
-        for key, value in saved.items():
-            setattr(opt, key, value)
-        opt.sim = ckpt_io.similarity_name(ckpt)
-        check_similarity_name(opt.sim, f"{path} (stored option sim)")
         if bert_path:
-            config = bert_config_dict(bert_path)
+            bert_path = resolve_bert_path(bert_path)
+            config = config.with_bert_config(bert_config_dict(bert_path))
         elif official:
-            bert_path, config = BUNDLED_BERT_BASE, bert_config_dict(BUNDLED_BERT_BASE)
+            bert_path, config = BUNDLED_BERT_BASE, config.with_bert_config(bert_config_dict(BUNDLED_BERT_BASE))
+        elif config.bert_config is None or "vocab" not in ckpt:
+            raise XDimError(f"{path}: holds no BERT architecture and vocabulary; give --bert_path")
         else:
-            config = ckpt["bert_config"]
-            bert_path = materialize_bert_dir(config, ckpt["vocab"])
-        model = cls(opt, bert_config=config, device=device or "auto", bert_path=bert_path, amp=amp)
-        state = ckpt["model"]
-        if official:
-            state = ckpt_io.official_state_dict(state, model.state_dict(), path)
-        model.load_state_dict(state, path)
-        model.Eiters = int(ckpt.get("Eiters", 0) or 0)
-        model.val_start()
-        return model
-
-    def vocab(self):
-        """BERT's vocabulary (list of tokens by id), stored in checkpoints."""
-        return bert_vocab(self.bert_path)
+            bert_path = materialize_bert_dir(config.bert_config, ckpt["vocab"])
+        model = cls(config, bert_path=bert_path, amp=amp)
+        state = official_state_dict(ckpt["model"], model.state_dict(), path) if official else ckpt["model"]
+        model.load_state_dict(state, path=path)
+        model.trained_with = configs["training"]
+        return model.to(device).eval()

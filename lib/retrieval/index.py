@@ -254,7 +254,7 @@ def _write_json(path, data):
 def _encode_image_gallery(model, encoder, images, counts, folder, batch_size, progress):
     """Region embeddings (float16) and global vectors of every image, appended to files in `folder`."""
     n, regions = images.shape[:2]
-    region_file = NpyWriter(os.path.join(folder, "regions.npy"), (n, regions, model.opt.embed_size), np.float16)
+    region_file = NpyWriter(os.path.join(folder, "regions.npy"), (n, regions, model.config.embed_size), np.float16)
     global_file = NpyWriter(os.path.join(folder, "global.npy"), (n, encoder.size), np.float32)
     for i0 in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress):
         batch = torch.from_numpy(np.array(images[i0:i0 + batch_size], dtype=np.float32))
@@ -276,7 +276,7 @@ def caption_token_ids(captions, caption_encoder, progress=True):
 def _encode_caption_gallery(model, encoder, token_ids, folder, batch_size, progress):
     """Token embeddings (float16, unpadded) and global vectors of every caption, appended to files in `folder`."""
     offsets = np.concatenate([[0], np.cumsum([len(ids) for ids in token_ids])]).astype(np.int64)
-    token_file = NpyWriter(os.path.join(folder, "tokens.npy"), (int(offsets[-1]), model.opt.embed_size),
+    token_file = NpyWriter(os.path.join(folder, "tokens.npy"), (int(offsets[-1]), model.config.embed_size),
                            np.float16)
     global_file = NpyWriter(os.path.join(folder, "global.npy"), (len(token_ids), encoder.size), np.float32)
     for c0 in tqdm(range(0, len(token_ids), batch_size), desc="encode captions", disable=not progress):
@@ -316,7 +316,7 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
                 index_type="auto", overwrite=False, progress=True):
     """Encode a gallery (`images`: a {split}_ims.npy, or `captions`: a text file) into `index_dir`.
 
-    model: VSEModel; encoder: lib.retrieval.shortlist global-vector encoder. -> manifest dict.
+    model: XDimModel; encoder: lib.retrieval.shortlist global-vector encoder. -> manifest dict.
     """
     if (images is None) == (captions is None):
         raise XDimError("give exactly one gallery: --images FILE or --captions FILE")
@@ -324,7 +324,7 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
         raise XDimError(f"{index_dir}: already exists (pass --overwrite to rebuild it)")
     model.val_start()
     if images is not None:
-        features, items, counts = load_gallery_images(images, model.opt.img_dim)
+        features, items, counts = load_gallery_images(images, model.config.img_dim)
         source = {"images": os.path.abspath(images)}
     else:
         items = read_captions(captions)
@@ -346,7 +346,7 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
         _write_items(os.path.join(staging, "items.txt"), items)
         manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
                     "gallery": "images" if images is not None else "captions",
-                    "count": n_items, "embed_size": model.opt.embed_size, **shape,
+                    "count": n_items, "embed_size": model.config.embed_size, **shape,
                     "index_type": index_type, "global": encoder.describe(),
                     "model": {"path": os.path.abspath(model_path) if model_path else None,
                               "fingerprint": weights_fingerprint(model.state_dict())},

@@ -207,7 +207,7 @@ def distill_head(model, split_files, caption_encoder, epochs=30, batch_images=10
     model.val_start()
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    head = ShortlistHead(model.opt.embed_size, size, hidden).to(model.device)
+    head = ShortlistHead(model.config.embed_size, size, hidden).to(model.device)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     n_images = split_files.n_images
     steps_per_epoch = max(1, math.ceil(n_images / batch_images))
@@ -279,7 +279,7 @@ def global_encoder(model, model_fingerprint, model_path=None, head_path=None):
     if head_path is None and model_path is not None and os.path.isfile(default_head_path(model_path)):
         head_path = default_head_path(model_path)
     if head_path is None:
-        return MeanPooling(model.opt.embed_size)
+        return MeanPooling(model.config.embed_size)
     return load_head(head_path, model_fingerprint, model.device)
 
 

@@ -4,8 +4,31 @@ Both are resolved once, at an entry point (training, evaluation), right after th
 options are checked, and passed down as arguments.
 """
 import os
+from dataclasses import dataclass
 
 from lib.errors import XDimError, first_line
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a run executes, whatever it computes.
+
+    device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...;
+    amp: 'none' or 'bf16' (autocast for the encoders and the similarity);
+    threads: torch CPU threads (0: OMP_NUM_THREADS when set, else all cores but one).
+    """
+
+    device: str = "auto"
+    amp: str = "none"
+    threads: int = 0
+
+    def torch_device(self):
+        """The torch.device named by `device`, checked usable here (XDimError otherwise)."""
+        return resolve_device(self.device)
+
+    def apply_threads(self):
+        """Set torch's CPU threads (`apply_threads`) -> the count in use."""
+        return apply_threads(self.threads)
 
 
 def resolve_device(name="auto"):

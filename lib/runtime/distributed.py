@@ -161,40 +161,24 @@ def gather_rows(scores):
     return _gather_padded(scores, sizes, scores.shape[1])
 
 
-def unwrap(module):
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return module.module if isinstance(module, DistributedDataParallel) else module
+def wrap_model(model):
+    """The model wrapped once in DistributedDataParallel when distributed, else the model itself.
 
-
-def _ddp(module, device):
-    # Every trainable parameter takes part in the loss (BERT's pooler, which does not, is
-    # frozen by TextEncoder), so DDP needs no search for unused parameters after each
-    # forward. broadcast_buffers=False: validation runs on rank 0 alone, so a forward
-    # must never start a collective; SyncBatchNorm keeps BN statistics global.
-    device_ids = [device.index] if device.type == "cuda" else None
-    with quiet_torch_notices():
-        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False,
-                                       broadcast_buffers=False)
-
-
-def wrap_encoders(model):
-    """Wrap model.img_enc, model.txt_enc and model.sim in DDP when distributed.
-
-    On CUDA the image encoder's BatchNorm layers become SyncBatchNorm, so their
-    statistics are those of the global batch. PyTorch's SyncBatchNorm refuses
-    CPU tensors, so on CPU (gloo) each rank normalises with its own slice.
-    The similarity module is wrapped too: each rank holds N times its share of
-    the similarity's gradient (module docstring), which averaging turns into
-    the full gradient.
-    No-op outside a process group. Returns the model.
+    On CUDA the image encoder's BatchNorm layers become SyncBatchNorm first, so their
+    statistics are those of the global batch. PyTorch's SyncBatchNorm refuses CPU
+    tensors, so on CPU (gloo) each rank normalises with its own slice. Every
+    trainable parameter takes part in the loss (BERT's pooler, which does not, is
+    frozen by TextEncoder; frozen similarity parameters are skipped by DDP), so DDP
+    needs no search for unused parameters after each forward. broadcast_buffers=False:
+    validation runs on rank 0 alone through the bare model, so no forward may start a
+    collective.
     """
     if not is_distributed():
         return model
-    device = next(model.img_enc.parameters()).device
+    device = next(model.parameters()).device
     if device.type == "cuda":
         model.img_enc = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.img_enc)
-    model.img_enc = _ddp(model.img_enc, device)
-    model.txt_enc = _ddp(model.txt_enc, device)
-    if any(p.requires_grad for p in model.sim.parameters()):
-        model.sim = _ddp(model.sim, device)
-    return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    with quiet_torch_notices():
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False,
+                                       broadcast_buffers=False)

@@ -1,8 +1,10 @@
-"""The training loop: schedule, validation, checkpoints, resume, logs.
+"""The trainer: optimizer groups, the train step, the schedule, validation, checkpoints, resume, logs.
 
-`train(opt)` runs a whole training from an options namespace
-(lib.cli.options.get_argument_parser) in one process or, under torchrun, in each
-of several processes (lib.runtime.distributed explains the gradient arithmetic).
+`train(model_config, train_config, runtime)` runs a whole training in one process
+or, under torchrun, in each of several processes (lib.runtime.distributed explains
+the gradient arithmetic). The model (lib.model.xdim_model.XDimModel) owns no
+optimizer and no step: `Trainer` does, and DistributedDataParallel wraps the one
+model module.
 
 Reproducibility: at the start of every epoch python's, numpy's and torch's
 random generators are reseeded from (seed, epoch, rank), the shuffle is a
@@ -18,21 +20,23 @@ import time
 
 import numpy as np
 import torch
+from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from lib.runtime import distributed
-from lib.model.bert import bert_max_positions, load_tokenizer, resolve_bert_path
-from lib.formats.checkpoint import (copy_checkpoint, load_checkpoint, make_checkpoint, remove_stale_temp_files,
-                            save_checkpoint, similarity_name)
 from lib.data import precomp
 from lib.errors import XDimError
-from lib.cli.options import check_training_options
-from lib.runtime.device import apply_threads
 from lib.evaluation.scoring import validate
+from lib.formats.checkpoint import (checkpoint_configs, copy_checkpoint, load_checkpoint, remove_stale_temp_files,
+                                    save_checkpoint, training_state)
+from lib.model.bert import bert_max_positions, load_tokenizer, resolve_bert_path
+from lib.model.loss import ContrastiveLoss
+from lib.model.xdim_model import XDimModel
+from lib.runtime import distributed
 from lib.training.tb_logger import TBLogger
-from lib.model.xdim_model import VSEModel
 
 LOGGER_NAME = "xdim.train"
+WEIGHT_DECAY = 1e-4
+BERT_LR_FACTOR = 0.1
 CHECKPOINT = "checkpoint.pth"
 BEST = "model_best.pth"
 # TensorBoard tags of the validation metrics, as in the VSE family's logs.
@@ -59,18 +63,18 @@ def per_rank_batch(batch_size, world):
     return batch_size // world
 
 
-def make_train_loader(opt, tokenizer, max_len, augment=True):
+def make_train_loader(config, caption_encoder, img_dim, augment=True):
     """This process's training batches: a per-rank share of each global batch.
 
     Under torchrun each process reads its share of every epoch's shuffle; the
-    shuffle depends only on (seed, epoch). `max_len`: the longest caption in tokens.
-    `augment=False` turns region dropping and word perturbation off (used to compare
-    runs exactly).
+    shuffle depends only on (seed, epoch). `augment=False` turns region dropping
+    and word perturbation off (used to compare runs exactly).
     """
     world = distributed.world_size()
-    return precomp.train_loader(opt, tokenizer, batch_size=per_rank_batch(opt.batch_size, world),
-                                max_len=max_len, augment=augment, num_replicas=world,
-                                rank=distributed.rank())
+    files = precomp.open_split(config.data_path, config.data_name, "train", img_dim=img_dim)
+    return precomp.train_loader(files, caption_encoder, batch_size=per_rank_batch(config.batch_size, world),
+                                workers=config.workers, seed=config.seed, augment=augment,
+                                num_replicas=world, rank=distributed.rank())
 
 
 def setup_text_log(folder, enabled):
@@ -104,84 +108,134 @@ def close_text_log():
         handler.close()
 
 
-# ---------------------------------------------------------------- schedule
-
-def lr_factor(opt, epoch):
-    """All learning rates x0.1 from epoch `lr_update` on."""
-    return 0.1 if epoch >= opt.lr_update else 1.0
-
-
-def uses_max_violation(opt, epoch):
-    """Hardest negatives after the warm-up epochs (or always with --max_violation)."""
-    return bool(opt.max_violation) or epoch >= opt.vse_mean_warmup_epochs
-
-
-def current_lr(model):
-    return model.optimizer.param_groups[0]["lr"]
-
-
 # ---------------------------------------------------------------- resume
 
-def read_resume(opt):
-    """The --resume checkpoint, read before anything is built.
+def read_resume(config, sim):
+    """The `config.resume` checkpoint, read before anything is built.
 
-    XDimError for a missing, corrupt or foreign file, and, unless --reset_start_epoch
-    starts again from epoch 0, for one whose run already reached --num_epochs or that
-    was trained with another --sim.
+    XDimError for a missing, corrupt or foreign file, and, unless reset_start_epoch
+    starts again from epoch 0, for one whose run already reached num_epochs or that
+    was trained with another similarity than `sim`.
     """
-    state = load_checkpoint(opt.resume)
+    state = load_checkpoint(config.resume)
     if not isinstance(state.get("model"), dict):
-        raise XDimError(f"{opt.resume}: not a checkpoint of this codebase (official release files "
+        raise XDimError(f"{config.resume}: not a checkpoint of this codebase (official release files "
                         "hold no training state; evaluate them with eval.py)")
-    trained_with = similarity_name(state)
-    if trained_with != opt.sim and not opt.reset_start_epoch:
-        raise XDimError(f"{opt.resume}: trained with --sim {trained_with}, not --sim {opt.sim} "
+    trained_with = checkpoint_configs(state, config.resume)["model"].get("sim", "xdim")
+    if trained_with != sim and not config.reset_start_epoch:
+        raise XDimError(f"{config.resume}: trained with --sim {trained_with}, not --sim {sim} "
                         "(resume with the same --sim, or start anew with --reset_start_epoch)")
     epoch = state.get("epoch")
-    if not opt.reset_start_epoch and isinstance(epoch, int) and epoch >= opt.num_epochs:
-        raise XDimError(f"--num_epochs {opt.num_epochs}: {opt.resume} already finished epoch {epoch}; "
+    if not config.reset_start_epoch and isinstance(epoch, int) and epoch >= config.num_epochs:
+        raise XDimError(f"--num_epochs {config.num_epochs}: {config.resume} already finished epoch {epoch}; "
                         "ask for more epochs to continue it")
     return state
 
 
-def resume(model, opt, state, logger):
-    """Load a --resume checkpoint `state` into `model`; -> (start_epoch, best_rsum).
+# ---------------------------------------------------------------- the trainer
 
-    Without --reset_start_epoch also the optimizer state, epoch, best rSum and
-    iteration counter; with it only the weights (a fresh run from epoch 0).
-    XDimError (one line) for a model of another shape.
-    """
-    model.load_state_dict(state["model"], opt.resume)
-    if opt.reset_start_epoch:
-        logger.info("loaded weights from %s; starting again from epoch 0", opt.resume)
-        return 0, 0.0
-    try:
-        model.optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_rsum = int(state["epoch"]), float(state["best_rsum"])
-        model.Eiters = int(state["Eiters"])
-    except (KeyError, ValueError, TypeError) as error:
-        raise XDimError(f"{opt.resume}: cannot restore the training state ({error})") from None
-    logger.info("resumed from %s: epoch %d, iteration %d, best rsum %.2f",
-                opt.resume, start_epoch, model.Eiters, best_rsum)
-    return start_epoch, best_rsum
+def build_optimizer(model, learning_rate):
+    """AdamW, weight decay 1e-4: base lr for the image encoder, text projection and similarity;
+    base x 0.1 for BERT. Frozen parameters stay out. Each group keeps its `base_lr`."""
+    trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
+    bert_lr = learning_rate * BERT_LR_FACTOR
+    groups = [
+        {"name": "main", "params": trainable(model.img_enc) + trainable(model.txt_enc.proj) + trainable(model.sim),
+         "lr": learning_rate, "base_lr": learning_rate},
+        {"name": "bert", "params": trainable(model.txt_enc.bert), "lr": bert_lr, "base_lr": bert_lr},
+    ]
+    return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=WEIGHT_DECAY)
 
-
-# ---------------------------------------------------------------- the loop
 
 class Trainer:
-    """Holds what one training run shares between epochs (see `train`)."""
+    """One training run: the model, its optimizer and loss, the data, validation and checkpoints.
 
-    def __init__(self, opt, model, loader, dev_files, caption_encoder, logger, tb):
-        self.opt = opt
+    `model` is an XDimModel on its device; under torchrun it is wrapped once in
+    DistributedDataParallel (`self.network`), and everything but the train step's
+    forward uses the bare model.
+    """
+
+    def __init__(self, model, config, loader, dev_files, caption_encoder, logger, tb):
         self.model = model
+        self.config = config
         self.loader = loader
         self.dev_files = dev_files
         self.caption_encoder = caption_encoder
         self.logger = logger
         self.tb = tb
+        self.optimizer = build_optimizer(model, config.learning_rate)
+        self.criterion = ContrastiveLoss(margin=config.margin, max_violation=config.max_violation)
+        self.network = model
+        self.iterations = 0
         self.best_rsum = 0.0
         self.losses = []
         self.last_metrics = None
+
+    def wrap_for_processes(self):
+        """Wrap the model in DDP when running under torchrun (a no-op otherwise)."""
+        self.network = distributed.wrap_model(self.model)
+
+    # ---- the schedule and the step
+
+    def set_learning_rate_factor(self, factor):
+        """Every group's lr becomes its base lr times `factor` (0.1 after lr_update)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    def current_lr(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_step(self, images, captions, lengths, image_lengths=None):
+        """One optimisation step on a batch of matching pairs; -> the loss (float).
+
+        Under torchrun each process scores its own images against the captions of
+        all processes and the score rows are gathered, so the loss sees the whole
+        global batch's negatives. A non-finite loss raises XDimError before any
+        weight changes.
+        """
+        self.iterations += 1
+        region_lengths = image_lengths if self.config.mask_padded_regions else None
+        scores = self.network(images, captions, lengths, region_lengths,
+                              gather_captions=distributed.gather_captions)
+        loss = self.criterion(distributed.gather_rows(scores))
+        if not torch.isfinite(loss):
+            raise XDimError(f"loss is {loss.item()} at iteration {self.iterations}: training stopped "
+                            f"(the last saved checkpoint is intact; try a lower --learning_rate)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+    # ---- resume and checkpoints
+
+    def resume(self, state):
+        """Load a resume checkpoint `state`; -> the epoch to start from.
+
+        Without reset_start_epoch also the optimizer state, epoch, best rSum and
+        iteration counter; with it only the weights (a fresh run from epoch 0).
+        XDimError (one line) for a model of another shape.
+        """
+        path = self.config.resume
+        self.model.load_state_dict(state["model"], path=path)
+        if self.config.reset_start_epoch:
+            self.logger.info("loaded weights from %s; starting again from epoch 0", path)
+            return 0
+        try:
+            start_epoch, self.best_rsum, self.iterations, optimizer = training_state(state)
+            self.optimizer.load_state_dict(optimizer)
+        except (KeyError, ValueError, TypeError) as error:
+            raise XDimError(f"{path}: cannot restore the training state ({error})") from None
+        self.logger.info("resumed from %s: epoch %d, iteration %d, best rsum %.2f",
+                         path, start_epoch, self.iterations, self.best_rsum)
+        return start_epoch
+
+    def checkpoint(self, next_epoch):
+        """The resumable checkpoint dict of the current state (resuming starts at `next_epoch`)."""
+        return self.model.to_checkpoint(self.config, {
+            "optimizer": self.optimizer.state_dict(), "epoch": next_epoch,
+            "best_rsum": self.best_rsum, "iterations": self.iterations})
 
     # ---- validation and checkpoints (main rank only; the others wait)
 
@@ -190,15 +244,15 @@ class Trainer:
         metrics = None
         if distributed.is_main():
             metrics = validate(self.model, self.dev_files, self.caption_encoder,
-                               batch_size=self.opt.batch_size, workers=0, progress=True)
+                               batch_size=self.config.batch_size, workers=0, progress=True)
             self.last_metrics = metrics
             for key, tag in METRIC_TAGS.items():
-                self.tb.log_value(tag, metrics[key], self.model.Eiters)
+                self.tb.log_value(tag, metrics[key], self.iterations)
             self.logger.info(
                 "epoch %d iter %d: i2t R@1 %.2f R@5 %.2f R@10 %.2f medr %.1f meanr %.1f | "
                 "t2i R@1 %.2f R@5 %.2f R@10 %.2f medr %.1f meanr %.1f | rsum %.2f",
-                epoch, self.model.Eiters, *(metrics[k] for k in METRIC_TAGS))
-        self.model.train_start()
+                epoch, self.iterations, *(metrics[k] for k in METRIC_TAGS))
+        self.model.train()
         return metrics
 
     def save(self, next_epoch, metrics, end_of_epoch):
@@ -207,10 +261,10 @@ class Trainer:
             return
         is_best = metrics["rsum"] > self.best_rsum
         self.best_rsum = max(self.best_rsum, metrics["rsum"])
-        os.makedirs(self.opt.model_name, exist_ok=True)
-        state = make_checkpoint(self.model, next_epoch, self.best_rsum)
-        last = os.path.join(self.opt.model_name, CHECKPOINT)
-        best = os.path.join(self.opt.model_name, BEST)
+        os.makedirs(self.config.model_name, exist_ok=True)
+        state = self.checkpoint(next_epoch)
+        last = os.path.join(self.config.model_name, CHECKPOINT)
+        best = os.path.join(self.config.model_name, BEST)
         if end_of_epoch:
             save_checkpoint(state, last)
             if is_best:
@@ -229,17 +283,16 @@ class Trainer:
     # ---- one epoch
 
     def start_epoch(self, epoch):
-        opt, model = self.opt, self.model
-        seed_everything(opt.seed, epoch, distributed.rank())
+        config = self.config
+        seed_everything(config.seed, epoch, distributed.rank())
         precomp.set_loader_epoch(self.loader, epoch)
-        model.set_learning_rate_factor(lr_factor(opt, epoch))
-        model.set_max_violation(uses_max_violation(opt, epoch))
-        model.train_start()
-        self.tb.log_value("epoch", epoch, model.Eiters)
+        self.set_learning_rate_factor(config.lr_factor(epoch))
+        self.criterion.max_violation = config.uses_max_violation(epoch)
+        self.model.train()
+        self.tb.log_value("epoch", epoch, self.iterations)
 
     def train_epoch(self, epoch):
         """One pass over the training data, with mid-epoch validation every val_step."""
-        opt, model = self.opt, self.model
         self.start_epoch(epoch)
         n_batches = len(self.loader)
         bar = tqdm(self.loader, desc=f"epoch {epoch}", total=n_batches,
@@ -248,89 +301,93 @@ class Trainer:
         images_path = self.loader.dataset.files.images_path
         for i, (images, image_lengths, captions, lengths, _, image_indices) in enumerate(bar):
             precomp.check_finite_images(images, image_indices, images_path)
-            # train_emb raises XDimError on a non-finite loss, before touching the weights.
-            loss = model.train_emb(images, captions, lengths, image_lengths)
+            # train_step raises XDimError on a non-finite loss, before touching the weights.
+            loss = self.train_step(images, captions, lengths, image_lengths)
             self.losses.append(loss)
             self.log_step(bar, epoch, i, n_batches, loss, start)
-            if opt.val_step > 0 and model.Eiters % opt.val_step == 0 and i + 1 < n_batches:
+            if self.config.val_step > 0 and self.iterations % self.config.val_step == 0 and i + 1 < n_batches:
                 self.validate_and_save(epoch, end_of_epoch=False)
         bar.close()
 
     def log_step(self, bar, epoch, i, n_batches, loss, start):
-        model = self.model
-        lr = current_lr(model)
-        self.tb.log_value("loss", loss, model.Eiters)
-        self.tb.log_value("lr", lr, model.Eiters)
+        lr = self.current_lr()
+        self.tb.log_value("loss", loss, self.iterations)
+        self.tb.log_value("lr", lr, self.iterations)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if (i + 1) % self.opt.log_step == 0 or i + 1 == n_batches:
+        if (i + 1) % self.config.log_step == 0 or i + 1 == n_batches:
             statistics = self.similarity_statistics()
-            self.tb.log_values(statistics, model.Eiters)
+            self.tb.log_values(statistics, self.iterations)
             self.logger.info("epoch %d [%d/%d] iter %d loss %.4f lr %.2e %.2f it/s%s",
-                             epoch, i + 1, n_batches, model.Eiters, loss, lr,
+                             epoch, i + 1, n_batches, self.iterations, loss, lr,
                              (i + 1) / max(time.time() - start, 1e-9),
                              "".join(f" {name} {value:.4g}" for name, value in statistics.items()))
 
     def similarity_statistics(self):
         """The similarity's own numbers (X-Dim: mask density, mean threshold, temperatures), or {}."""
-        statistics = getattr(self.model.modules()["sim"], "statistics", None)
+        statistics = getattr(self.model.sim, "statistics", None)
         return statistics() if statistics else {}
 
     def run(self, start_epoch):
-        for epoch in range(start_epoch, self.opt.num_epochs):
+        for epoch in range(start_epoch, self.config.num_epochs):
             self.train_epoch(epoch)
             self.validate_and_save(epoch, end_of_epoch=True)
         return {"best_rsum": self.best_rsum, "losses": self.losses,
-                "last_metrics": self.last_metrics, "iterations": self.model.Eiters}
+                "last_metrics": self.last_metrics, "iterations": self.iterations}
 
 
-def build_model(opt, device=None, bert_path=None):
-    """VSEModel on `device` with the BERT at `bert_path`, identical on every rank (seeded from opt.seed)."""
-    seed_everything(opt.seed)
-    return VSEModel(opt, device=device, bert_path=bert_path)
+def build_model(model_config, bert_path, seed, device, amp):
+    """A new XDimModel with the pretrained BERT at `bert_path`, on `device`, identical on every
+    rank (seeded from `seed`)."""
+    seed_everything(seed)
+    return XDimModel(model_config, bert_path=bert_path, amp=amp).to(device)
 
 
-def open_dev(opt, caption_encoder):
+def open_dev(config, caption_encoder, img_dim):
     """The dev split (validation), checked whole before training: finite features, no empty caption."""
-    dev_files = precomp.open_split(opt.data_path, opt.data_name, "dev", img_dim=opt.img_dim)
+    dev_files = precomp.open_split(config.data_path, config.data_name, "dev", img_dim=img_dim)
     precomp.check_split_finite(dev_files)
     caption_encoder.check_captions(dev_files)
     return dev_files
 
 
-def train(opt, augment=True):
-    """Train from options; -> {'best_rsum', 'losses' (per iteration), 'last_metrics', 'iterations'}.
+def log_run_start(logger, model_config, config, runtime, device, threads):
+    logger.info("model: %s", {k: v for k, v in model_config.as_dict().items() if k != "bert_config"})
+    logger.info("training: %s", config.as_dict())
+    logger.info("device %s, amp %s, %d CPU threads", device, runtime.amp, threads)
+    if distributed.world_size() > 1:
+        logger.info("%d processes, %d captions per process and step", distributed.world_size(),
+                    per_rank_batch(config.batch_size, distributed.world_size()))
 
-    Checks the options first (lib.cli.options.check_training_options), then resolves
-    the device, CPU threads and BERT once. Under torchrun every process runs this;
-    only rank 0 validates, logs and writes checkpoints. Raises XDimError for bad
-    input and for a non-finite loss.
+
+def train(model_config, config, runtime, augment=True):
+    """Train; -> {'best_rsum', 'losses' (per iteration), 'last_metrics', 'iterations'}.
+
+    model_config: lib.model.config.ModelConfig (its `bert` is resolved here, once, by
+    lib.model.bert.resolve_bert_path); config: lib.training.config.TrainConfig; runtime:
+    lib.runtime.device.RuntimeConfig, its device already checked. Under torchrun every
+    process runs this; only rank 0 validates, logs and writes checkpoints. Raises
+    XDimError for bad input and for a non-finite loss.
     """
-    device = distributed.init_from_env(check_training_options(opt))
-    threads = apply_threads(opt.threads)
-    per_rank = per_rank_batch(opt.batch_size, distributed.world_size())
+    device = distributed.init_from_env(runtime.torch_device())
+    threads = runtime.apply_threads()
+    per_rank_batch(config.batch_size, distributed.world_size())
     main = distributed.is_main()
-    logger = setup_text_log(opt.logger_name, main)
+    logger = setup_text_log(config.logger_name, main)
     try:
-        logger.info("options: %s", vars(opt))
-        logger.info("device %s, %d CPU threads", device, threads)
-        if distributed.world_size() > 1:
-            logger.info("%d processes, %d captions per process and step", distributed.world_size(), per_rank)
+        log_run_start(logger, model_config, config, runtime, device, threads)
         if main:
-            for path in remove_stale_temp_files(opt.model_name):
+            for path in remove_stale_temp_files(config.model_name):
                 logger.info("removed %s, left by an interrupted save", path)
-        state = read_resume(opt) if opt.resume else None
-        bert_path = resolve_bert_path(opt.bert_path)
-        tokenizer = load_tokenizer(bert_path)
-        max_len = bert_max_positions(bert_path)
-        loader = make_train_loader(opt, tokenizer, max_len, augment)
-        caption_encoder = precomp.CaptionEncoder(tokenizer, max_len)
-        dev_files = open_dev(opt, caption_encoder)
-        model = build_model(opt, device, bert_path)
-        start_epoch, best_rsum = resume(model, opt, state, logger) if state else (0, 0.0)
-        distributed.wrap_encoders(model)
-        trainer = Trainer(opt, model, loader, dev_files, caption_encoder, logger,
-                          TBLogger(opt.logger_name, enabled=main))
-        trainer.best_rsum = best_rsum
+        state = read_resume(config, model_config.sim) if config.resume else None
+        bert_path = resolve_bert_path(model_config.bert)
+        caption_encoder = precomp.CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
+        loader = make_train_loader(config, caption_encoder, model_config.img_dim, augment)
+        dev_files = open_dev(config, caption_encoder, model_config.img_dim)
+        model = build_model(model_config, bert_path, config.seed, device, runtime.amp)
+        trainer = Trainer(model, config, loader, dev_files, caption_encoder, logger,
+                          TBLogger(config.logger_name, enabled=main))
+        start_epoch = trainer.resume(state) if state else 0
+        trainer.wrap_for_processes()
         result = trainer.run(start_epoch)
         logger.info("done: best rsum %.2f", result["best_rsum"])
         return result

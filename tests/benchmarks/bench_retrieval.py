@@ -53,8 +53,8 @@ from lib.data.precomp import CaptionEncoder, open_split  # noqa: E402
 from lib.data.synthetic import demo_prototypes, write_demo_split  # noqa: E402
 from lib.model.encoders import ImageEncoder  # noqa: E402
 from lib.data.butd import NpyWriter  # noqa: E402
-from lib.cli.options import default_options  # noqa: E402
-from lib.model.xdim_model import VSEModel  # noqa: E402
+from lib.model.config import ModelConfig  # noqa: E402
+from lib.model.xdim_model import XDimModel  # noqa: E402
 
 PARTS = ("demo", "coco", "latency")
 
@@ -157,7 +157,7 @@ def compare_on_split(model, model_path, split, workdir, k, name, sweep):
           f"image-to-text {i2t:.2f} ({i2t - exhaustive['i2t_r1']:+.2f})")
     print(f"[{name}]     per query: text {1000 * text_s:.1f} ms, image {1000 * image_s:.1f} ms; "
           f"exhaustive per text query {1000 * exhaustive_seconds / n_cap:.1f} ms (amortised)")
-    encoders = [head, shortlist.MeanPooling(model.opt.embed_size)] if kind == "head" else [head]
+    encoders = [head, shortlist.MeanPooling(model.config.embed_size)] if kind == "head" else [head]
     for encoder_ in encoders:
         img_global = shortlist.image_vectors(encoder_, img_emb)
         cap_global = shortlist.caption_vectors(encoder_, captions)
@@ -173,18 +173,18 @@ def compare_on_split(model, model_path, split, workdir, k, name, sweep):
 
 
 def part_demo(args, workdir):
-    model = VSEModel.from_checkpoint(args.model_path, device="cpu")
-    split = open_split(args.data_path, "demo_precomp", "test", img_dim=model.opt.img_dim)
+    model = XDimModel.from_checkpoint(args.model_path, device="cpu")
+    split = open_split(args.data_path, "demo_precomp", "test", img_dim=model.config.img_dim)
     compare_on_split(model, args.model_path, split, workdir, args.demo_k, "demo", args.sweep)
 
 
 def part_coco(args, workdir):
-    model = VSEModel.from_checkpoint(args.model_path, device="cpu")
+    model = XDimModel.from_checkpoint(args.model_path, device="cpu")
     folder = os.path.join(workdir, "coco_shaped")
     os.makedirs(folder, exist_ok=True)
-    write_demo_split(folder, "test5k", args.coco_images, demo_prototypes(model.opt.img_dim, seed=0),
+    write_demo_split(folder, "test5k", args.coco_images, demo_prototypes(model.config.img_dim, seed=0),
                      np.random.default_rng(12345))
-    split = open_split(workdir, "coco_shaped", "test5k", img_dim=model.opt.img_dim)
+    split = open_split(workdir, "coco_shaped", "test5k", img_dim=model.config.img_dim)
     compare_on_split(model, args.model_path, split, workdir, args.coco_k, "coco", args.sweep)
 
 
@@ -193,8 +193,8 @@ def part_coco(args, workdir):
 def paper_sized_model():
     """d = 1024, BERT-base architecture with random weights, 64-d region features."""
     torch.manual_seed(0)
-    opt = default_options(embed_size=1024, img_dim=64, bert_path=BUNDLED_BERT_BASE, device="cpu")
-    model = VSEModel(opt, bert_config=bert_config_dict(BUNDLED_BERT_BASE))
+    model = XDimModel(ModelConfig(img_dim=64, embed_size=1024, bert=BUNDLED_BERT_BASE,
+                                  bert_config=bert_config_dict(BUNDLED_BERT_BASE)))
     model.val_start()
     return model
 
@@ -212,7 +212,7 @@ def part_latency_build(args, workdir):
     head = shortlist.ShortlistHead(1024).eval()
     features = os.path.join(workdir, "gallery_ims.npy")
     start = time.time()
-    write_synthetic_gallery(features, args.gallery, model.opt.img_dim)
+    write_synthetic_gallery(features, args.gallery, model.config.img_dim)
     print(f"[latency] wrote {args.gallery:,} synthetic images (36 x 64 float32) in {time.time() - start:.0f} s")
     flat = os.path.join(workdir, "index-flat")
     start = time.time()

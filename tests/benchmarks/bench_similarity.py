@@ -271,14 +271,12 @@ def write_memory_split(folder, n_img, regions, img_dim, max_words, seed):
 def memory_report(args, device):
     from lib.model.bert import load_tokenizer
     from lib.data.precomp import CaptionEncoder, open_split
-    from lib.cli.options import default_options
-    from lib.model.xdim_model import VSEModel
+    from lib.model.config import ModelConfig
+    from lib.model.xdim_model import XDimModel
     with tempfile.TemporaryDirectory() as folder:
         bert = write_memory_split(folder, args.mem_images, args.mem_regions, args.mem_img_dim,
                                   args.mem_max_words, args.seed)
-        opt = default_options(embed_size=args.mem_d, img_dim=args.mem_img_dim, bert_path=bert,
-                              device=str(device), data_path=folder, data_name="coco_precomp")
-        model = VSEModel(opt)
+        model = XDimModel(ModelConfig(img_dim=args.mem_img_dim, embed_size=args.mem_d, bert=bert)).to(device)
         split = open_split(folder, "coco_precomp", "testall", img_dim=args.mem_img_dim)
         encoder = CaptionEncoder(load_tokenizer(bert), 64)
         exact_peak = reset_rss_peak()

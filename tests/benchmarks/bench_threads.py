@@ -27,27 +27,26 @@ def steps_per_second(threads, seconds, warmup=3):
     """Train the demo-sized model for `seconds` on `threads` ('auto' or an int) -> steps/s."""
     import torch
 
-    from bench_train_step import random_batch
-    from lib.model.bert import bert_config_dict
+    from bench_train_step import random_batch, step_trainer
     from lib.data.synthetic import demo_vocabulary, write_tiny_bert
-    from lib.cli.options import default_options
+    from lib.model.bert import bert_config_dict
+    from lib.model.config import ModelConfig
+    from lib.model.xdim_model import XDimModel
     from lib.runtime.device import apply_threads
-    from lib.model.xdim_model import VSEModel
 
     apply_threads(0 if threads == "auto" else int(threads))
     folder = write_tiny_bert(tempfile.mkdtemp(prefix="bench-threads-"), demo_vocabulary(), with_weights=False)
     config = bert_config_dict(folder)
     torch.manual_seed(0)
-    opt = default_options(bert_path=folder, img_dim=64, embed_size=64, batch_size=64, learning_rate=0.002)
-    model = VSEModel(opt, bert_config=config, device=torch.device("cpu"))
-    model.train_start()
+    model = XDimModel(ModelConfig(img_dim=64, embed_size=64, bert=folder, bert_config=config)).train()
+    trainer = step_trainer(model, 64)
     gen = torch.Generator().manual_seed(0)
     batches = [random_batch(64, config["vocab_size"], 64, gen, first_id=5) for _ in range(8)]
     for batch in batches[:warmup]:
-        model.train_emb(*batch)
+        trainer.train_step(*batch)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        model.train_emb(*batches[steps % len(batches)])
+        trainer.train_step(*batches[steps % len(batches)])
         steps += 1
     return steps / (time.perf_counter() - start), torch.get_num_threads()
 

@@ -18,8 +18,19 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from lib.model.bert import BUNDLED_BERT_BASE, bert_config_dict  # noqa: E402
-from lib.cli.options import default_options  # noqa: E402
-from lib.model.xdim_model import VSEModel  # noqa: E402
+from lib.model.config import ModelConfig  # noqa: E402
+from lib.model.xdim_model import XDimModel  # noqa: E402
+from lib.runtime.device import resolve_device  # noqa: E402
+from lib.training.config import TrainConfig  # noqa: E402
+from lib.training.trainer import Trainer  # noqa: E402
+
+
+def step_trainer(model, batch_size):
+    """A Trainer of `model` with the paper's optimizer and hardest-negative loss, for bare steps."""
+    trainer = Trainer(model, TrainConfig(batch_size=batch_size), loader=None, dev_files=None,
+                      caption_encoder=None, logger=None, tb=None)
+    trainer.criterion.max_violation = True
+    return trainer
 
 
 def random_batch(batch_size, vocab_size, img_dim, gen, first_id=1000):
@@ -42,18 +53,17 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(model, batches, warmup):
+def time_steps(trainer, batches, warmup):
     """Seconds per step over `batches` after `warmup` steps, and peak device memory (GiB or None)."""
-    model.train_start()
-    model.set_max_violation(True)
+    model = trainer.model.train()
     for batch in batches[:warmup]:
-        model.train_emb(*batch)
+        trainer.train_step(*batch)
     synchronize(model.device)
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
     start = time.perf_counter()
     for batch in batches[warmup:]:
-        model.train_emb(*batch)
+        trainer.train_step(*batch)
     synchronize(model.device)
     seconds = (time.perf_counter() - start) / (len(batches) - warmup)
     peak = torch.cuda.max_memory_allocated(model.device) / 2 ** 30 if model.device.type == "cuda" else None
@@ -78,10 +88,10 @@ def main():
     results = {}
     for amp in ("none", "bf16"):
         torch.manual_seed(0)
-        opt = default_options(bert_path=args.bert_path, device=args.device, amp=amp, img_dim=args.img_dim,
-                              embed_size=args.embed_size, batch_size=args.batch_size)
-        model = VSEModel(opt, bert_config=config)
-        seconds, peak = time_steps(model, batches, args.warmup)
+        model_config = ModelConfig(img_dim=args.img_dim, embed_size=args.embed_size, bert=args.bert_path,
+                                   bert_config=config)
+        model = XDimModel(model_config, amp=amp).to(resolve_device(args.device))
+        seconds, peak = time_steps(step_trainer(model, args.batch_size), batches, args.warmup)
         results[amp] = seconds
         name = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "CPU"
         memory = f", peak memory {peak:.1f} GiB" if peak is not None else ""

@@ -1,0 +1,39 @@
+"""The one wrapper every script's `main` goes through.
+
+An expected failure (XDimError, or an OSError such as a missing file, a folder in
+place of a file or a full disk) ends as one `error: ...` line on stderr and exit
+code 2, never a traceback; anything else is a bug and keeps its traceback. A
+torchrun process group, if one was opened, is closed in every case.
+"""
+import functools
+import sys
+
+from lib.errors import XDimError
+from lib.runtime import distributed
+
+
+def describe_os_error(error):
+    """'PATH: reason' for an OSError (its text alone when it names no file)."""
+    reason = error.strerror or str(error)
+    if error.filename:
+        return f"{error.filename}: {reason[0].lower() + reason[1:] if reason else type(error).__name__}"
+    return reason
+
+
+def entry_point(main):
+    """Decorate a script's `main(argv=None, ...) -> exit code or None` (None means 0)."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs) or 0
+        except XDimError as error:
+            message = str(error)
+        except OSError as error:
+            message = describe_os_error(error)
+        finally:
+            distributed.cleanup()
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    return run
