@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lib.analysis import figures
 from lib.data.precomp import CaptionDataset, ImageDataset, pad_tokens
 from lib.errors import XDimError
-from lib.model.similarity import reference
+from lib.model.similarity import reference, similarity_entry, xdim_equation_similarities
 from lib.model.similarity.xdim import MASK_ON
 
 
@@ -105,15 +105,12 @@ def shared_top_dimensions(top_sets):
 
 # ---------------------------------------------------------------- from a model
 
-# The similarities whose scores follow X-Dim's equations as written, which the figures draw.
-XDIM_EQUATIONS = ("xdim", "xdim_fixed_threshold", "reference")
-
-
 def check_xdim_equations(sim_name):
-    """XDimError unless checkpoints of `sim_name` score by X-Dim's own equations."""
-    if sim_name not in XDIM_EQUATIONS:
+    """XDimError unless checkpoints of `sim_name` score by X-Dim's own equations (the registry's trait)."""
+    if not similarity_entry(sim_name).xdim_equations:
         raise XDimError(f"this checkpoint's similarity is {sim_name!r}, whose equations differ from X-Dim's; "
-                        f"analyze.py draws the X-Dim equations of {', '.join(XDIM_EQUATIONS)} checkpoints")
+                        f"analyze.py draws the X-Dim equations of {', '.join(xdim_equation_similarities())} "
+                        "checkpoints")
 
 
 def dependency_parts(sim):

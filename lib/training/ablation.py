@@ -17,7 +17,7 @@ import time
 
 from lib.data.synthetic import DEMO_DATA_NAME, write_demo_dataset
 from lib.evaluation.scoring import evaluate_split, load_model, open_model_split
-from lib.model.similarity import SIMILARITIES
+from lib.model.similarity import ablation_variants
 from lib.training.trainer import BEST, train
 
 # The demo's training settings (those of train_demo.sh): the ablation's defaults.
@@ -25,8 +25,7 @@ DEMO_SETTINGS = dict(data_path=os.path.join("data", "demo"), data_name=DEMO_DATA
                      bert_path=os.path.join("data", "demo", "bert-tiny"), img_dim=64, embed_size=64,
                      batch_size=64, learning_rate=0.002, num_epochs=4, lr_update=3,
                      vse_mean_warmup_epochs=4, workers=0, log_step=50, device="cpu")
-# `reference` computes xdim's scores (slowly): it is a debugging aid, not an ablation.
-DEFAULT_VARIANTS = [name for name in SIMILARITIES if name != "reference"]
+DEFAULT_VARIANTS = ablation_variants()  # the registry entries with in_ablation
 
 
 def ensure_demo_data(opt):
