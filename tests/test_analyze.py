@@ -96,12 +96,16 @@ def test_dependency_order_of_one_dimension_and_of_a_non_square_w():
         analysis.dependency_order(np.zeros((2, 3)))
 
 
+def hide_package(monkeypatch, package):
+    """Until the test ends, importing `package` (or any of its modules) raises ImportError."""
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, package, None)
+
+
 @pytest.fixture
 def no_scipy(monkeypatch):
-    """Importing scipy (or any of its modules) raises ImportError."""
-    for name in [m for m in sys.modules if m == "scipy" or m.startswith("scipy.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "scipy", None)
+    hide_package(monkeypatch, "scipy")
 
 
 def test_missing_scipy_is_one_line_with_the_install_command(no_scipy):
@@ -169,10 +173,7 @@ def test_every_figure_is_a_valid_png(tmp_path):
 
 @pytest.fixture
 def no_matplotlib(monkeypatch):
-    """Importing matplotlib (or any of its modules) raises ImportError."""
-    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    hide_package(monkeypatch, "matplotlib")
 
 
 def test_missing_matplotlib_is_one_line_with_the_install_command(tmp_path, no_matplotlib):
