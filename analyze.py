@@ -5,7 +5,7 @@
         --data_path data/demo --data_name demo_precomp --split test --words dog cat --pair 0 0
 
 Writes PNG figures and summary.json into --out (README: "Looking inside a model").
-Needs matplotlib (pip install matplotlib).
+Needs matplotlib and scipy (pip install matplotlib scipy).
 """
 import argparse
 import sys

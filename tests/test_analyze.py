@@ -64,6 +64,58 @@ def test_dependency_order_finds_a_block_that_a_random_order_splits():
     assert_contiguous(analysis.dependency_order(W), blocks)
 
 
+# Similarities S = (|W| + |W^T|) / 2 of 6 dimensions, chosen so that average linkage
+# builds a tree that single and complete linkage do not:
+#   1. {1, 4} (0.9)  2. {0, 5} (0.8)
+#   3. 3 joins {0, 5}: mean(0.6, 0.5) = 0.55 beats 2-{0, 5} mean(0.7, 0.1) = 0.4
+#      (single linkage would take 2-0 at 0.7 here)
+#   4. 2 joins {1, 4}: mean(0.6, 0.05) = 0.325 beats 2-{0, 3, 5} mean(0.7, 0.1, 0.1) = 0.3
+#      (complete linkage would take 2-{0, 3, 5} at min 0.1 over min 0.05)
+#   5. {0, 3, 5} with {1, 2, 4}.
+# scipy numbers clusters 6 = {1, 4}, 7 = {0, 5}, 8 = 3 + 7, 9 = 2 + 6, 10 = 8 + 9 and lays out
+# each as its lower-numbered part first: 8 = [3, 0, 5], 9 = [2, 1, 4].
+# W holds each S[i, j] in one triangle (twice over, the other entry 0), except that S[0, 5]
+# = (1.2 + |-0.4|) / 2; its diagonal, which must not count, is large.
+HAND_W = np.array([
+    [3.0, 0.2, 1.4, 1.2, 0.2, 1.2],
+    [0.0, 3.0, 1.2, 0.2, 1.8, 0.2],
+    [0.0, 0.0, 3.0, 0.2, 0.1, 0.2],
+    [0.0, 0.0, 0.0, 3.0, 0.2, 1.0],
+    [0.0, 0.0, 0.0, 0.0, 3.0, 0.2],
+    [-0.4, 0.0, 0.0, 0.0, 0.0, 3.0],
+])
+
+
+def test_dependency_order_is_the_average_linkage_tree_worked_out_by_hand():
+    assert analysis.dependency_order(HAND_W).tolist() == [3, 0, 5, 2, 1, 4]
+    assert analysis.dependency_order(HAND_W.T).tolist() == [3, 0, 5, 2, 1, 4]  # symmetric in W, W^T
+
+
+def test_dependency_order_of_one_dimension_and_of_a_non_square_w():
+    assert analysis.dependency_order([[0.7]]).tolist() == [0]
+    with pytest.raises(ValueError, match=r"W must be square, got shape \(2, 3\)"):
+        analysis.dependency_order(np.zeros((2, 3)))
+
+
+def hide_package(monkeypatch, package):
+    """Until the test ends, importing `package` (or any of its modules) raises ImportError."""
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, package, None)
+
+
+@pytest.fixture
+def no_scipy(monkeypatch):
+    hide_package(monkeypatch, "scipy")
+
+
+def test_missing_scipy_is_one_line_with_the_install_command(no_scipy):
+    with pytest.raises(XDimError) as error:
+        analysis.dependency_order(HAND_W)
+    assert str(error.value) == analysis.SCIPY_HINT
+    assert "pip install scipy" in analysis.SCIPY_HINT and "\n" not in analysis.SCIPY_HINT
+
+
 def test_dependencies_per_dimension_counts_entries_above_one_half():
     mask = np.array([[0.9, 0.5, 0.51], [0.0, 0.2, 0.4], [1.0, 1.0, 1.0]])
     assert analysis.dependencies_per_dimension(mask).tolist() == [2, 0, 3]
@@ -122,10 +174,7 @@ def test_every_figure_is_a_valid_png(tmp_path):
 
 @pytest.fixture
 def no_matplotlib(monkeypatch):
-    """Importing matplotlib (or any of its modules) raises ImportError."""
-    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    hide_package(monkeypatch, "matplotlib")
 
 
 def test_missing_matplotlib_is_one_line_with_the_install_command(tmp_path, no_matplotlib):
@@ -315,6 +364,12 @@ def test_missing_matplotlib_stops_analyze_before_writing(planted, tmp_path, caps
     code, _, err = run_cli(["--model_path", planted[0], "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and err == f"error: {figures.MATPLOTLIB_HINT}\n"
     assert "pip install matplotlib" in err and not (tmp_path / "out").exists()
+
+
+def test_missing_scipy_stops_analyze_before_writing(planted, tmp_path, capsys, no_scipy):
+    code, _, err = run_cli(["--model_path", planted[0], "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err == f"error: {analysis.SCIPY_HINT}\n"
+    assert "pip install scipy" in err and not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- concepts from embeddings

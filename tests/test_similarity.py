@@ -11,15 +11,19 @@ import torch
 
 import eval as eval_cli
 from builders import checkpoint_of, model_from_options, trainer_for
+from lib.analysis.statistics import check_xdim_equations
 from lib.training import trainer as training
 from lib.formats.checkpoint import load_checkpoint, save_checkpoint
 from lib.errors import XDimError
 from lib.cli.options import train_configs, get_argument_parser
-from lib.model.similarity import SIMILARITIES, Similarity, build_similarity
+from lib.model.similarity import (SIMILARITIES, Similarity, SimilarityEntry, ablation_variants, build_similarity,
+                                  similarity_entry, similarity_help, xdim_equation_similarities)
 from lib.model.similarity.blocks import plan, score_padded
+from lib.model.similarity.cosine import CosineSimilarity
 from lib.model.similarity.xdim import XDimSimilarity
 from lib.model.xdim_model import XDimModel
 from legacy_format import save_v1_checkpoint
+from lib.training.ablation import DEFAULT_VARIANTS
 from official_format import official_opt, official_parts, write_official_checkpoint
 from test_eval_cli import _reference_scores
 from test_model import tiny_batch, tiny_opt
@@ -45,8 +49,8 @@ def test_every_variant_is_a_sim_choice_with_its_help_line(capsys):
     assert parser.parse_args([]).sim == "xdim"
     assert parser.parse_args(["--sim", "xdim_nomask"]).sim == "xdim_nomask"
     help_text = parser.format_help()
-    for name, (_, line) in SIMILARITIES.items():
-        assert re.search(rf"^  {name} +{re.escape(line)}$", help_text, re.M), name
+    for name, entry in SIMILARITIES.items():
+        assert re.search(rf"^  {name} +{re.escape(entry.help)}$", help_text, re.M), name
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["--sim", "xdimm"])
     assert info.value.code == 2 and "invalid choice: 'xdimm'" in capsys.readouterr().err
@@ -57,6 +61,37 @@ def test_unknown_name_in_library_use_is_one_line():
         build_similarity("bogus", 8)
     assert str(info.value) == ("--sim: unknown similarity 'bogus' (known: xdim, reference, cosine, "
                                "xdim_nomask, xdim_fixed_threshold, xdim_nodelta)")
+
+
+def test_the_traits_of_the_built_in_entries():
+    assert xdim_equation_similarities() == ["xdim", "reference", "xdim_fixed_threshold"]
+    assert ablation_variants() == ["xdim", "cosine", "xdim_nomask", "xdim_fixed_threshold", "xdim_nodelta"]
+    assert DEFAULT_VARIANTS == ablation_variants()  # ablate.py's default is the registry's
+
+
+def test_a_new_entry_s_traits_drive_help_analysis_and_ablation(monkeypatch):
+    monkeypatch.setitem(SIMILARITIES, "drawn_only", SimilarityEntry(
+        XDimSimilarity, "a test entry that analyze.py draws", xdim_equations=True, in_ablation=False))
+    monkeypatch.setitem(SIMILARITIES, "zz_ablation_only", SimilarityEntry(XDimSimilarity, "not X-Dim's equations"))
+    help_text = get_argument_parser().format_help()
+    assert re.search(r"^  drawn_only +a test entry that analyze.py draws$", help_text, re.M)
+    assert re.search(r"^  zz_ablation_only +not X-Dim's equations$", help_text, re.M)
+    check_xdim_equations("drawn_only")  # accepted: its trait, though it is not a built-in name
+    with pytest.raises(XDimError) as info:
+        check_xdim_equations("zz_ablation_only")  # refused by its trait, though its class is X-Dim's
+    assert str(info.value) == ("this checkpoint's similarity is 'zz_ablation_only', whose equations differ from "
+                               "X-Dim's; analyze.py draws the X-Dim equations of xdim, reference, "
+                               "xdim_fixed_threshold, drawn_only checkpoints")
+    assert ablation_variants()[-1] == "zz_ablation_only" and "drawn_only" not in ablation_variants()
+
+
+def test_a_plain_pair_is_an_entry_with_the_default_traits(monkeypatch):
+    monkeypatch.setitem(SIMILARITIES, "pair", (CosineSimilarity, "given as (class, help)"))
+    assert similarity_entry("pair") == SimilarityEntry(CosineSimilarity, "given as (class, help)",
+                                                       xdim_equations=False, in_ablation=True)
+    assert type(build_similarity("pair", 8)) is CosineSimilarity
+    assert similarity_help().endswith("\n  pair                  given as (class, help)")
+    assert "pair" in ablation_variants() and "pair" not in xdim_equation_similarities()
 
 
 # ---------------------------------------------------------------- the scheduler
@@ -275,21 +310,25 @@ def test_resume_refuses_another_variant(tiny_bert_dir, tmp_path):
 # ---------------------------------------------------------------- the README's worked example
 
 def readme_example():
-    """The python block of README.md's section "Adding a similarity", run as a module."""
+    """README.md's section "Adding a similarity": -> (its module, run; its registry name; its registry
+    entry, the README's expression evaluated with the module's names and SimilarityEntry)."""
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     section = readme.split("### Adding a similarity", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    entry = re.search(r'^\s*("\w+": \(\w+, ".*"\)),$', section, re.M).group(1)
+    name, expression = re.search(r'^\s*"(\w+)": (.+),$', section, re.M).groups()
     module = types.ModuleType("readme_example")
     exec(compile(code, "README.md", "exec"), module.__dict__)
-    return module, entry
+    return module, name, eval(expression, {**vars(module), "SimilarityEntry": SimilarityEntry})
 
 
 def test_readme_example_variant_trains_and_evaluates(tiny_bert_dir, tiny_precomp, tmp_path, capsys,
                                                      monkeypatch):
-    module, entry = readme_example()
-    name, cls_name, help_line = re.match(r'"(\w+)": \((\w+), "(.*)"\)', entry).groups()
-    monkeypatch.setitem(SIMILARITIES, name, (getattr(module, cls_name), help_line))
+    module, name, entry = readme_example()
+    monkeypatch.setitem(SIMILARITIES, name, entry)
+    # As the README says: in --help and in ablate.py's variants, not drawn by analyze.py.
+    assert similarity_entry(name).cls is module.BestRegion
+    assert re.search(rf"^  {name} +no attention: ", similarity_help(), re.M)
+    assert name in ablation_variants() and name not in xdim_equation_similarities()
     # Its equation: each word's best weighted dot product with a region, mean over words.
     sim = build_similarity(name, 8)
     img, cap, lens = random_inputs(8, seed=5)

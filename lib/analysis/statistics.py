@@ -2,14 +2,15 @@
 
 Statistics (numpy / torch; every intermediate comes from lib/model/similarity/reference.py):
 - `dependency_order(W)`: an order of the d dimensions in which groups of mutually
-  dependent dimensions sit next to each other (average-linkage clustering);
+  dependent dimensions sit next to each other (scipy's average-linkage clustering);
 - `dependencies_per_dimension(mask)`: for each dimension i, the number of
   dimensions j it draws on (mask entries M[i, j] > 0.5);
 - `concept_statistics`: for a word, each dimension's probability of taking part in
   the word's representation over a split (`participation_probabilities`);
 - `pair_analysis`: one image-caption pair's attention and word scores.
 `write_report` draws them (lib/analysis/figures.py, which alone needs matplotlib) and writes
-summary.json; it is what analyze.py runs.
+summary.json; it is what analyze.py runs. scipy and matplotlib are optional dependencies, for
+analyze.py only: each is imported where it is used, with a one-line install hint when missing.
 """
 import json
 import os
@@ -22,11 +23,23 @@ from tqdm import tqdm
 from lib.analysis import figures
 from lib.data.precomp import CaptionDataset, ImageDataset, pad_tokens
 from lib.errors import XDimError
-from lib.model.similarity import reference
+from lib.model.similarity import reference, similarity_entry, xdim_equation_similarities
 from lib.model.similarity.xdim import MASK_ON
 
 
 # ---------------------------------------------------------------- dependency structure
+
+SCIPY_HINT = "scipy is not installed; analyze.py orders the dimensions with it: pip install scipy"
+
+
+def require_scipy():
+    """-> scipy.cluster.hierarchy; XDimError (one line, with the install command) without scipy."""
+    try:
+        from scipy.cluster import hierarchy
+    except ImportError:
+        raise XDimError(SCIPY_HINT) from None
+    return hierarchy
+
 
 def dependency_order(W):
     """An order of the dimensions that shows groups of mutually dependent dimensions as blocks.
@@ -34,47 +47,25 @@ def dependency_order(W):
     W (d, d), non-negative dependency weights (any array-like). The similarity of
     dimensions i and j is (|W[i, j]| + |W[j, i]|) / 2; dimensions are clustered
     bottom-up with average linkage (the two clusters whose members are, on average,
-    most similar merge first) and the order is the leaf order of the resulting
-    tree, each merged cluster laid out as its two parts one after the other. Every
-    cluster of the tree is therefore a contiguous range of the order; a group whose
-    internal similarities all exceed its similarities to the rest is one of them.
-    Deterministic (ties go to the lower index). Returns (d,) int64, a permutation.
-
-    The tree is built by the nearest-neighbour chain algorithm: O(d^2) time, a few
-    numpy operations per merge.
+    most similar merge first; scipy.cluster.hierarchy.linkage on the distance
+    max(similarity) - similarity, which merges in the same order) and the order is
+    the leaf order of the resulting tree (scipy's leaves_list: each merged cluster
+    laid out as its two parts one after the other). Every cluster of the tree is
+    therefore a contiguous range of the order; a group whose internal similarities
+    all exceed its similarities to the rest is one of them. Deterministic.
+    Returns (d,) int64, a permutation. XDimError without scipy.
     """
+    hierarchy = require_scipy()
     weights = np.abs(np.asarray(W, dtype=np.float64))
     if weights.ndim != 2 or weights.shape[0] != weights.shape[1]:
         raise ValueError(f"W must be square, got shape {weights.shape}")
     d = weights.shape[0]
-    similarity = (weights + weights.T) / 2
-    np.fill_diagonal(similarity, -np.inf)
-    sizes = np.ones(d)
-    members = [[i] for i in range(d)]
-    active = np.ones(d, dtype=bool)
-    chain = []
-    for _ in range(d - 1):
-        while True:
-            if not chain:
-                chain.append(int(np.flatnonzero(active)[0]))
-            top = chain[-1]
-            row = np.where(active, similarity[top], -np.inf)
-            row[top] = -np.inf
-            nearest = int(np.argmax(row))
-            # A tie with the previous link closes the chain, so it always ends.
-            if len(chain) > 1 and row[chain[-2]] >= row[nearest]:
-                break
-            chain.append(nearest)
-        top, previous = chain.pop(), chain.pop()
-        keep, gone = min(top, previous), max(top, previous)
-        merged = (sizes[top] * similarity[top] + sizes[previous] * similarity[previous]) / (
-            sizes[top] + sizes[previous])
-        similarity[keep], similarity[:, keep] = merged, merged
-        similarity[keep, keep] = -np.inf
-        members[keep] = members[previous] + members[top]
-        sizes[keep] += sizes[gone]
-        active[gone] = False
-    return np.asarray(members[int(np.flatnonzero(active)[0])], dtype=np.int64)
+    if d < 2:
+        return np.arange(d, dtype=np.int64)
+    # Pairs i < j in scipy's condensed (row by row, upper triangle) layout.
+    similarity = ((weights + weights.T) / 2)[np.triu_indices(d, k=1)]
+    tree = hierarchy.linkage(similarity.max() - similarity, method="average")
+    return hierarchy.leaves_list(tree).astype(np.int64)
 
 
 def dependencies_per_dimension(mask):
@@ -114,15 +105,12 @@ def shared_top_dimensions(top_sets):
 
 # ---------------------------------------------------------------- from a model
 
-# The similarities whose scores follow X-Dim's equations as written, which the figures draw.
-XDIM_EQUATIONS = ("xdim", "xdim_fixed_threshold", "reference")
-
-
 def check_xdim_equations(sim_name):
-    """XDimError unless checkpoints of `sim_name` score by X-Dim's own equations."""
-    if sim_name not in XDIM_EQUATIONS:
+    """XDimError unless checkpoints of `sim_name` score by X-Dim's own equations (the registry's trait)."""
+    if not similarity_entry(sim_name).xdim_equations:
         raise XDimError(f"this checkpoint's similarity is {sim_name!r}, whose equations differ from X-Dim's; "
-                        f"analyze.py draws the X-Dim equations of {', '.join(XDIM_EQUATIONS)} checkpoints")
+                        f"analyze.py draws the X-Dim equations of {', '.join(xdim_equation_similarities())} "
+                        "checkpoints")
 
 
 def dependency_parts(sim):
@@ -350,9 +338,10 @@ def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pai
     Always: the mask and dependency figures. With a split (SplitFiles) and its
     CaptionEncoder: concept statistics of `words` (top_k: default 5% of d) and the
     attention of `pair` = (image, caption) indices, when given.
-    XDimError (one line) for bad input and when matplotlib is missing.
+    XDimError (one line) for bad input and when matplotlib or scipy is missing.
     """
     figures.require_matplotlib()
+    require_scipy()
     check_xdim_equations(model.config.sim)
     d = model.config.embed_size
     top_k = default_top_k(d) if top_k is None else top_k

@@ -17,12 +17,11 @@ from dataclasses import replace
 
 from lib.data.synthetic import DEMO_DATA_NAME, write_demo_dataset
 from lib.evaluation.scoring import evaluate_split, open_model_split
-from lib.model.similarity import SIMILARITIES
+from lib.model.similarity import ablation_variants
 from lib.model.xdim_model import XDimModel
 from lib.training.trainer import BEST, train
 
-# `reference` computes xdim's scores (slowly): it is a debugging aid, not an ablation.
-DEFAULT_VARIANTS = [name for name in SIMILARITIES if name != "reference"]
+DEFAULT_VARIANTS = ablation_variants()  # the registry entries with in_ablation
 
 
 def ensure_demo_data(data_path, data_name, img_dim):
