@@ -413,7 +413,7 @@ def test_query_errors(setup, capsys, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(index, broken)
     json.dump(dict(manifest, model="not a dict"), open(broken / "manifest.json", "w"))
-    assert "manifest.json: damaged (model of the wrong type)" in _query_error(
+    assert "manifest.json: damaged, field 'model' is str, expected dict; rebuild the index" in _query_error(
         ["query", "--index", str(broken), "--query", "a dog"], capsys)
 
 

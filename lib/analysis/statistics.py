@@ -11,7 +11,6 @@ Statistics (numpy / torch; every intermediate comes from lib/model/similarity/re
 `write_report` draws them (lib/analysis/figures.py, which alone needs matplotlib) and writes
 summary.json; it is what analyze.py runs.
 """
-import json
 import os
 from typing import NamedTuple
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from lib.analysis import figures
 from lib.data.precomp import CaptionDataset, ImageDataset, pad_tokens
 from lib.errors import XDimError
+from lib.formats.atomic import write_json
 from lib.model.similarity import reference
 from lib.model.similarity.xdim import MASK_ON
 
@@ -377,6 +377,5 @@ def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pai
         summary["pair"], name = pair_report(model, split, encoder, *pair, out)
         files.append(name)
     summary["figures"] = files
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(out, "summary.json"), summary, indent=1)
     return summary

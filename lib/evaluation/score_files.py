@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 
 from lib.errors import XDimError
+from lib.formats.atomic import atomic_file
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -72,8 +73,11 @@ def check_finite_scores(sims, source):
 
 
 def save_score_file(sims, path):
-    """Write sims as a plain float32 .npy (n_img, n_cap), loadable with allow_pickle=False."""
-    np.save(path, np.asarray(sims, dtype=np.float32), allow_pickle=False)
+    """Write sims as a plain float32 .npy (n_img, n_cap), loadable with allow_pickle=False, atomically:
+    on any failure (a full disk is one XDimError line) an existing file at `path` is left intact."""
+    sims = np.asarray(sims, dtype=np.float32)
+    with atomic_file(path, size=sims.nbytes) as f:
+        np.save(f, sims, allow_pickle=False)
 
 
 def check_same_shape(shapes, sources):
