@@ -152,9 +152,19 @@ def _sync_tree(folder):
                 os.fsync(f.fileno())
 
 
+def _remove(path):
+    """Delete a file, a link, or a folder with everything in it."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
 def replace_folder(staging, target):
-    """Move the finished folder `staging` onto `target`; a previous `target` is deleted only after
-    the move succeeded (and is moved back if it failed)."""
+    """Move the finished folder `staging` onto `target`; a previous `target` folder is deleted only
+    after the move succeeded (and is moved back if it failed). A file at `target` is never replaced."""
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise XDimError(f"{target}: is a file, not a folder; it was not replaced")
     previous = None
     if os.path.lexists(target):
         previous = f"{target.rstrip(os.sep)}.old-{os.getpid()}"
@@ -166,15 +176,11 @@ def replace_folder(staging, target):
             os.rename(previous, target)
         raise
     if previous:
-        shutil.rmtree(previous)
+        _remove(previous)
 
 
-class atomic_folder:
-    """`with atomic_folder(target) as staging:` fill `staging`; it replaces `target` when the block
-    ends without an error, and is deleted (leaving `target` as it was) when it raises.
-
-    The caller decides beforehand whether replacing an existing `target` is allowed.
-    """
+class StagedFolder:
+    """A folder built under `staging_path(target)` that replaces `target` when complete (atomic_folder)."""
 
     def __init__(self, target):
         self.target = target.rstrip(os.sep)
@@ -200,6 +206,15 @@ class atomic_folder:
         if error is not None:
             raise error from None
         return False
+
+
+def atomic_folder(target):
+    """`with atomic_folder(target) as staging:` fill the folder `staging`; it replaces `target` when the
+    block ends without an error, and is deleted (leaving `target` as it was) when it raises.
+
+    The caller decides beforehand whether replacing an existing `target` is allowed.
+    """
+    return StagedFolder(target)
 
 
 # ---------------------------------------------------------------- leftovers of killed processes
@@ -244,10 +259,7 @@ def remove_stale(folder, belongs):
         if pattern is REPLACED_PATTERN and not os.path.lexists(target):
             os.rename(path, target)
             continue
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+        _remove(path)
         removed.append(path)
     return removed
 
