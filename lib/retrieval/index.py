@@ -333,7 +333,7 @@ def check_index_target(index_dir, overwrite, inputs=()):
     """XDimError (one line, nothing changed on disk) unless a build may write `index_dir`.
 
     Refused: a file (or anything but a folder) named `index_dir`; a folder holding or
-    being one of `inputs` ((option, path) pairs, e.g. ("--images", path)); an existing
+    being one of the existing paths of `inputs` ((option, path) pairs, e.g. ("--images", path)); an existing
     folder without `overwrite`; with `overwrite`, a folder that is neither empty nor
     one of our indexes (its manifest says so).
     """
@@ -341,7 +341,7 @@ def check_index_target(index_dir, overwrite, inputs=()):
         raise XDimError(f"--index {index_dir}: is a file, not an index folder; give the name of a folder "
                         f"to create (nothing was changed)")
     for option, path in inputs:
-        if path and _inside(path, index_dir):
+        if path and os.path.exists(path) and _inside(path, index_dir):
             raise XDimError(f"--index {index_dir}: holds {option} {path}, an input of this build; "
                             f"give another --index (nothing was changed)")
     if not os.path.isdir(index_dir):
