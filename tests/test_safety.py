@@ -179,6 +179,14 @@ def test_save_sims_over_an_existing_file_on_a_full_disk_keeps_it(tmp_path, full_
     assert sorted(os.listdir(tmp_path)) == ["in.npy", "out.npy"]
 
 
+def test_save_sims_without_the_npy_ending_still_gets_it(tmp_path):
+    scores = np.arange(500, dtype=np.float32).reshape(10, 50) / 500
+    np.save(tmp_path / "in.npy", scores)
+    run_main(eval_cli.main, ["--ensemble", str(tmp_path / "in.npy"), "--save_sims", str(tmp_path / "out")])
+    assert sorted(os.listdir(tmp_path)) == ["in.npy", "out.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), scores)
+
+
 def test_eval_json_on_a_full_disk_leaves_no_partial_file(tmp_path, full_disk):
     np.save(tmp_path / "in.npy", np.eye(10, 50, dtype=np.float32))
     full_disk("m.json", 64)

@@ -1,5 +1,6 @@
 """Score matrices on disk: our float32 .npy files, the official code's pickled dicts, ensembles."""
 import io
+import os
 import pickle
 
 import numpy as np
@@ -75,7 +76,9 @@ def check_finite_scores(sims, source):
 def save_score_file(sims, path):
     """Write sims as a plain float32 .npy (n_img, n_cap), loadable with allow_pickle=False, atomically:
     on any failure (a full disk is one XDimError line) an existing file at `path` is left intact."""
-    sims = np.asarray(sims, dtype=np.float32)
+    sims, path = np.asarray(sims, dtype=np.float32), os.fspath(path)
+    if not path.endswith(".npy"):  # what np.save(path) always did, kept for existing command lines
+        path += ".npy"
     with atomic_file(path, size=sims.nbytes) as f:
         np.save(f, sims, allow_pickle=False)
 
