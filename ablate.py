@@ -11,13 +11,13 @@ Every train.py option applies to all variants alike; the defaults are the demo's
 --model_name and --logger_name are set per variant (OUT/NAME/checkpoint, OUT/NAME/log).
 """
 import argparse
-import json
 import os
 import sys
 
 import lib.training.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
 from lib.training.ablation import DEFAULT_VARIANTS, DEMO_SETTINGS, ablation_table, ensure_demo_data, run_ablation
 from lib.errors import XDimError
+from lib.formats.atomic import write_json
 from lib.cli.options import get_argument_parser
 from lib.model.similarity import SIMILARITIES
 
@@ -42,8 +42,7 @@ def main(argv=None):
     try:
         ensure_demo_data(args)
         rows = run_ablation(argparse.Namespace(**options), args.variants, args.split, args.out)
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump({"split": args.split, "options": options, "variants": rows}, f, indent=2)
+        write_json(json_path, {"split": args.split, "options": options, "variants": rows})
     except (XDimError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
