@@ -303,6 +303,13 @@ def test_build_on_a_full_disk_keeps_the_old_index_and_leaves_no_staging(gallery,
     assert folder_state(index) == before and os.listdir(tmp_path) == ["idx"]
 
 
+def test_build_with_a_full_disk_at_the_faiss_index_is_one_line(gallery, tmp_path, full_disk):
+    full_disk("faiss.index", 10)
+    message = one_error_line(build(gallery, tmp_path / "idx"))
+    assert "faiss.index: not written, disk full (" in message
+    assert os.listdir(tmp_path) == []
+
+
 def test_query_json_on_a_full_disk_keeps_the_old_file_or_writes_none(gallery, tmp_path, full_disk):
     old = tmp_path / "hits.json"
     old.write_text('["previous results"]', encoding="utf-8")

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from lib.evaluation import metrics
-from lib.formats.atomic import atomic_folder, write_json
+from lib.formats.atomic import atomic_file, atomic_folder, write_json
 from lib.formats.checkpoint import weights_fingerprint
 from lib.formats.versioned import FileFormat, check_fields, check_versioned
 from lib.retrieval import shortlist
@@ -302,7 +302,9 @@ def write_faiss_index(folder, size, index_type, chunk=65536):
     index = new_faiss_index(size, index_type)
     for start in range(0, len(vectors), chunk):
         index.add(np.ascontiguousarray(vectors[start:start + chunk]))
-    faiss.write_index(index, os.path.join(folder, "faiss.index"))
+    data = faiss.serialize_index(index)  # written by Python, so a full disk is an OSError, not faiss's RuntimeError
+    with atomic_file(os.path.join(folder, "faiss.index"), size=data.nbytes) as f:
+        f.write(data.tobytes())
 
 
 def _load_manifest(path):
