@@ -11,7 +11,6 @@ Every train.py option applies to all variants alike; the defaults are the demo's
 each variant's checkpoints and log go to OUT/NAME/checkpoint and OUT/NAME/log, so
 --model_name and --logger_name are refused.
 """
-import json
 import os
 import sys
 
@@ -20,6 +19,7 @@ from lib.cli.entry import entry_point
 from lib.cli.options import check_training_options, get_argument_parser, train_configs
 from lib.data.synthetic import DEMO_TRAINING
 from lib.errors import XDimError
+from lib.formats.atomic import write_json
 from lib.model.similarity import SIMILARITIES
 from lib.training.ablation import DEFAULT_VARIANTS, ablation_table, ensure_demo_data, run_ablation
 
@@ -58,9 +58,8 @@ def main(argv=None):
     model_config, train_config, runtime = train_configs(args)
     ensure_demo_data(train_config.data_path, train_config.data_name, model_config.img_dim)
     rows = run_ablation(model_config, train_config, runtime, args.variants, args.split, args.out)
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump({"split": args.split, "model": model_config.as_dict() | {"bert_config": None},
-                   "training": train_config.as_dict(), "variants": rows}, f, indent=2)
+    write_json(json_path, {"split": args.split, "model": model_config.as_dict() | {"bert_config": None},
+                           "training": train_config.as_dict(), "variants": rows})
     print(ablation_table(rows, f"{args.data_name} {args.split}, {len(rows)} variants, seed {args.seed}:"))
     print(f"written: {json_path}")
 

@@ -4,10 +4,14 @@
     python analyze.py --model_path runs/demo/checkpoint/model_best.pth --out runs/demo/analysis \\
         --data_path data/demo --data_name demo_precomp --split test --words dog cat --pair 0 0
 
-Writes PNG figures and summary.json into --out (README: "Looking inside a model").
+Writes PNG figures and summary.json into --out (README: "Looking inside a model"), each
+atomically; re-run into the same --out, the previous report's figures that the new
+summary.json does not list are removed.
 Needs matplotlib and scipy (pip install matplotlib scipy).
 """
 import argparse
+import json
+import os
 import sys
 
 from lib.cli.entry import entry_point
@@ -38,8 +42,34 @@ def build_parser():
     return parser
 
 
+def previous_figures(out):
+    """The figure names the summary.json already in `out` lists (plain .png names only; [] without one)."""
+    try:
+        with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
+            names = json.load(f).get("figures", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in names if isinstance(name, str) and name.endswith(".png")
+            and name == os.path.basename(name)]
+
+
+def remove_unlisted_figures(out, previous, current):
+    """Delete the figures of the previous report in `out` that the new one does not list. -> their paths."""
+    removed = []
+    for name in sorted(set(previous) - set(current)):
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
 def run(args, device):
-    """Load the model (and the split when needed), write the report; -> summary dict."""
+    """Load the model (and the split when needed), write the report; -> summary dict.
+
+    A report already in --out is replaced: the figures its summary.json listed and
+    the new one does not are removed once the new summary.json is written.
+    """
     from lib.analysis import statistics as analysis
     from lib.evaluation import scoring
     from lib.model.xdim_model import XDimModel
@@ -47,8 +77,12 @@ def run(args, device):
     split = encoder = None
     if args.words or args.pair is not None:
         split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
-    return analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
-                                 progress=not args.no_progress)
+    previous = previous_figures(args.out)
+    summary = analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
+                                    progress=not args.no_progress)
+    for path in remove_unlisted_figures(args.out, previous, summary["figures"]):
+        print(f"removed {path}, a figure of the previous report that this one does not list")
+    return summary
 
 
 def describe(summary, out):

@@ -9,13 +9,13 @@ test.py (Flickr30K 1K test) and testall.py (COCO 5-fold 1K and 5K) are this
 script with other defaults.
 """
 import argparse
-import json
 import sys
 
 from lib.evaluation import metrics
 from lib.evaluation import score_files
 from lib.evaluation import scoring
 from lib.cli.entry import entry_point
+from lib.formats.atomic import write_json
 from lib.cli.options import HelpFormatter, add_runtime_options, check_evaluation_options
 from lib.model.xdim_model import XDimModel
 from lib.runtime.device import apply_threads
@@ -117,8 +117,7 @@ def main(argv=None, description=None, **defaults):
     apply_threads(args.threads)
     results, label = evaluate(args, device)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(metrics.rounded(results), f, indent=2)
+        write_json(args.json, metrics.rounded(results))
     print(metrics.results_table(results, label))
     if "shortlist" in results:
         two_stage = results["shortlist"]

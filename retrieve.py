@@ -11,10 +11,10 @@
     python retrieve.py query --index idx/caps --image_index 7       # an image of the split beside the captions
     python retrieve.py query --index idx/caps --images other_ims.npy --image_id 391895
 
-Bad input prints one `error: ...` line and exits 2; an existing index is never damaged.
+Bad input prints one `error: ...` line and exits 2; an existing index is never damaged, and
+--overwrite replaces only a folder that is an index. Outputs are written atomically.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,6 +22,7 @@ import time
 from lib.cli.entry import entry_point
 from lib.cli.options import HelpFormatter, add_runtime_options, check_output_file, check_output_folder, runtime_config
 from lib.errors import XDimError
+from lib.formats.atomic import write_json
 
 
 def _add_model_options(parser, required=True):
@@ -77,7 +78,7 @@ def build_parser():
                        help=f"stage-one index: exact inner product (flat), HNSW, or auto (flat below "
                             f"{retrieval.APPROXIMATE_FROM:,} items; default %(default)s)")
     build.add_argument("--batch_size", type=int, default=128, help="items per encoder batch (default %(default)s)")
-    build.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index (only a folder whose manifest says it is one)")
     build.add_argument("--no_progress", action="store_true", help="hide the progress bars")
 
     query = commands.add_parser("query", help="search an index")
@@ -142,6 +143,9 @@ def run_distill(args):
 def run_build(args):
     from lib.retrieval import index as retrieval
     check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)))
+    retrieval.check_index_target(args.index, args.overwrite,
+                                 [(f"--{name}", getattr(args, name))
+                                  for name in ("images", "captions", "model_path", "head", "bert_path")])
     model, _, encoder = _load(args, args.model_path)
     start = time.time()
     manifest = retrieval.build_index(model, encoder, args.index, images=args.images, captions=args.captions,
@@ -207,9 +211,8 @@ def run_query(args):
         for hit in hits:
             print(f"  {hit.rank:3d}. {hit.score:8.4f}  #{hit.index}  {hit.item}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump([{"query": label, "seconds": seconds, "hits": retrieval.hits_as_dicts(hits)}
-                       for label, hits, seconds in results], f, indent=2)
+        write_json(args.json, [{"query": label, "seconds": seconds, "hits": retrieval.hits_as_dicts(hits)}
+                               for label, hits, seconds in results])
 
 
 @entry_point

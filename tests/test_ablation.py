@@ -1,6 +1,4 @@
 """ablate.py / lib/training/ablation.py on the tiny fixtures: 2 variants, 1 epoch each."""
-import contextlib
-import io
 import json
 import os
 
@@ -11,25 +9,22 @@ import eval as eval_cli
 from lib.formats.checkpoint import load_checkpoint
 from lib.evaluation.metrics import METRIC_KEYS
 from conftest import TINY_IMG_DIM
+from script_runs import run_main
 
 
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory, tiny_precomp, tiny_bert_dir):
-    """(exit code, out folder, stdout) of a 2-variant, 1-epoch ablation on the tiny data."""
+    """(out folder, stdout) of a successful 2-variant, 1-epoch ablation on the tiny data."""
     out = str(tmp_path_factory.mktemp("ablation"))
     data_path, data_name = tiny_precomp
     argv = ["--data_path", data_path, "--data_name", data_name, "--bert_path", tiny_bert_dir,
             "--img_dim", str(TINY_IMG_DIM), "--embed_size", "16", "--batch_size", "32", "--num_epochs", "1",
             "--variants", "xdim", "cosine", "--split", "test", "--out", out, "--log_step", "100"]
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = ablate.main(argv)
-    return code, out, stdout.getvalue()
+    return out, run_main(ablate.main, argv).out
 
 
 def test_ablation_trains_each_variant_and_writes_the_table(ablation):
-    code, out, stdout = ablation
-    assert code == 0
+    out, stdout = ablation
     results = json.load(open(os.path.join(out, "ablation.json")))
     assert results["split"] == "test" and [row["sim"] for row in results["variants"]] == ["xdim", "cosine"]
     assert results["training"]["num_epochs"] == 1 and results["model"]["embed_size"] == 16
@@ -50,14 +45,14 @@ def test_ablation_trains_each_variant_and_writes_the_table(ablation):
 
 
 def test_ablation_figures_equal_eval_py_on_each_checkpoint(ablation, tiny_precomp, tmp_path, capsys):
-    _, out, _ = ablation
+    out, _ = ablation
     rows = json.load(open(os.path.join(out, "ablation.json")))["variants"]
     data_path, data_name = tiny_precomp
     for row in rows:
         report = tmp_path / f"{row['sim']}.json"
-        assert eval_cli.main(["--model_path", row["checkpoint"], "--data_path", data_path, "--data_name",
-                              data_name, "--split", "test", "--device", "cpu", "--workers", "0",
-                              "--no_progress", "--json", str(report)]) == 0
+        run_main(eval_cli.main, ["--model_path", row["checkpoint"], "--data_path", data_path, "--data_name",
+                                 data_name, "--split", "test", "--device", "cpu", "--workers", "0",
+                                 "--no_progress", "--json", str(report)])
         assert json.load(open(report))["all"] == pytest.approx(row["metrics"])
 
 

@@ -3,7 +3,6 @@ briefly trained checkpoint of ours and the same weights in the official layout."
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -19,6 +18,7 @@ from lib.data.precomp import CaptionEncoder, open_split, train_loader
 from lib.cli.options import default_options
 from lib.model.xdim_model import XDimModel
 from official_format import write_official_checkpoint
+from script_runs import run_command, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBED = 32
@@ -104,12 +104,12 @@ def test_ensemble_of_copies_equals_one(trained, tiny_precomp, tmp_path, capsys):
     sims_file = tmp_path / "sims.npy"
     base = ["--data_path", data_path, "--data_name", data_name, "--split", "testall", "--device", "cpu",
             "--workers", "0", "--fold5", "--fold_images", "2", "--no_progress"]
-    assert _run(base + ["--model_path", path, "--save_sims", str(sims_file),
-                        "--json", str(tmp_path / "model.json")], capsys)[0] == 0
-    assert _run(["--ensemble", str(sims_file), str(sims_file), "--fold5", "--fold_images", "2",
-                 "--json", str(tmp_path / "two.json")], capsys)[0] == 0
-    assert _run(base + ["--model_path", path, "--ensemble", str(sims_file),
-                        "--json", str(tmp_path / "mixed.json")], capsys)[0] == 0
+    run_main(eval_cli.main, base + ["--model_path", path, "--save_sims", str(sims_file),
+                                    "--json", str(tmp_path / "model.json")])
+    run_main(eval_cli.main, ["--ensemble", str(sims_file), str(sims_file), "--fold5", "--fold_images", "2",
+                             "--json", str(tmp_path / "two.json")])
+    run_main(eval_cli.main, base + ["--model_path", path, "--ensemble", str(sims_file),
+                                    "--json", str(tmp_path / "mixed.json")])
     model_results = json.load(open(tmp_path / "model.json"))
     assert set(model_results) >= {"all", "folds", "fold_mean"} and len(model_results["folds"]) == 5
     for other in ("two.json", "mixed.json"):
@@ -151,7 +151,7 @@ def test_official_checkpoint_end_to_end(trained, tiny_bert_dir, tiny_precomp, tm
     _official_checkpoint(model, official)
     common = ["--data_path", data_path, "--data_name", data_name, "--split", "test", "--device", "cpu",
               "--workers", "0", "--no_progress"]
-    assert _run(common + ["--model_path", path, "--save_sims", str(tmp_path / "ours.npy")], capsys)[0] == 0
+    run_main(eval_cli.main, common + ["--model_path", path, "--save_sims", str(tmp_path / "ours.npy")])
     code, out, err = _run(common + ["--model_path", official, "--bert_path", tiny_bert_dir,
                                     "--save_sims", str(tmp_path / "official.npy")], capsys)
     assert code == 0, err
@@ -164,9 +164,9 @@ def test_bf16_amp_keeps_scores_close(trained, tiny_precomp, tmp_path, capsys):
     data_path, data_name = tiny_precomp
     common = ["--model_path", path, "--data_path", data_path, "--data_name", data_name, "--device", "cpu",
               "--workers", "0", "--no_progress"]
-    assert _run(common + ["--save_sims", str(tmp_path / "f32.npy")], capsys)[0] == 0
-    assert _run(common + ["--amp", "bf16", "--storage", "bfloat16",
-                          "--save_sims", str(tmp_path / "bf16.npy")], capsys)[0] == 0
+    run_main(eval_cli.main, common + ["--save_sims", str(tmp_path / "f32.npy")])
+    run_main(eval_cli.main, common + ["--amp", "bf16", "--storage", "bfloat16",
+                                      "--save_sims", str(tmp_path / "bf16.npy")])
     f32, bf16 = np.load(tmp_path / "f32.npy"), np.load(tmp_path / "bf16.npy")
     assert not np.array_equal(f32, bf16)  # really ran in bf16
     np.testing.assert_allclose(bf16, f32, rtol=0, atol=0.05 * np.abs(f32).max())
@@ -211,15 +211,11 @@ def test_scripts_run_as_commands(trained, tiny_precomp):
     coco = os.path.join(os.path.dirname(path), "coco_precomp")
     if not os.path.exists(coco):
         os.symlink(demo, coco)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "testall.py"), "--model_path", path,
-                             "--data_path", os.path.dirname(path), "--device", "cpu", "--workers", "0",
-                             "--fold_images", "2", "--no_progress"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr
+    result = run_command([sys.executable, os.path.join(ROOT, "testall.py"), "--model_path", path,
+                          "--data_path", os.path.dirname(path), "--device", "cpu", "--workers", "0",
+                          "--fold_images", "2", "--no_progress"], cwd=ROOT, timeout=300)
     for label in ("fold 0", "fold 4", "5-fold mean", "coco_precomp testall all"):
-        assert label in result.stdout
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--model_path", path,
-                             "--data_path", os.path.dirname(path), "--device", "cpu"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and "f30k_precomp" in result.stderr
+        assert label in result.out
+    result = run_command([sys.executable, os.path.join(ROOT, "test.py"), "--model_path", path,
+                          "--data_path", os.path.dirname(path), "--device", "cpu"], expect=2, cwd=ROOT, timeout=300)
+    assert result.err.startswith("error: ") and "f30k_precomp" in result.err

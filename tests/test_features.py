@@ -7,6 +7,7 @@ import pytest
 
 import convert_features
 from butd_files import tsv_line, write_npz, write_tsv
+from script_runs import run_main
 from lib.data import butd as features
 from lib.data.precomp import open_split
 from lib.errors import XDimError
@@ -57,8 +58,8 @@ def test_tsv_converts_truncating_and_padding_and_opens_as_a_split(tmp_path):
     tsv_a = write_tsv(tmp_path / "a.tsv", images[:2])
     tsv_b = write_tsv(tmp_path / "b.tsv", images[2:])
     out = tmp_path / "out"
-    assert convert_features.main(["--tsv", tsv_a, tsv_b, "--out", str(out), "--split", "gallery",
-                                  "--no_progress"]) == 0
+    run_main(convert_features.main, ["--tsv", tsv_a, tsv_b, "--out", str(out), "--split", "gallery",
+                                     "--no_progress"])
     _check_split(out, "gallery", images)
     (out / "gallery_caps.txt").write_text("a dog\na cat\na horse\n", encoding="utf-8")
     split = open_split(str(tmp_path), "out", "gallery", img_dim=DIM)
@@ -72,9 +73,8 @@ def test_npz_folder_converts_in_file_name_order_with_other_region_count(tmp_path
     write_npz(tmp_path / "npz", images[0], name="b_second")
     write_npz(tmp_path / "npz", images[1], name="a_first")
     out = tmp_path / "out"
-    code = convert_features.main(["--npz_dir", str(tmp_path / "npz"), "--out", str(out), "--split", "s",
-                                  "--regions", "10", "--no_progress"])
-    assert code == 0
+    run_main(convert_features.main, ["--npz_dir", str(tmp_path / "npz"), "--out", str(out), "--split", "s",
+                                     "--regions", "10", "--no_progress"])
     renamed = [("a_first",) + images[1][1:], ("b_second",) + images[0][1:]]
     _check_split(out, "s", renamed, regions=10)
 

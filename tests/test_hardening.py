@@ -28,6 +28,7 @@ from lib.cli.options import default_options, get_argument_parser
 from lib.model.xdim_model import XDimModel
 
 from conftest import TINY_IMG_DIM
+from script_runs import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSITION_IDS = LEGACY_BUFFERS[0]
@@ -493,7 +494,7 @@ def test_metrics_are_rounded_in_json(tmp_path, capsys):
         {"a": [90.6, {"b": 0.333}], "n": 7, "s": "x"}
     sims = np.random.default_rng(0).standard_normal((3, 15)).astype(np.float32)
     np.save(tmp_path / "s.npy", sims)
-    assert run_eval(["--ensemble", str(tmp_path / "s.npy"), "--json", str(tmp_path / "m.json")], capsys)[0] == 0
+    run_main(eval_cli.main, ["--ensemble", str(tmp_path / "s.npy"), "--json", str(tmp_path / "m.json")])
     saved = json.loads((tmp_path / "m.json").read_text())["all"]
     exact = metrics.evaluate_sims(sims, 5)[0]
     assert any(round(v, 3) != v for v in exact.values())  # something needed rounding

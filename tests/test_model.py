@@ -267,8 +267,8 @@ def test_unknown_checkpoint_version_is_refused(tiny_bert_dir, tmp_path):
     state["version"] = 3
     path = str(tmp_path / "future.pth")
     save_checkpoint(state, path)
-    with pytest.raises(XDimError, match=re.escape(f"{path}: checkpoint format version 3; this code reads "
-                                                  "versions 1 and 2")):
+    with pytest.raises(XDimError, match=re.escape(f"{path}: written by version 3 of this format, this code "
+                                                  "reads versions 1 and 2; re-save it")):
         XDimModel.from_checkpoint(path)
 
 

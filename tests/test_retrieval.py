@@ -14,6 +14,7 @@ import eval as eval_cli
 import retrieve
 from butd_files import write_npz, write_tsv
 from builders import checkpoint_of, model_from_options
+from script_runs import run_main
 from lib.retrieval import index as retrieval
 from lib.retrieval import shortlist
 from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
@@ -48,10 +49,10 @@ def setup(tmp_path_factory, tiny_bert_dir, tiny_precomp):
     data_path, data_name = tiny_precomp
     split = open_split(data_path, data_name, "test")
     images_index, captions_index = str(folder / "images_index"), str(folder / "captions_index")
-    assert retrieve.main(["build", "--model_path", path, "--images", split.images_path,
-                          "--index", images_index, "--no_progress"]) == 0
-    assert retrieve.main(["build", "--model_path", path, "--captions", split.captions_path,
-                          "--index", captions_index, "--no_progress"]) == 0
+    run_main(retrieve.main, ["build", "--model_path", path, "--images", split.images_path,
+                             "--index", images_index, "--no_progress"])
+    run_main(retrieve.main, ["build", "--model_path", path, "--captions", split.captions_path,
+                             "--index", captions_index, "--no_progress"])
     return {"folder": folder, "path": path, "model": model, "split": split,
             "images_index": images_index, "captions_index": captions_index}
 
@@ -137,18 +138,18 @@ def test_converted_features_end_to_end(setup, tmp_path, capsys, source):
         for record in records:
             write_npz(tmp_path / "npz", record)
         inputs = ["--npz_dir", str(tmp_path / "npz")]
-    assert convert_features.main(inputs + ["--out", str(folder), "--split", "g", "--no_progress"]) == 0
+    run_main(convert_features.main, inputs + ["--out", str(folder), "--split", "g", "--no_progress"])
     images = np.zeros((4, 36, 32), np.float32)  # what the conversion must have produced, by hand
     real = np.minimum(counts, 36)
     for row, count in enumerate(real):
         images[row, :count] = split.images[row][:count]
     index = str(tmp_path / "idx")
-    assert retrieve.main(["build", "--model_path", setup["path"], "--images", str(folder / "g_ims.npy"),
-                          "--index", index, "--no_progress"]) == 0
+    run_main(retrieve.main, ["build", "--model_path", setup["path"], "--images", str(folder / "g_ims.npy"),
+                             "--index", index, "--no_progress"])
     capsys.readouterr()
     query = split.captions[0]
-    assert retrieve.main(["query", "--index", index, "--query", query, "--top_k", "4",
-                          "--json", str(tmp_path / "hits.json")]) == 0
+    run_main(retrieve.main, ["query", "--index", index, "--query", query, "--top_k", "4",
+                             "--json", str(tmp_path / "hits.json")])
     hits = [retrieval.Hit(**h) for h in json.load(open(tmp_path / "hits.json"))[0]["hits"]]
     encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
     ids = torch.tensor([encoder.encode(query)])
@@ -160,11 +161,11 @@ def test_converted_features_end_to_end(setup, tmp_path, capsys, source):
     assert {(h.index, h.item) for h in hits} == {(0, "a"), (1, "b"), (2, "c"), (3, "d")}
     (folder / "g_caps.txt").write_text("\n".join(split.captions[:20]) + "\n", encoding="utf-8")
     captions_index = str(tmp_path / "caps_idx")
-    assert retrieve.main(["build", "--model_path", setup["path"], "--captions", str(folder / "g_caps.txt"),
-                          "--index", captions_index, "--no_progress"]) == 0
+    run_main(retrieve.main, ["build", "--model_path", setup["path"], "--captions", str(folder / "g_caps.txt"),
+                             "--index", captions_index, "--no_progress"])
     capsys.readouterr()
-    assert retrieve.main(["query", "--index", captions_index, "--image_id", "c", "--top_k", "2"]) == 0
-    assert "image c (row 2 of" in capsys.readouterr().out
+    assert "image c (row 2 of" in run_main(retrieve.main, ["query", "--index", captions_index, "--image_id", "c",
+                                                          "--top_k", "2"]).out
     code = retrieve.main(["query", "--index", captions_index, "--image_id", "zzz"])
     err = capsys.readouterr().err
     assert code == 2 and err == f"error: --image_id zzz: unknown id (not in the ids of {folder / 'g_ims.npy'})\n"
@@ -172,8 +173,8 @@ def test_converted_features_end_to_end(setup, tmp_path, capsys, source):
 
 def test_hnsw_index_finds_the_same_items_on_a_small_gallery(setup, tmp_path):
     index = str(tmp_path / "hnsw")
-    assert retrieve.main(["build", "--model_path", setup["path"], "--images", setup["split"].images_path,
-                          "--index", index, "--index_type", "hnsw", "--no_progress"]) == 0
+    run_main(retrieve.main, ["build", "--model_path", setup["path"], "--images", setup["split"].images_path,
+                             "--index", index, "--index_type", "hnsw", "--no_progress"])
     assert json.load(open(os.path.join(index, "manifest.json")))["index_type"] == "hnsw"
     model = setup["model"]
     hnsw = retrieval.GalleryIndex.open(index, model, shortlist.MeanPooling(EMBED))
@@ -220,20 +221,19 @@ def test_eval_shortlist_of_the_whole_gallery_equals_exhaustive(setup, tiny_preco
     common = ["--model_path", setup["path"], "--data_path", data_path, "--data_name", data_name,
               "--device", "cpu", "--workers", "0", "--no_progress"]
     out = tmp_path / "all.json"
-    assert eval_cli.main(common + ["--split", "test", "--shortlist", "50", "--json", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed = run_main(eval_cli.main, common + ["--split", "test", "--shortlist", "50", "--json", str(out)]).out
     results = json.load(open(out))
     assert results["shortlist"]["all"] == results["all"] and results["shortlist"]["pair_fraction"] == 1.0
     assert results["shortlist"]["k"] == 50 and results["shortlist"]["vectors"]["kind"] == "pooling"
     assert "shortlist 50 all" in printed and "100.00% of the pair scores" in printed
     # K = the image count: text-to-image is exhaustive, image-to-text sees 10 of 50 captions.
-    assert eval_cli.main(common + ["--split", "test", "--shortlist", "10", "--json", str(out)]) == 0
+    run_main(eval_cli.main, common + ["--split", "test", "--shortlist", "10", "--json", str(out)])
     results = json.load(open(out))
     for key in ("t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr"):
         assert results["shortlist"]["all"][key] == results["all"][key]
     # 5 folds of 2 images x 10 captions: K = 10 covers every fold in both directions.
-    assert eval_cli.main(common + ["--split", "testall", "--fold5", "--fold_images", "2", "--shortlist", "10",
-                                   "--json", str(out)]) == 0
+    run_main(eval_cli.main, common + ["--split", "testall", "--fold5", "--fold_images", "2", "--shortlist", "10",
+                                      "--json", str(out)])
     results = json.load(open(out))
     assert results["shortlist"]["folds"] == results["folds"]
     assert results["shortlist"]["fold_mean"] == results["fold_mean"]
@@ -329,17 +329,17 @@ def test_distill_cli_head_is_used_by_eval_and_build(setup, tiny_precomp, tmp_pat
     data_path, data_name = tiny_precomp
     path = str(tmp_path / "model.pth")
     shutil.copy(setup["path"], path)
-    assert retrieve.main(["distill", "--model_path", path, "--epochs", "1", "--batch_images", "16",
-                          "--size", "8"]) == 0
+    run_main(retrieve.main, ["distill", "--model_path", path, "--epochs", "1", "--batch_images", "16",
+                             "--size", "8"])
     assert os.path.isfile(str(tmp_path / "model.shortlist.pth"))
     out = tmp_path / "r.json"
-    assert eval_cli.main(["--model_path", path, "--data_path", data_path, "--data_name", data_name,
-                          "--workers", "0", "--no_progress", "--shortlist", "3", "--json", str(out)]) == 0
+    run_main(eval_cli.main, ["--model_path", path, "--data_path", data_path, "--data_name", data_name,
+                             "--workers", "0", "--no_progress", "--shortlist", "3", "--json", str(out)])
     vectors = json.load(open(out))["shortlist"]["vectors"]
     assert vectors["kind"] == "head" and vectors["size"] == 10  # 8 + the two offset coordinates
     index = str(tmp_path / "idx")
-    assert retrieve.main(["build", "--model_path", path, "--images", setup["split"].images_path,
-                          "--index", index, "--no_progress"]) == 0
+    run_main(retrieve.main, ["build", "--model_path", path, "--images", setup["split"].images_path,
+                             "--index", index, "--no_progress"])
     manifest = json.load(open(os.path.join(index, "manifest.json")))
     assert manifest["global"] == vectors
     os.remove(tmp_path / "model.shortlist.pth")  # the index's vectors came from the head: now stale
@@ -414,7 +414,7 @@ def test_query_errors(setup, capsys, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(index, broken)
     json.dump(dict(manifest, model="not a dict"), open(broken / "manifest.json", "w"))
-    assert "manifest.json: damaged (model of the wrong type)" in _query_error(
+    assert "manifest.json: damaged, field 'model' is str, expected dict; rebuild the index" in _query_error(
         ["query", "--index", str(broken), "--query", "a dog"], capsys)
 
 

@@ -1,13 +1,13 @@
 """Training loop, checkpoints/resume, logging, multi-process equivalence (CPU, tiny)."""
 import os
 import struct
-import subprocess
 import sys
 
 import pytest
 
 from builders import train_from_options
 from lib.training.tb_logger import TBLogger
+from script_runs import run_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,11 +65,9 @@ def test_tb_logger_falls_back_when_protobuf_backend_is_foreign(tmp_path):
     code = ("import google.protobuf.descriptor\n"
             "from lib.training.tb_logger import TBLogger\n"
             f"l = TBLogger({str(tmp_path)!r}); l.log_value('a', 1, 1); print('active', l.active)\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert "active False" in res.stdout
-    assert "TensorBoard logging disabled" in res.stderr
+    res = run_command([sys.executable, "-c", code], cwd=REPO, env=env, timeout=60)
+    assert "active False" in res.out
+    assert "TensorBoard logging disabled" in res.err
 
 
 # ---------------------------------------------------------------- training runs

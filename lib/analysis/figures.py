@@ -7,6 +7,7 @@ pyplot's global state or the user's chosen backend. Every function writes one PN
 import numpy as np
 
 from lib.errors import XDimError
+from lib.formats.atomic import atomic_file
 
 MATPLOTLIB_HINT = "matplotlib is not installed; analyze.py draws its figures with it: pip install matplotlib"
 DPI = 100
@@ -31,7 +32,8 @@ def _figure(width, height):
 
 
 def _save(figure, path):
-    figure.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+    with atomic_file(path) as f:
+        figure.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
 
 
 def _heatmap(axes, figure, values, cmap, vmin, vmax, label):

@@ -12,7 +12,6 @@ Statistics (numpy / torch; every intermediate comes from lib/model/similarity/re
 summary.json; it is what analyze.py runs. scipy and matplotlib are optional dependencies, for
 analyze.py only: each is imported where it is used, with a one-line install hint when missing.
 """
-import json
 import os
 from typing import NamedTuple
 
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from lib.analysis import figures
 from lib.data.precomp import CaptionDataset, ImageDataset, pad_tokens
 from lib.errors import XDimError
+from lib.formats.atomic import write_json
 from lib.model.similarity import reference, similarity_entry, xdim_equation_similarities
 from lib.model.similarity.xdim import MASK_ON
 
@@ -366,6 +366,5 @@ def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pai
         summary["pair"], name = pair_report(model, split, encoder, *pair, out)
         files.append(name)
     summary["figures"] = files
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(out, "summary.json"), summary, indent=1)
     return summary

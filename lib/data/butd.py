@@ -25,12 +25,14 @@ and its true count is kept in `S_image_info.npy` (retrieve.py masks the padding)
 Conversion streams: the records are counted first (a newline scan of the TSV
 files, a file listing for npz), then each record is decoded and appended to the
 outputs, so memory does not grow with the number of images.
-Outputs are written under temporary names and renamed only when every record was
-read, so a malformed record (reported with its file and line) leaves the folder
-as it was.
+Outputs are written under visible temporary names (`S_ims.npy.tmp-<pid>`, ...,
+lib.formats.atomic) and renamed only when every record was read, so a malformed
+record (reported with its file and line) or a full disk leaves the folder as it
+was; the leftovers of a killed conversion are removed by the next one.
 """
 import base64
 import binascii
+import io
 import os
 from dataclasses import dataclass
 
@@ -38,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lib.errors import XDimError, first_line
+from lib.formats.atomic import PendingFile
 
 REGIONS = 36
 TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
@@ -185,17 +188,22 @@ def fit_regions(record, regions):
 
 
 class NpyWriter:
-    """Write a .npy file of known shape block by block, appending in order.
+    """Write a .npy file of known shape block by block, appending in order, atomically.
 
-    Plain appends (no memory map) keep the resident memory of a large conversion or
-    index build flat. `close` raises ValueError unless exactly shape[0] rows were written.
+    The rows go to `path`'s temporary name (lib.formats.atomic.PendingFile) with plain
+    appends (no memory map), which keeps the resident memory of a large conversion or
+    index build flat; `close` renames the finished file onto `path` and raises
+    ValueError (removing the temporary file) unless exactly shape[0] rows were written.
     """
 
     def __init__(self, path, shape, dtype):
         self.path, self.shape, self.dtype, self.rows = path, tuple(shape), np.dtype(dtype), 0
-        self.file = open(path, "wb")
-        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                         "fortran_order": False, "shape": self.shape})
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": self.shape})
+        data_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self.pending = PendingFile(path, size=len(header.getvalue()) + data_bytes)
+        self.pending.write(header.getvalue())
 
     def write(self, block):
         """Append rows: block (b, *shape[1:])."""
@@ -203,27 +211,35 @@ class NpyWriter:
         if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.shape[0]:
             raise ValueError(f"{self.path}: block {block.shape} does not fit an array {self.shape} "
                              f"after {self.rows} rows")
-        self.file.write(block.tobytes())
+        self.pending.write(block.tobytes())
         self.rows += len(block)
 
     def close(self):
-        self.file.close()
         if self.rows != self.shape[0]:
+            self.pending.discard()
             raise ValueError(f"{self.path}: {self.rows} rows written, expected {self.shape[0]}")
+        self.pending.commit()
+
+    def discard(self):
+        """Remove the unfinished file; `path` is left as it was."""
+        self.pending.discard()
 
 
 class _SplitWriter:
-    """The four outputs under temporary names; `commit` renames them into place."""
+    """The four outputs, written under their temporary names; `commit` renames them into place."""
 
     def __init__(self, out_folder, split, n_images, regions, feature_dim):
-        self.final = output_paths(out_folder, split)
-        self.temporary = {suffix: os.path.join(out_folder, f".{split}{suffix}.{os.getpid()}.tmp")
-                          for suffix in OUTPUT_SUFFIXES}
-        self.feature_dim = feature_dim
-        self.arrays = [NpyWriter(self.temporary["_ims.npy"], (n_images, regions, feature_dim), np.float32),
-                       NpyWriter(self.temporary["_boxes.npy"], (n_images, regions, 4), np.float32),
-                       NpyWriter(self.temporary["_image_info.npy"], (n_images, 3), np.int64)]
-        self.ids = open(self.temporary["_ids.txt"], "w", encoding="utf-8")
+        final = output_paths(out_folder, split)
+        self.feature_dim, self.arrays, self.ids = feature_dim, [], None
+        shapes = {"_ims.npy": ((n_images, regions, feature_dim), np.float32),
+                  "_boxes.npy": ((n_images, regions, 4), np.float32), "_image_info.npy": ((n_images, 3), np.int64)}
+        try:
+            for suffix, (shape, dtype) in shapes.items():
+                self.arrays.append(NpyWriter(final[suffix], shape, dtype))
+            self.ids = PendingFile(final["_ids.txt"], "w", encoding="utf-8")
+        except BaseException:
+            self.discard()
+            raise
 
     def write(self, image_id, features, boxes, info):
         for array, row in zip(self.arrays, (features, boxes, info)):
@@ -233,16 +249,13 @@ class _SplitWriter:
     def commit(self):
         for array in self.arrays:
             array.close()
-        self.ids.close()
-        for suffix, path in self.temporary.items():
-            os.replace(path, self.final[suffix])
+        self.ids.commit()
 
     def discard(self):
-        for handle in [array.file for array in self.arrays] + [self.ids]:
-            handle.close()
-        for path in self.temporary.values():
-            if os.path.exists(path):
-                os.remove(path)
+        for array in self.arrays:
+            array.discard()
+        if self.ids is not None:
+            self.ids.discard()
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """Score matrices on disk: our float32 .npy files, the official code's pickled dicts, ensembles."""
 import io
+import os
 import pickle
 
 import numpy as np
 
 from lib.errors import XDimError
+from lib.formats.atomic import atomic_file
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -72,8 +74,13 @@ def check_finite_scores(sims, source):
 
 
 def save_score_file(sims, path):
-    """Write sims as a plain float32 .npy (n_img, n_cap), loadable with allow_pickle=False."""
-    np.save(path, np.asarray(sims, dtype=np.float32), allow_pickle=False)
+    """Write sims as a plain float32 .npy (n_img, n_cap), loadable with allow_pickle=False, atomically:
+    on any failure (a full disk is one XDimError line) an existing file at `path` is left intact."""
+    sims, path = np.asarray(sims, dtype=np.float32), os.fspath(path)
+    if not path.endswith(".npy"):  # what np.save(path) always did, kept for existing command lines
+        path += ".npy"
+    with atomic_file(path, size=sims.nbytes) as f:
+        np.save(f, sims, allow_pickle=False)
 
 
 def check_same_shape(shapes, sources):

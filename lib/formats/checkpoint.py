@@ -29,9 +29,14 @@ import zipfile
 import torch
 
 from lib.errors import XDimError, first_line
+from lib.formats.atomic import atomic_file, remove_stale
+from lib.formats.versioned import FileFormat, check_versioned
 
 FORMAT = "xdim"
 VERSION = 2
+CHECKPOINT_FORMAT = FileFormat(FORMAT, "an X-Dim checkpoint (expected our format or the official release's)",
+                               VERSION, fields={"model": dict}, older=(1,), unversioned=1,
+                               fix="re-save it")
 
 # Option name -> (config, field) for the official release's pickled options. "model"
 # is ModelConfig, "training" TrainConfig; options not listed (runtime settings and the
@@ -60,74 +65,26 @@ V1_OPTION_FIELDS = {
 
 # A buffer transformers 4.x saved in 2023 and current versions no longer keep in the state dict.
 LEGACY_BUFFERS = ("txt_enc.bert.embeddings.position_ids",)
-# Temporary files of an atomic save: `checkpoint.pth.tmp-<pid>` (visible to ls), and the
-# hidden `.checkpoint.pth.<pid>.tmp` that earlier versions wrote. Group 1 is the pid.
-TEMP_PATTERNS = (re.compile(r"^.+\.pth\.tmp-(\d+)$"), re.compile(r"^\..+\.pth\.(\d+)\.tmp$"))
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = b"\x80"
 
 
-def temp_path(path):
-    """The temporary file an atomic write of `path` goes through (named after this process)."""
-    return f"{path}.tmp-{os.getpid()}"
-
-
-def _write_atomically(path, write):
-    """Call write(file) on a temporary file next to `path`, then rename it onto `path`.
-
-    A crash or a full disk mid-write leaves the previous `path` intact; a killed process
-    leaves its temporary file, which `remove_stale_temp_files` deletes later.
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(state, path):
     """torch.save `state` to `path` atomically: a crash mid-write leaves the old file intact."""
-    _write_atomically(path, lambda f: torch.save(state, f))
+    with atomic_file(path) as f:
+        torch.save(state, f)
 
 
 def copy_checkpoint(src, dst):
     """Copy the file `src` to `dst` atomically (e.g. checkpoint.pth -> model_best.pth)."""
-    with open(src, "rb") as source:
-        _write_atomically(dst, lambda f: shutil.copyfileobj(source, f))
-
-
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
+    with open(src, "rb") as source, atomic_file(dst, size=os.path.getsize(src)) as f:
+        shutil.copyfileobj(source, f)
 
 
 def remove_stale_temp_files(folder):
-    """Delete the temporary checkpoint files in `folder` whose writing process is gone.
-
-    Only names of TEMP_PATTERNS are touched, and only when their pid is not a running
-    process (a live save is left alone). -> the removed paths.
-    """
-    if not os.path.isdir(folder):
-        return []
-    removed = []
-    for name in sorted(os.listdir(folder)):
-        match = next((m for m in (p.match(name) for p in TEMP_PATTERNS) if m), None)
-        path = os.path.join(folder, name)
-        if match and os.path.isfile(path) and not _process_alive(int(match.group(1))):
-            os.remove(path)
-            removed.append(path)
-    return removed
+    """Delete the temporary checkpoint files (`*.pth.tmp-<pid>`, the older hidden `.*.pth.<pid>.tmp`)
+    in `folder` whose writing process is gone; other files stay. -> the removed paths."""
+    return remove_stale(folder, lambda target: target.endswith(".pth"))
 
 
 def new_checkpoint(state, model_config, vocab, train_config=None, optimizer=None, epoch=None,
@@ -195,8 +152,8 @@ def load_checkpoint(path, map_location="cpu"):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated, corrupt or unsafe files
         raise XDimError(_unreadable(path, head, exc)) from None
-    if not (isinstance(ckpt, dict) and "model" in ckpt and (ckpt.get("format") == FORMAT or is_official(ckpt))):
-        raise XDimError(f"{path}: not an X-Dim checkpoint (expected our format or the official release's)")
+    if not (isinstance(ckpt, dict) and is_official(ckpt)):
+        check_versioned(ckpt, path, CHECKPOINT_FORMAT)
     return ckpt
 
 
@@ -216,25 +173,21 @@ def _options_to_configs(options, table):
     return configs
 
 
-def checkpoint_configs(ckpt, path="checkpoint"):
+def checkpoint_configs(ckpt):
     """{'model': ModelConfig fields, 'training': TrainConfig fields} of a checkpoint of any layout.
 
     Version 2 stores both; version 1 and official files are converted from their options.
-    XDimError for a version this code does not read.
+    `ckpt` comes from load_checkpoint, which refused the versions this code does not read.
     """
     if is_official(ckpt):
         options = ckpt.get("opt")
         options = vars(options) if isinstance(options, argparse.Namespace) else dict(options or {})
         return _options_to_configs(options, OFFICIAL_OPTION_FIELDS)
-    version = ckpt.get("version", 1)
-    if version == 1:
+    if ckpt.get("version", CHECKPOINT_FORMAT.unversioned) == 1:
         configs = _options_to_configs(dict(ckpt.get("opt") or {}), V1_OPTION_FIELDS)
         if ckpt.get("bert_config") is not None:
             configs["model"]["bert_config"] = ckpt["bert_config"]
         return configs
-    if version != VERSION:
-        raise XDimError(f"{path}: checkpoint format version {version!r}; this code reads versions 1 and "
-                        f"{VERSION} (update the code)")
     return {"model": dict(ckpt["model_config"]), "training": dict(ckpt.get("train_config") or {})}
 
 

@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 
 from lib.errors import XDimError, first_line
+from lib.formats.atomic import write_json, write_text
 
 DEFAULT_BERT = "bert-base-uncased"
 # How to get BERT when the hub cannot be reached (said by every BERT loading error).
@@ -151,18 +152,14 @@ def bert_vocab(bert_path):
 def write_bert_folder(folder, config, vocab):
     """Write a BERT folder without weights: config.json, tokenizer_config.json, vocab.txt.
 
-    config: dict; vocab: tokens ordered by id. vocab.txt is written last and renamed
-    into place, so its presence means the folder is complete.
+    config: dict; vocab: tokens ordered by id. Each file is written atomically
+    (lib.formats.atomic) and vocab.txt last, so its presence means the folder is complete.
     """
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"do_lower_case": True, "model_max_length": config["max_position_embeddings"]}, f)
-    partial = os.path.join(folder, f"vocab.txt.{os.getpid()}.tmp")
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write("\n".join(vocab) + "\n")
-    os.replace(partial, os.path.join(folder, "vocab.txt"))
+    write_json(os.path.join(folder, "config.json"), config)
+    write_json(os.path.join(folder, "tokenizer_config.json"),
+               {"do_lower_case": True, "model_max_length": config["max_position_embeddings"]})
+    write_text(os.path.join(folder, "vocab.txt"), "\n".join(vocab) + "\n")
     return folder
 
 

@@ -155,7 +155,7 @@ class XDimModel(nn.Module):
         are `model.trained_with` (a dict of TrainConfig fields, or None).
         """
         ckpt = ckpt_io.load_checkpoint(path)
-        configs = ckpt_io.checkpoint_configs(ckpt, path)
+        configs = ckpt_io.checkpoint_configs(ckpt)
         config = ModelConfig.from_dict(configs["model"], path)
         official = ckpt_io.is_official(ckpt)
         if bert_path:

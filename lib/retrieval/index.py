@@ -25,12 +25,13 @@ At query time only the shortlisted rows of the embeddings are read from disk
 The manifest holds fingerprints of the checkpoint's weights and of the
 global-vector head: opening an index with other weights is an
 error (a stale index), as is any file whose size or shape disagrees with the
-manifest (a damaged index). A build writes into a temporary folder and renames it
-into place when complete, so a failed build leaves any existing index untouched.
+manifest (a damaged index). A build writes into a visible staging folder
+(`<index>.staging-<pid>`, lib.formats.atomic) and swaps it into place when complete,
+so a failed build leaves any existing index untouched; `--overwrite` replaces only
+a folder that is one of our indexes.
 """
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,8 +39,10 @@ import torch
 from tqdm import tqdm
 
 from lib.evaluation import metrics
-from lib.retrieval import shortlist
+from lib.formats.atomic import atomic_file, atomic_folder, write_json
 from lib.formats.checkpoint import weights_fingerprint
+from lib.formats.versioned import FileFormat, check_fields, check_versioned
+from lib.retrieval import shortlist
 from lib.data.precomp import load_region_features, pad_images, pad_tokens, read_captions
 from lib.errors import XDimError, first_line
 from lib.data.butd import NpyWriter
@@ -47,6 +50,12 @@ from lib.evaluation.scoring import caption_encoder
 
 INDEX_FORMAT = "xdim-gallery-index"
 INDEX_VERSION = 1
+INDEX_FILE = FileFormat(INDEX_FORMAT, "a gallery index manifest", INDEX_VERSION,
+                        fields={"gallery": str, "count": int, "embed_size": int, "index_type": str,
+                                "global": dict, "model": dict, "source": dict},
+                        fix="rebuild the index")
+# The manifest field that sizes each kind of gallery's embedding file.
+GALLERY_SIZE_FIELDS = {"images": "regions", "captions": "tokens"}
 DEFAULT_SHORTLIST = 100
 DEFAULT_TOP_K = 10
 # Galleries below this many items get an exact inner-product index, larger ones HNSW.
@@ -246,11 +255,6 @@ def _write_items(path, items):
         f.writelines(item + "\n" for item in items)
 
 
-def _write_json(path, data):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-
-
 def _encode_image_gallery(model, encoder, images, counts, folder, batch_size, progress):
     """Region embeddings (float16) and global vectors of every image, appended to files in `folder`."""
     n, regions = images.shape[:2]
@@ -298,18 +302,57 @@ def write_faiss_index(folder, size, index_type, chunk=65536):
     index = new_faiss_index(size, index_type)
     for start in range(0, len(vectors), chunk):
         index.add(np.ascontiguousarray(vectors[start:start + chunk]))
-    faiss.write_index(index, os.path.join(folder, "faiss.index"))
+    data = faiss.serialize_index(index)  # written by Python, so a full disk is an OSError, not faiss's RuntimeError
+    with atomic_file(os.path.join(folder, "faiss.index"), size=data.nbytes) as f:
+        f.write(data.tobytes())
 
 
-def _replace_folder(staging, target):
-    """Move a finished index into place; an existing one is removed only after the move succeeded."""
-    previous = None
-    if os.path.exists(target):
-        previous = f"{target}.old-{os.getpid()}"
-        os.replace(target, previous)
-    os.replace(staging, target)
-    if previous:
-        shutil.rmtree(previous)
+def _load_manifest(path):
+    """The JSON of a manifest file, unchecked; XDimError when it cannot be read or parsed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise XDimError(f"{path}: damaged ({first_line(err)}); rebuild the index") from None
+
+
+def _is_index_folder(folder):
+    """True when `folder` holds a manifest.json of our index format (any version, even damaged)."""
+    try:
+        manifest = _load_manifest(os.path.join(folder, "manifest.json"))
+    except XDimError:
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == INDEX_FORMAT
+
+
+def _inside(path, folder):
+    """True when `path` is `folder` or lies inside it (links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_index_target(index_dir, overwrite, inputs=()):
+    """XDimError (one line, nothing changed on disk) unless a build may write `index_dir`.
+
+    Refused: a file (or anything but a folder) named `index_dir`; a folder holding or
+    being one of the existing paths of `inputs` ((option, path) pairs, e.g. ("--images", path)); an existing
+    folder without `overwrite`; with `overwrite`, a folder that is neither empty nor
+    one of our indexes (its manifest says so).
+    """
+    if os.path.lexists(index_dir) and not os.path.isdir(index_dir):
+        raise XDimError(f"--index {index_dir}: is a file, not an index folder; give the name of a folder "
+                        f"to create (nothing was changed)")
+    for option, path in inputs:
+        if path and os.path.exists(path) and _inside(path, index_dir):
+            raise XDimError(f"--index {index_dir}: holds {option} {path}, an input of this build; "
+                            f"give another --index (nothing was changed)")
+    if not os.path.isdir(index_dir):
+        return
+    if not overwrite:
+        raise XDimError(f"{index_dir}: already exists (pass --overwrite to rebuild it)")
+    if os.listdir(index_dir) and not _is_index_folder(index_dir):
+        raise XDimError(f"--index {index_dir}: not a gallery index (no manifest.json of one), and "
+                        f"--overwrite replaces only an index; give another --index (nothing was changed)")
 
 
 def build_index(model, encoder, index_dir, images=None, captions=None, model_path=None, batch_size=128,
@@ -320,8 +363,8 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
     """
     if (images is None) == (captions is None):
         raise XDimError("give exactly one gallery: --images FILE or --captions FILE")
-    if os.path.exists(index_dir) and not overwrite:
-        raise XDimError(f"{index_dir}: already exists (pass --overwrite to rebuild it)")
+    check_index_target(index_dir, overwrite, [("--images", images), ("--captions", captions),
+                                              ("--model_path", model_path)])
     model.val_start()
     if images is not None:
         features, items, counts = load_gallery_images(images, model.config.img_dim)
@@ -334,14 +377,11 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
                   "query_images": os.path.abspath(query_images) if query_images else None}
     n_items = len(items)
     index_type = choose_index_type(n_items, index_type)
-    staging = f"{index_dir.rstrip(os.sep)}.tmp-{os.getpid()}"
-    os.makedirs(staging)
-    try:
-        with torch.no_grad():
-            if images is not None:
-                shape = _encode_image_gallery(model, encoder, features, counts, staging, batch_size, progress)
-            else:
-                shape = _encode_caption_gallery(model, encoder, token_ids, staging, batch_size, progress)
+    with atomic_folder(index_dir) as staging, torch.no_grad():
+        if images is not None:
+            shape = _encode_image_gallery(model, encoder, features, counts, staging, batch_size, progress)
+        else:
+            shape = _encode_caption_gallery(model, encoder, token_ids, staging, batch_size, progress)
         write_faiss_index(staging, encoder.size, index_type)
         _write_items(os.path.join(staging, "items.txt"), items)
         manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
@@ -351,11 +391,7 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
                     "model": {"path": os.path.abspath(model_path) if model_path else None,
                               "fingerprint": weights_fingerprint(model.state_dict())},
                     "source": source}
-        _write_json(os.path.join(staging, "manifest.json"), manifest)
-        _replace_folder(staging, index_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(os.path.join(staging, "manifest.json"), manifest)
     return manifest
 
 
@@ -368,25 +404,12 @@ def read_manifest(index_dir):
         raise XDimError(f"{index_dir}: no such index folder (build one with retrieve.py build)")
     if not os.path.isfile(path):
         raise XDimError(f"{index_dir}: not a gallery index (no manifest.json)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as err:
-        raise XDimError(f"{path}: damaged ({first_line(err)}); rebuild the index") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
-        raise XDimError(f"{path}: not a gallery index manifest")
-    if manifest.get("version") != INDEX_VERSION:
-        raise XDimError(f"{path}: index version {manifest.get('version')}, this code reads "
-                        f"{INDEX_VERSION}; rebuild the index")
-    required = ("gallery", "count", "embed_size", "index_type", "global", "model", "source")
-    missing = [key for key in required if key not in manifest]
-    if missing:
-        raise XDimError(f"{path}: damaged (missing {', '.join(missing)}); rebuild the index")
-    kinds = {"gallery": str, "count": int, "embed_size": int, "global": dict, "model": dict, "source": dict}
-    wrong = [key for key, kind in kinds.items() if not isinstance(manifest[key], kind)]
-    if wrong or manifest["gallery"] not in ("images", "captions"):
-        raise XDimError(f"{path}: damaged ({', '.join(wrong) or 'gallery'} of the wrong type); "
-                        f"rebuild the index")
+    manifest = _load_manifest(path)
+    check_versioned(manifest, path, INDEX_FILE)
+    if manifest["gallery"] not in GALLERY_SIZE_FIELDS:
+        raise XDimError(f"{path}: damaged, field 'gallery' is {manifest['gallery']!r}, expected 'images' or "
+                        f"'captions'; {INDEX_FILE.fix}")
+    check_fields(manifest, path, {GALLERY_SIZE_FIELDS[manifest["gallery"]]: int}, INDEX_FILE)
     return manifest
 
 

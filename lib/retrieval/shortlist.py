@@ -33,10 +33,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
+from lib.formats.versioned import FileFormat, check_versioned
 from lib.data.precomp import pad_tokens
 from lib.errors import XDimError, first_line
 
 HEAD_FORMAT = "xdim-shortlist-head"
+HEAD_FILE = FileFormat(HEAD_FORMAT, "a shortlist head file (retrieve.py distill writes them)",
+                       fields={"config": dict, "state": dict, "model_fingerprint": str},
+                       fix="distill it again with retrieve.py distill")
 HEAD_SUFFIX = ".shortlist.pth"
 DEFAULT_SIZE = 256
 DEFAULT_HIDDEN = 128
@@ -260,8 +264,7 @@ def load_head(path, model_fingerprint, device="cpu"):
         raise XDimError(f"{path}: no such shortlist head file") from None
     except Exception as err:  # torch raises many types for damaged files
         raise XDimError(f"{path}: not a readable shortlist head ({first_line(err)[:160]})") from None
-    if not isinstance(saved, dict) or saved.get("format") != HEAD_FORMAT:
-        raise XDimError(f"{path}: not a shortlist head file (retrieve.py distill writes them)")
+    check_versioned(saved, path, HEAD_FILE)
     if saved.get("model_fingerprint") != model_fingerprint:
         raise XDimError(f"{path}: this shortlist head was distilled from other weights than the "
                         f"checkpoint's; distill it again with retrieve.py distill")

@@ -121,7 +121,7 @@ def read_resume(config, sim):
     if not isinstance(state.get("model"), dict):
         raise XDimError(f"{config.resume}: not a checkpoint of this codebase (official release files "
                         "hold no training state; evaluate them with eval.py)")
-    trained_with = checkpoint_configs(state, config.resume)["model"].get("sim", "xdim")
+    trained_with = checkpoint_configs(state)["model"].get("sim", "xdim")
     if trained_with != sim and not config.reset_start_epoch:
         raise XDimError(f"{config.resume}: trained with --sim {trained_with}, not --sim {sim} "
                         "(resume with the same --sim, or start anew with --reset_start_epoch)")
