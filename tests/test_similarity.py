@@ -1,6 +1,6 @@
 """The similarity contract: registry and --sim, the block scheduler, every variant against a
 float64 transcription of its own equation, training, checkpoints and eval.py per variant,
-and the README's worked example of a new variant."""
+and the worked example of a new variant in docs/similarity.md."""
 import os
 import re
 import types
@@ -268,22 +268,22 @@ def test_resume_refuses_another_variant(tiny_bert_dir, tmp_path):
     assert torch.equal(nomask.sim.E, model.sim.E)
 
 
-# ---------------------------------------------------------------- the README's worked example
+# ---------------------------------------------------------------- the documented worked example
 
-def readme_example():
-    """The python block of README.md's section "Adding a similarity", run as a module."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    section = readme.split("### Adding a similarity", 1)[1]
+def documented_example():
+    """The python block of docs/similarity.md's section "Adding a similarity", run as a module."""
+    page = open(os.path.join(ROOT, "docs", "similarity.md"), encoding="utf-8").read()
+    section = page.split("## Adding a similarity", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     entry = re.search(r'^\s*("\w+": \(\w+, ".*"\)),$', section, re.M).group(1)
-    module = types.ModuleType("readme_example")
-    exec(compile(code, "README.md", "exec"), module.__dict__)
+    module = types.ModuleType("documented_example")
+    exec(compile(code, "docs/similarity.md", "exec"), module.__dict__)
     return module, entry
 
 
-def test_readme_example_variant_trains_and_evaluates(tiny_bert_dir, tiny_precomp, tmp_path, capsys,
+def test_documented_example_variant_trains_and_evaluates(tiny_bert_dir, tiny_precomp, tmp_path, capsys,
                                                      monkeypatch):
-    module, entry = readme_example()
+    module, entry = documented_example()
     name, cls_name, help_line = re.match(r'"(\w+)": \((\w+), "(.*)"\)', entry).groups()
     monkeypatch.setitem(SIMILARITIES, name, (getattr(module, cls_name), help_line))
     # Its equation: each word's best weighted dot product with a region, mean over words.
