@@ -100,7 +100,7 @@ def installed_with(names):
             requires = importlib.metadata.requires(name) or []
         except importlib.metadata.PackageNotFoundError:
             continue
-        todo += [distribution_key(req) for req in requires if "extra ==" not in req.replace("extra==", "extra ==")]
+        todo += [distribution_key(req) for req in requires if not re.search(r"\bextra\s*==", req)]
     return found
 
 
