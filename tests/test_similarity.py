@@ -1,6 +1,6 @@
 """The similarity contract: registry and --sim, the block scheduler, every variant against a
 float64 transcription of its own equation, training, checkpoints and eval.py per variant,
-and the README's worked example of a new variant."""
+and the worked example of a new variant in docs/similarity.md."""
 import os
 import re
 import types
@@ -307,25 +307,25 @@ def test_resume_refuses_another_variant(tiny_bert_dir, tmp_path):
     assert torch.equal(nomask.sim.E, model.sim.E)
 
 
-# ---------------------------------------------------------------- the README's worked example
+# ---------------------------------------------------------------- the documented worked example
 
-def readme_example():
-    """README.md's section "Adding a similarity": -> (its module, run; its registry name; its registry
-    entry, the README's expression evaluated with the module's names and SimilarityEntry)."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    section = readme.split("### Adding a similarity", 1)[1]
+def documented_example():
+    """docs/similarity.md's section "Adding a similarity": -> (its module, run; its registry name; its
+    registry entry, the page's expression evaluated with the module's names and SimilarityEntry)."""
+    page = open(os.path.join(ROOT, "docs", "similarity.md"), encoding="utf-8").read()
+    section = page.split("## Adding a similarity", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     name, expression = re.search(r'^\s*"(\w+)": (.+),$', section, re.M).groups()
-    module = types.ModuleType("readme_example")
-    exec(compile(code, "README.md", "exec"), module.__dict__)
+    module = types.ModuleType("documented_example")
+    exec(compile(code, "docs/similarity.md", "exec"), module.__dict__)
     return module, name, eval(expression, {**vars(module), "SimilarityEntry": SimilarityEntry})
 
 
-def test_readme_example_variant_trains_and_evaluates(tiny_bert_dir, tiny_precomp, tmp_path, capsys,
+def test_documented_example_variant_trains_and_evaluates(tiny_bert_dir, tiny_precomp, tmp_path, capsys,
                                                      monkeypatch):
-    module, name, entry = readme_example()
+    module, name, entry = documented_example()
     monkeypatch.setitem(SIMILARITIES, name, entry)
-    # As the README says: in --help and in ablate.py's variants, not drawn by analyze.py.
+    # As the page says: in --help and in ablate.py's variants, not drawn by analyze.py.
     assert similarity_entry(name).cls is module.BestRegion
     assert re.search(rf"^  {name} +no attention: ", similarity_help(), re.M)
     assert name in ablation_variants() and name not in xdim_equation_similarities()
