@@ -4,7 +4,7 @@
     python analyze.py --model_path runs/demo/checkpoint/model_best.pth --out runs/demo/analysis \\
         --data_path data/demo --data_name demo_precomp --split test --words dog cat --pair 0 0
 
-Writes PNG figures and summary.json into --out (README: "Looking inside a model"), each
+Writes PNG figures and summary.json into --out (docs/analysis.md), each
 atomically; re-run into the same --out, the previous report's figures that the new
 summary.json does not list are removed.
 Needs matplotlib and scipy (pip install matplotlib scipy).

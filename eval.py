@@ -52,7 +52,7 @@ def build_parser(description=None, **defaults):
     add("--shortlist", type=int, metavar="K", default=None,
         help="also report two-stage recalls: each query keeps the K best items by global vectors "
              "(the checkpoint's .shortlist.pth head, else mean pooling; needs faiss-cpu) and X-Dim "
-             "ranks those (see README, Retrieval on your own data)")
+             "ranks those (see docs/retrieval.md)")
     add("--no_progress", action="store_true", help="hide the progress bars")
     add_runtime_options(parser)
     parser.set_defaults(**defaults)

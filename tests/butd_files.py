@@ -2,7 +2,7 @@
 
 An image is (image id, width, height, boxes (n, 4) float32, features (n, D) float32).
 The TSV line and npz layout are written out here from the formats' descriptions
-(README "Retrieval on your own data"), independently of lib/data/butd.py.
+(docs/retrieval.md, "Your own features"), independently of lib/data/butd.py.
 """
 import base64
 import os

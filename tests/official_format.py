@@ -1,4 +1,4 @@
-"""Build a checkpoint in the official release's format (README "The official release"), for tests.
+"""Build a checkpoint in the official release's format (docs/checkpoints.md, "The official release"), for tests.
 
 Every key name and shape below is written out from the release's layout, independently of
 the mapping table in lib/formats/checkpoint.py, so a mistake in that table shows up as a

@@ -1,4 +1,4 @@
-"""Caption processing (README "Caption processing"): word splitting, WordPiece ids, perturbation, truncation."""
+"""Caption processing (docs/data.md, "Caption processing"): word splitting, WordPiece ids, perturbation, truncation."""
 import logging
 import os
 

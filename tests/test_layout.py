@@ -1,4 +1,4 @@
-"""The package's layering: every import inside lib/ points down (docs: README, "Layout").
+"""The package's layering: every import inside lib/ points down (docs/development.md, "Import rules").
 
 Each folder of lib/ is one concern; the order below is the direction imports may take.
 A module imports from its own folder and from folders of a lower rank only, so there

@@ -53,7 +53,7 @@ def add_runtime_options(parser):
                         help="autocast precision for encoders and similarity (loss stays float32)")
     parser.add_argument("--threads", default=0, type=int,
                         help="torch CPU threads; 0: OMP_NUM_THREADS if set, else all cores but one "
-                             "(README, \"CPU threads\")")
+                             "(docs/training.md, \"CPU threads\")")
     return parser
 
 

@@ -38,7 +38,7 @@ RANDOM_SHARE = 0.1
 # ---------------------------------------------------------------- tokenizer
 
 class CaptionEncoder:
-    """Caption text -> BERT token ids `[CLS] ... [SEP]` (README "Caption processing").
+    """Caption text -> BERT token ids `[CLS] ... [SEP]` (docs/data.md, "Caption processing").
 
     Words follow BERT's basic tokenizer (lower-casing, punctuation split) and
     each word becomes its WordPiece sub-tokens, so without perturbation the ids

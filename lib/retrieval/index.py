@@ -454,7 +454,7 @@ class RowReader:
     A memory map would do the same reads through page faults, each pulling in the
     kernel's whole read-ahead window: for 100 scattered rows of a gallery that is
     not in the page cache, pread took 21-25 ms and the memory map 540-630 ms here
-    (README, "Retrieval on your own data").
+    (docs/retrieval.md).
     """
 
     def __init__(self, path, array):

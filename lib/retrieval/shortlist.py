@@ -6,8 +6,8 @@ to put X-Dim's best items among its first K. Two encoders provide them, with one
 interface (`images`, `captions`, `size`, `describe`):
 
 - `MeanPooling` (no parameters): the l2-normalised mean of an item's real region
-  or token embeddings. Measured on the demo, it does not shortlist well (README,
-  "Retrieval on your own data"): X-Dim's attention singles out a few regions and
+  or token embeddings. Measured on the demo, it does not shortlist well (docs/retrieval.md):
+  X-Dim's attention singles out a few regions and
   words that a plain mean drowns in background regions and filler words.
 - `ShortlistHead`, distilled after training (`distill_head`): each region or
   token embedding gets a learned gate in (0, 1) and a learned projection; an

@@ -71,7 +71,7 @@ def default_threads():
     """The automatic intra-op thread count: every core but one (at least one).
 
     Leaving a core free keeps a training step from stalling when another process
-    takes a core (tests/benchmarks/bench_threads.py; README, "CPU threads").
+    takes a core (tests/benchmarks/bench_threads.py; docs/training.md, "CPU threads").
     """
     return max(1, cpu_cores() - 1)
 
