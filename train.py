@@ -9,7 +9,7 @@ import sys
 
 import lib.training.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
 from lib.runtime import distributed
-from lib.errors import XDimError
+from lib.errors import XDimError, first_line
 from lib.cli.options import get_argument_parser
 
 
@@ -18,8 +18,8 @@ def main(argv=None):
     from lib.training.trainer import train
     try:
         train(opt)
-    except XDimError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (XDimError, OSError) as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
     finally:
         distributed.cleanup()

@@ -25,10 +25,11 @@ from lib.model.bert import bert_max_positions, load_tokenizer, resolve_bert_path
 from lib.formats.checkpoint import (copy_checkpoint, load_checkpoint, make_checkpoint, remove_stale_temp_files,
                             save_checkpoint, similarity_name)
 from lib.data import precomp
-from lib.errors import XDimError
+from lib.errors import XDimError, first_line
 from lib.cli.options import check_training_options
 from lib.runtime.device import apply_threads
 from lib.evaluation.scoring import validate
+from lib.training import run_lock
 from lib.training.tb_logger import TBLogger
 from lib.model.xdim_model import VSEModel
 
@@ -211,12 +212,18 @@ class Trainer:
         state = make_checkpoint(self.model, next_epoch, self.best_rsum)
         last = os.path.join(self.opt.model_name, CHECKPOINT)
         best = os.path.join(self.opt.model_name, BEST)
-        if end_of_epoch:
-            save_checkpoint(state, last)
-            if is_best:
-                copy_checkpoint(last, best)
-        elif is_best:
-            save_checkpoint(state, best)
+        target = last if end_of_epoch else best
+        try:
+            if end_of_epoch:
+                save_checkpoint(state, last)
+                if is_best:
+                    target = best
+                    copy_checkpoint(last, best)
+            elif is_best:
+                save_checkpoint(state, best)
+        except OSError as error:  # a full disk, a quota, a folder gone read-only
+            raise XDimError(f"{target}: cannot write the checkpoint ({error.strerror or first_line(error)}); "
+                            f"the previous one, if any, is intact; free some space and --resume {last}") from None
         if is_best:
             self.logger.info("new best rsum %.2f -> %s", self.best_rsum, best)
 
@@ -311,28 +318,29 @@ def train(opt, augment=True):
     main = distributed.is_main()
     logger = setup_text_log(opt.logger_name, main)
     try:
-        logger.info("options: %s", vars(opt))
-        logger.info("device %s, %d CPU threads", device, threads)
-        if distributed.world_size() > 1:
-            logger.info("%d processes, %d captions per process and step", distributed.world_size(), per_rank)
-        if main:
-            for path in remove_stale_temp_files(opt.model_name):
-                logger.info("removed %s, left by an interrupted save", path)
-        state = read_resume(opt) if opt.resume else None
-        bert_path = resolve_bert_path(opt.bert_path)
-        tokenizer = load_tokenizer(bert_path)
-        max_len = bert_max_positions(bert_path)
-        loader = make_train_loader(opt, tokenizer, max_len, augment)
-        caption_encoder = precomp.CaptionEncoder(tokenizer, max_len)
-        dev_files = open_dev(opt, caption_encoder)
-        model = build_model(opt, device, bert_path)
-        start_epoch, best_rsum = resume(model, opt, state, logger) if state else (0, 0.0)
-        distributed.wrap_encoders(model)
-        trainer = Trainer(opt, model, loader, dev_files, caption_encoder, logger,
-                          TBLogger(opt.logger_name, enabled=main))
-        trainer.best_rsum = best_rsum
-        result = trainer.run(start_epoch)
-        logger.info("done: best rsum %.2f", result["best_rsum"])
-        return result
+        with run_lock.training_lock((opt.model_name, opt.logger_name), logger):
+            logger.info("options: %s", vars(opt))
+            logger.info("device %s, %d CPU threads", device, threads)
+            if distributed.world_size() > 1:
+                logger.info("%d processes, %d captions per process and step", distributed.world_size(), per_rank)
+            if main:
+                for path in remove_stale_temp_files(opt.model_name):
+                    logger.info("removed %s, left by an interrupted save", path)
+            state = read_resume(opt) if opt.resume else None
+            bert_path = resolve_bert_path(opt.bert_path)
+            tokenizer = load_tokenizer(bert_path)
+            max_len = bert_max_positions(bert_path)
+            loader = make_train_loader(opt, tokenizer, max_len, augment)
+            caption_encoder = precomp.CaptionEncoder(tokenizer, max_len)
+            dev_files = open_dev(opt, caption_encoder)
+            model = build_model(opt, device, bert_path)
+            start_epoch, best_rsum = resume(model, opt, state, logger) if state else (0, 0.0)
+            distributed.wrap_encoders(model)
+            trainer = Trainer(opt, model, loader, dev_files, caption_encoder, logger,
+                              TBLogger(opt.logger_name, enabled=main))
+            trainer.best_rsum = best_rsum
+            result = trainer.run(start_epoch)
+            logger.info("done: best rsum %.2f", result["best_rsum"])
+            return result
     finally:
         close_text_log()
