@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from lib.errors import XDimError
-from lib.cli.options import add_runtime_options
+from lib.cli.options import add_runtime_options, check_output_folder
 from lib.runtime.device import apply_threads, resolve_device
 
 
@@ -71,6 +71,7 @@ def describe(summary, out):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        check_output_folder("--out", args.out)
         apply_threads(args.threads)
         summary = run(args, resolve_device(args.device))
     except (XDimError, OSError) as err:

@@ -55,7 +55,11 @@ def test_lock_is_released_when_the_block_raises(tmp_path):
     with pytest.raises(RuntimeError):
         with run_lock.training_lock([folder], LOGGER):
             raise RuntimeError("a crash mid-training")
-    assert os.listdir(folder) == []
+    assert not os.path.exists(folder)  # created for the lock, left empty: removed with it
+    os.makedirs(folder)
+    with run_lock.training_lock([folder], LOGGER):
+        pass
+    assert os.listdir(folder) == []  # a folder that was there before stays
 
 
 def test_both_folders_are_locked_once_each(tmp_path):
@@ -67,7 +71,7 @@ def test_both_folders_are_locked_once_each(tmp_path):
     with pytest.raises(XDimError, match=f"^{log}: in use by another training"):
         with run_lock.training_lock([ckpt, log], LOGGER):
             pass
-    assert os.listdir(ckpt) == [] and os.path.exists(busy)
+    assert not os.path.exists(ckpt) and os.path.exists(busy)
 
 
 def test_lock_of_another_host_is_refused_with_what_to_do(tmp_path):

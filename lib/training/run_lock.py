@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 
 import torch.distributed as dist
 
@@ -71,17 +72,25 @@ def refusal(folder, path, owner):
             f"lock file {path}); {advice}")
 
 
+@dataclass
+class HeldLock:
+    """A lock file this run created, and whether the run also created its folder."""
+    path: str
+    created_folder: bool
+
+
 def acquire(folder, owner, logger):
-    """Take `folder`'s lock for `owner` -> its path; XDimError when a live run holds it.
+    """Take `folder`'s lock for `owner` -> HeldLock; XDimError when a live run holds it.
 
     A lock whose owner is gone is removed (and logged) and the creation retried once; a
     second failure means another run took it over first, which is refused as well.
     """
+    created_folder = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_NAME)
     for _ in range(2):
         if _create(path, owner):
-            return path
+            return HeldLock(path, created_folder)
         holder = read_owner(path)
         if holder is None or not owner_is_gone(holder):
             raise XDimError(refusal(folder, path, holder))
@@ -93,10 +102,12 @@ def acquire(folder, owner, logger):
     raise XDimError(refusal(folder, path, read_owner(path)))
 
 
-def release(path, owner):
-    """Remove the lock at `path` if it still is `owner`'s."""
-    if read_owner(path) == owner:
-        os.remove(path)
+def release(lock, owner):
+    """Remove `lock` if it still is `owner`'s, and its folder if the run created it and left it empty."""
+    if read_owner(lock.path) == owner:
+        os.remove(lock.path)
+    if lock.created_folder and not os.listdir(os.path.dirname(lock.path)):
+        os.rmdir(os.path.dirname(lock.path))
 
 
 def distinct_folders(folders):
@@ -111,14 +122,14 @@ def distinct_folders(folders):
 
 
 def _acquire_all(folders, owner, logger):
-    """Take the lock of every folder -> (paths held, None), or ([], the refusal message)."""
+    """Take the lock of every folder -> (HeldLocks, None), or ([], the refusal message)."""
     held = []
     try:
         for folder in folders:
             held.append(acquire(folder, owner, logger))
     except (XDimError, OSError) as error:
-        for path in reversed(held):
-            release(path, owner)
+        for lock in reversed(held):
+            release(lock, owner)
         if isinstance(error, OSError):
             error = f"{error.filename or folders[len(held)]}: cannot create the training lock ({error.strerror})"
         return [], str(error)
@@ -139,7 +150,9 @@ def training_lock(folders, logger):
     """Hold the lock of each of `folders` (--model_name, --logger_name) for the `with` block.
 
     Rank 0 takes them (every process when not under torchrun); every rank raises the same
-    XDimError when they are refused. The locks are released when the block exits, however.
+    XDimError when they are refused. The `with` value: the lock files held (rank 0).
+    They are released when the block exits, however, with the folders that were created
+    for them and stayed empty (a run that failed at once leaves nothing behind).
     """
     owner = lock_owner()
     held, error = [], None
@@ -149,7 +162,7 @@ def training_lock(folders, logger):
     if error:
         raise XDimError(error)
     try:
-        yield held
+        yield [lock.path for lock in held]
     finally:
-        for path in reversed(held):
-            release(path, owner)
+        for lock in reversed(held):
+            release(lock, owner)

@@ -34,6 +34,7 @@ from lib.training.tb_logger import TBLogger
 from lib.model.xdim_model import VSEModel
 
 LOGGER_NAME = "xdim.train"
+TEXT_LOGGERS = (LOGGER_NAME, precomp.LOGGER_NAME)
 CHECKPOINT = "checkpoint.pth"
 BEST = "model_best.pth"
 # TensorBoard tags of the validation metrics, as in the VSE family's logs.
@@ -75,19 +76,21 @@ def make_train_loader(opt, tokenizer, max_len, augment=True):
 
 
 def setup_text_log(folder, enabled):
-    """The 'xdim.train' logger: train.log in `folder` plus the console (main rank only)."""
+    """The 'xdim.train' logger: train.log in `folder` plus the console (main rank only).
+
+    The data's warnings (the 'lib.data' logger: truncated captions, [UNK] words) go there too.
+    """
+    close_text_log()
     logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
     logger.propagate = False
     logger.setLevel(logging.INFO if enabled else logging.WARNING)
     if enabled:
         os.makedirs(folder, exist_ok=True)
         file_handler = logging.FileHandler(os.path.join(folder, "train.log"), encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        logger.addHandler(file_handler)
-        logger.addHandler(_TqdmHandler())
+        for handler in (file_handler, _TqdmHandler()):
+            for name in TEXT_LOGGERS:
+                logging.getLogger(name).addHandler(handler)
     return logger
 
 
@@ -99,10 +102,11 @@ class _TqdmHandler(logging.Handler):
 
 
 def close_text_log():
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    for name in TEXT_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
 
 
 # ---------------------------------------------------------------- schedule
