@@ -170,16 +170,16 @@ def _query_image(args, manifest, img_dim):
 
 
 def read_queries(path):
-    """The lines of a --queries file; XDimError for a folder, a missing file or one with no query."""
+    """The lines of a --queries file; XDimError for a folder, a missing file or one without text."""
     from lib.data.precomp import read_captions
     if os.path.isdir(path):
         raise XDimError(f"--queries {path}: is a folder, give a text file with one query per line")
     if not os.path.isfile(path):
         raise XDimError(f"--queries {path}: no such file")
-    queries = read_captions(path)
-    if not queries:
-        raise XDimError(f"--queries {path}: is empty, give one query per line")
-    return queries
+    with open(path, "rb") as f:
+        if not f.read().strip():
+            raise XDimError(f"--queries {path}: is empty, give one query per line")
+    return read_captions(path)
 
 
 def run_query(args):

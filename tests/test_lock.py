@@ -7,14 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from test_distributed import join_group, spawn
+from test_training import make_opt
 
 import train as train_script
 from lib.errors import XDimError
 from lib.training import run_lock
 from lib.training import trainer as training
-
-from test_distributed import join_group, spawn
-from test_training import make_opt
 
 LOGGER = logging.getLogger("test_lock")
 
@@ -24,6 +23,15 @@ def dead_pid():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+def read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def read_json(path):
+    return json.loads(read_text(path))
 
 
 def write_lock(folder, pid, host=None, started="2026-01-02T03:04:05Z"):
@@ -38,11 +46,10 @@ def test_second_holder_is_refused_and_the_lock_goes_with_the_first(tmp_path):
     folder = str(tmp_path / "run")
     with run_lock.training_lock([folder], LOGGER) as held:
         assert held == [os.path.join(folder, "train.lock")]
-        owner = json.load(open(held[0], encoding="utf-8"))
+        owner = read_json(held[0])
         assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
-        with pytest.raises(XDimError) as refused:
-            with run_lock.training_lock([folder], LOGGER):
-                pass
+        with pytest.raises(XDimError) as refused, run_lock.training_lock([folder], LOGGER):
+            pass
         assert str(refused.value) == (
             f"{folder}: in use by another training (pid {os.getpid()}, started {owner['started']}, "
             f"lock file {held[0]}); stop it or wait for it to finish, or use another --model_name / --logger_name")
@@ -52,9 +59,8 @@ def test_second_holder_is_refused_and_the_lock_goes_with_the_first(tmp_path):
 
 def test_lock_is_released_when_the_block_raises(tmp_path):
     folder = str(tmp_path / "run")
-    with pytest.raises(RuntimeError):
-        with run_lock.training_lock([folder], LOGGER):
-            raise RuntimeError("a crash mid-training")
+    with pytest.raises(RuntimeError), run_lock.training_lock([folder], LOGGER):
+        raise RuntimeError("a crash mid-training")
     assert not os.path.exists(folder)  # created for the lock, left empty: removed with it
     os.makedirs(folder)
     with run_lock.training_lock([folder], LOGGER):
@@ -68,20 +74,19 @@ def test_both_folders_are_locked_once_each(tmp_path):
         assert held == [os.path.join(ckpt, "train.lock"), os.path.join(log, "train.lock")]
     # A run whose --logger_name is busy is refused too, and takes no lock in --model_name.
     busy = write_lock(log, os.getpid())
-    with pytest.raises(XDimError, match=f"^{log}: in use by another training"):
-        with run_lock.training_lock([ckpt, log], LOGGER):
-            pass
+    with pytest.raises(XDimError, match=f"^{log}: in use by another training"), \
+            run_lock.training_lock([ckpt, log], LOGGER):
+        pass
     assert not os.path.exists(ckpt) and os.path.exists(busy)
 
 
 def test_lock_of_another_host_is_refused_with_what_to_do(tmp_path):
     folder = str(tmp_path / "run")
     path = write_lock(folder, dead_pid(), host="elsewhere.example")
-    with pytest.raises(XDimError) as refused:
-        with run_lock.training_lock([folder], LOGGER):
-            pass
+    with pytest.raises(XDimError) as refused, run_lock.training_lock([folder], LOGGER):
+        pass
     assert str(refused.value) == (
-        f"{folder}: in use by another training (pid {json.load(open(path))['pid']} on host elsewhere.example, "
+        f"{folder}: in use by another training (pid {read_json(path)['pid']} on host elsewhere.example, "
         f"started 2026-01-02T03:04:05Z, lock file {path}); if that run is gone, delete {path}; "
         "else use another --model_name / --logger_name")
 
@@ -90,11 +95,10 @@ def test_lock_of_a_dead_process_is_taken_over_and_logged(tmp_path, caplog):
     folder = str(tmp_path / "run")
     pid = dead_pid()
     path = write_lock(folder, pid)
-    with caplog.at_level(logging.WARNING, logger="test_lock"):
-        with run_lock.training_lock([folder], LOGGER):
-            assert json.load(open(path, encoding="utf-8"))["pid"] == os.getpid()
-    assert caplog.messages == [f"took over {path}: its run (pid {pid}, started 2026-01-02T03:04:05Z) "
-                               "is no longer running"]
+    with caplog.at_level(logging.WARNING, logger="test_lock"), run_lock.training_lock([folder], LOGGER):
+        assert read_json(path)["pid"] == os.getpid()
+    assert caplog.messages == [(f"took over {path}: its run (pid {pid}, started 2026-01-02T03:04:05Z) "
+                               "is no longer running")]
     assert not os.path.exists(path)
 
 
@@ -102,9 +106,9 @@ def test_half_written_lock_is_refused_not_removed(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "train.lock").write_text("")
-    with pytest.raises(XDimError, match="another training is starting in this folder"):
-        with run_lock.training_lock([str(folder)], LOGGER):
-            pass
+    with pytest.raises(XDimError, match="another training is starting in this folder"), \
+            run_lock.training_lock([str(folder)], LOGGER):
+        pass
     assert (folder / "train.lock").exists()
 
 
@@ -116,12 +120,12 @@ def test_train_cli_refuses_a_busy_model_name_in_one_line(tmp_path, tiny_precomp,
             "--model_name", opt.model_name, "--logger_name", opt.logger_name]
     assert train_script.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {opt.model_name}: in use by another training (pid {os.getpid()}, started "
+    assert err == [(f"error: {opt.model_name}: in use by another training (pid {os.getpid()}, started "
                    f"2026-05-06T07:08:09Z, lock file {path}); stop it or wait for it to finish, or use "
-                   "another --model_name / --logger_name"]
+                   "another --model_name / --logger_name")]
     # Nothing written into the holder's folders: no log lines, no checkpoint.
     assert os.listdir(opt.model_name) == ["train.lock"]
-    assert open(os.path.join(opt.logger_name, "train.log"), encoding="utf-8").read() == ""
+    assert read_text(os.path.join(opt.logger_name, "train.log")) == ""
 
 
 def test_train_takes_over_a_dead_lock_logs_it_and_releases_on_error(tmp_path, tiny_precomp, tiny_bert_dir):
@@ -132,7 +136,7 @@ def test_train_takes_over_a_dead_lock_logs_it_and_releases_on_error(tmp_path, ti
     with pytest.raises(XDimError, match="no such checkpoint file"):
         training.train(opt)
     assert not os.path.exists(path) and not os.path.exists(os.path.join(opt.logger_name, "train.lock"))
-    log = open(os.path.join(opt.logger_name, "train.log"), encoding="utf-8").read()
+    log = read_text(os.path.join(opt.logger_name, "train.log"))
     assert f"took over {path}: its run (pid {pid}, started 2026-01-02T03:04:05Z) is no longer running" in log
 
 
