@@ -116,8 +116,9 @@ def test_train_cli_refuses_a_busy_model_name_in_one_line(tmp_path, tiny_precomp,
     opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir)
     path = write_lock(opt.model_name, os.getpid(), started="2026-05-06T07:08:09Z")
     argv = ["--data_path", opt.data_path, "--data_name", opt.data_name, "--img_dim", str(opt.img_dim),
-            "--bert_path", tiny_bert_dir, "--device", "cpu", "--workers", "0",
-            "--model_name", opt.model_name, "--logger_name", opt.logger_name]
+            "--bert_path", tiny_bert_dir, "--device", "cpu", "--workers", "0", "--num_epochs", "1",
+            "--embed_size", "32", "--batch_size", "32", "--model_name", opt.model_name,
+            "--logger_name", opt.logger_name]
     assert train_script.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [(f"error: {opt.model_name}: in use by another training (pid {os.getpid()}, started "
