@@ -8,12 +8,12 @@ import sys
 
 import pytest
 from test_distributed import join_group, spawn
+from test_pins import run_training
 from test_training import make_opt
 
 import train as train_script
 from lib.errors import XDimError
 from lib.training import run_lock
-from lib.training import trainer as training
 
 LOGGER = logging.getLogger("test_lock")
 
@@ -106,9 +106,12 @@ def test_half_written_lock_is_refused_not_removed(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "train.lock").write_text("")
-    with pytest.raises(XDimError, match="another training is starting in this folder"), \
-            run_lock.training_lock([str(folder)], LOGGER):
+    with pytest.raises(XDimError) as refused, run_lock.training_lock([str(folder)], LOGGER):
         pass
+    lock = folder / "train.lock"
+    assert str(refused.value) == (f"{folder}: another training is starting in this folder (lock file {lock}, "
+                                  f"not yet written); wait for it, or delete {lock} if no training runs, or use "
+                                  "another --model_name / --logger_name")
     assert (folder / "train.lock").exists()
 
 
@@ -135,7 +138,7 @@ def test_train_takes_over_a_dead_lock_logs_it_and_releases_on_error(tmp_path, ti
     pid = dead_pid()
     path = write_lock(opt.model_name, pid)
     with pytest.raises(XDimError, match="no such checkpoint file"):
-        training.train(opt)
+        run_training(opt)
     assert not os.path.exists(path) and not os.path.exists(os.path.join(opt.logger_name, "train.lock"))
     log = read_text(os.path.join(opt.logger_name, "train.log"))
     assert f"took over {path}: its run (pid {pid}, started 2026-01-02T03:04:05Z) is no longer running" in log
@@ -147,7 +150,7 @@ def refused_worker(rank, world, options, out_dir):
     from lib.runtime import distributed
     join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     try:
-        training.train(argparse.Namespace(**options))
+        run_training(argparse.Namespace(**options))
         message = "trained"
     except XDimError as error:
         message = str(error)

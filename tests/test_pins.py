@@ -30,6 +30,12 @@ from lib.retrieval.index import two_stage_protocol
 from lib.training import trainer as training
 
 
+def run_training(opt):
+    """lib.training.trainer.train from a train.py options namespace (the one place to adapt
+    when train's signature changes) -> its result dict."""
+    return training.train(opt)
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Train and score on one intra-op thread (shared cores); give the next test its own count back."""
@@ -43,7 +49,7 @@ def one_thread():
 def trained(tmp_path_factory, tiny_precomp, tiny_bert_dir):
     """Options of a finished 1-epoch run on the tiny data (its model_name holds model_best.pth)."""
     opt = make_opt(tmp_path_factory.mktemp("trained"), tiny_precomp, tiny_bert_dir, num_epochs=1)
-    training.train(opt)
+    run_training(opt)
     return opt
 
 
@@ -184,7 +190,7 @@ def test_training_start_warnings_reach_train_log(tmp_path, tiny_precomp, tiny_be
     long_caption = " ".join([captions[4]] * 20)  # far beyond the tiny BERT's 64 positions
     replace_lines(folder / "train_caps.txt", {3: captions[2] + " \U0001F436", 5: long_caption})
     opt = make_opt(tmp_path, (str(tmp_path / "data"), folder.name), tiny_bert_dir, num_epochs=1)
-    training.train(opt)
+    run_training(opt)
     with open(os.path.join(opt.logger_name, "train.log"), encoding="utf-8") as f:
         log = f.read()
     assert (f"warning: {folder / 'train_caps.txt'}: 1 of 160 captions hold characters outside the BERT "
@@ -329,7 +335,7 @@ def test_mid_epoch_best_records_its_epoch_and_resumes_it(tmp_path, tiny_precomp,
     # 5 steps, validation at iterations 2 and 4 (mid-epoch) and 5 (end): the best is iteration 4's.
     monkeypatch.setattr(training, "validate", scripted_validation([10.0, 50.0, 20.0]))
     opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=1, val_step=2)
-    training.train(opt)
+    run_training(opt)
     best = load_checkpoint(os.path.join(opt.model_name, "model_best.pth"))
     last = load_checkpoint(os.path.join(opt.model_name, "checkpoint.pth"))
     assert (best["epoch"], best["Eiters"], best["best_rsum"]) == (0, 4, 50.0)
@@ -337,7 +343,7 @@ def test_mid_epoch_best_records_its_epoch_and_resumes_it(tmp_path, tiny_precomp,
     monkeypatch.setattr(training, "validate", scripted_validation([1.0, 2.0, 3.0]))
     resumed = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="resumed", num_epochs=1, val_step=2,
                        resume=os.path.join(opt.model_name, "model_best.pth"))
-    assert training.train(resumed)["iterations"] == 4 + 5  # epoch 0 again, whole
+    assert run_training(resumed)["iterations"] == 4 + 5  # epoch 0 again, whole
 
 
 def test_grad_clip_clips_the_gradient_norm_to_its_value(tmp_path, tiny_precomp, tiny_bert_dir):
@@ -351,7 +357,7 @@ def test_grad_clip_clips_the_gradient_norm_to_its_value(tmp_path, tiny_precomp, 
 
     handle = register_optimizer_step_pre_hook(record_norm)
     try:
-        training.train(make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=1, grad_clip=0.05))
+        run_training(make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=1, grad_clip=0.05))
     finally:
         handle.remove()
     assert len(norms) == 5

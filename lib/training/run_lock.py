@@ -63,8 +63,8 @@ def _create(path, owner):
 def refusal(folder, path, owner):
     """The one-line reason a run may not use `folder`, whose lock `path` belongs to `owner` (or None)."""
     if owner is None:
-        return (f"{folder}: another training is starting in this folder (lock file {path}); wait for it, "
-                "or use another --model_name / --logger_name")
+        return (f"{folder}: another training is starting in this folder (lock file {path}, not yet written); "
+                f"wait for it, or delete {path} if no training runs, or use another --model_name / --logger_name")
     where = "" if owner.get("host") == socket.gethostname() else f" on host {owner.get('host')}"
     advice = ("stop it or wait for it to finish, or use another --model_name / --logger_name"
               if not where else f"if that run is gone, delete {path}; else use another --model_name / --logger_name")
