@@ -118,17 +118,20 @@ class CaptionEncoder:
                                 "(only spaces, invisible or combining characters)")
         self.warn_unknown_tokens(split_files)
 
-    def warn_unknown_tokens(self, split_files, chunk=10000):
+    def warn_unknown_tokens(self, split_files):
         """Warn once when captions of `split_files` hold words the vocabulary lacks (emoji, ...).
 
         Such a word silently becomes [UNK]; the warning gives how many captions have one and
-        the line of the first. Returns that number of captions.
+        the line of the first. Returns that number of captions. BERT tokenizes each
+        space-separated word on its own, so only the split's distinct words are tokenized
+        (COCO's 566k training captions hold about 40k).
         """
-        unk_id, captions = self.tokenizer.unk_token_id, split_files.captions
-        encode = self.tokenizer.backend_tokenizer.encode_batch
-        lines = [start + row + 1 for start in range(0, len(captions), chunk)
-                 for row, encoding in enumerate(encode(captions[start:start + chunk], add_special_tokens=False))
-                 if unk_id in encoding.ids]
+        captions = split_files.captions
+        words = sorted({word for caption in captions for word in caption.split()})
+        encodings = self.tokenizer.backend_tokenizer.encode_batch(words, add_special_tokens=False)
+        unknown = {word for word, encoding in zip(words, encodings) if self.tokenizer.unk_token_id in encoding.ids}
+        lines = [number for number, caption in enumerate(captions, start=1)
+                 if unknown and not unknown.isdisjoint(caption.split())]
         if lines:
             logger.warning("warning: %s: %d of %d captions hold characters outside the BERT vocabulary, "
                            "read as [UNK] (first at line %d: %.60s)", split_files.captions_path, len(lines),
