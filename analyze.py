@@ -15,7 +15,7 @@ import os
 import sys
 
 from lib.cli.entry import entry_point
-from lib.cli.options import add_runtime_options
+from lib.cli.options import add_runtime_options, check_output_folder
 from lib.runtime.device import apply_threads, resolve_device
 
 
@@ -106,6 +106,7 @@ def describe(summary, out):
 @entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_output_folder("--out", args.out)
     apply_threads(args.threads)
     summary = run(args, resolve_device(args.device))
     print(describe(summary, args.out))

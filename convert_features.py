@@ -11,6 +11,7 @@ one `error: ...` line naming the file and line, exits 2 and leaves --out unchang
 import argparse
 import sys
 
+from lib.cli.options import check_output_folder
 from lib.data import butd as features
 from lib.cli.entry import entry_point
 
@@ -38,6 +39,7 @@ def build_parser():
 @entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_output_folder("--out", args.out)
     if args.tsv:
         n_images, records = features.count_tsv_records(args.tsv), features.read_tsv(args.tsv)
     else:

@@ -79,6 +79,7 @@ def evaluate(args, device):
     Everything that can be checked without scoring is checked first: the score files,
     the split, the shapes to ensemble and the fold count.
     """
+    score_files.warn_repeated_files(args.ensemble)
     matrices = [score_files.load_score_file(path) for path in args.ensemble]
     sources, shapes = list(args.ensemble), [m.shape for m in matrices]
     if args.model_path:

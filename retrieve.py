@@ -175,11 +175,24 @@ def _query_image(args, manifest, img_dim):
     return f"image {ids[row]} (row {row} of {path})", images[row], int(counts[row])
 
 
+def read_queries(path):
+    """The lines of a --queries file; XDimError for a folder, a missing file or one without text."""
+    from lib.data.precomp import read_captions
+    if os.path.isdir(path):
+        raise XDimError(f"--queries {path}: is a folder, give a text file with one query per line")
+    if not os.path.isfile(path):
+        raise XDimError(f"--queries {path}: no such file")
+    with open(path, "rb") as f:
+        if not f.read().strip():
+            raise XDimError(f"--queries {path}: is empty, give one query per line")
+    return read_captions(path)
+
+
 def run_query(args):
     from lib.retrieval import index as retrieval
-    from lib.data.precomp import read_captions
     if args.top_k < 1 or args.shortlist < 1:
         raise XDimError("--top_k and --shortlist must be at least 1")
+    queries = read_queries(args.queries) if args.queries is not None else [args.query]
     if args.json:
         check_output_file("--json", args.json)
     manifest = retrieval.read_manifest(args.index)
@@ -196,8 +209,7 @@ def run_query(args):
               f"{shortlist_size} best of stage one instead", file=sys.stderr)
     results = []
     if text_query:
-        texts = [args.query] if args.query is not None else read_captions(args.queries)
-        for text in texts:
+        for text in queries:
             start = time.time()
             hits = gallery.search_text(text, args.top_k, shortlist_size)
             results.append((text, hits, time.time() - start))

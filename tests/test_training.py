@@ -219,7 +219,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, one_epoch, tiny_pr
     monkeypatch.setattr(torch, "save", crash_mid_write)
     opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=2, resume=str(path),
                    model_name=str(folder))
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(XDimError, match=r"checkpoint\.pth: cannot write the checkpoint \(disk full \(simulated\)\)"):
         train_from_options(opt)  # epoch 1 trains, then its checkpoint write dies half-way
     monkeypatch.undo()
     kept = load_checkpoint(str(path))

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lib.errors import XDimError, first_line
 
-logger = logging.getLogger("lib.data")
+LOGGER_NAME = "lib.data"
+logger = logging.getLogger(LOGGER_NAME)
 
 DEV_CAPTION_LIMIT = 5000
 REGION_KEEP_PROB = 0.8
@@ -114,6 +115,27 @@ class CaptionEncoder:
             if not normalize(caption).strip():
                 raise XDimError(f"{split_files.captions_path}: line {index + 1} is empty once tokenized "
                                 "(only spaces, invisible or combining characters)")
+        self.warn_unknown_tokens(split_files)
+
+    def warn_unknown_tokens(self, split_files):
+        """Warn once when captions of `split_files` hold words the vocabulary lacks (emoji, ...).
+
+        Such a word silently becomes [UNK]; the warning gives how many captions have one and
+        the line of the first. Returns that number of captions. BERT tokenizes each
+        space-separated word on its own, so only the split's distinct words are tokenized
+        (COCO's 566k training captions hold about 40k).
+        """
+        captions = split_files.captions
+        words = sorted({word for caption in captions for word in caption.split()})
+        encodings = self.tokenizer.backend_tokenizer.encode_batch(words, add_special_tokens=False)
+        unknown = {word for word, encoding in zip(words, encodings) if self.tokenizer.unk_token_id in encoding.ids}
+        lines = [number for number, caption in enumerate(captions, start=1)
+                 if unknown and not unknown.isdisjoint(caption.split())]
+        if lines:
+            logger.warning("warning: %s: %d of %d captions hold characters outside the BERT vocabulary, "
+                           "read as [UNK] (first at line %d: %.60s)", split_files.captions_path, len(lines),
+                           len(captions), lines[0], captions[lines[0] - 1])
+        return len(lines)
 
 
 # ---------------------------------------------------------------- split files
@@ -141,7 +163,11 @@ class SplitFiles:
 
 
 def load_region_features(path, img_dim=None):
-    """`path` (a {split}_ims.npy) memory-mapped, checked: (n_images, R, img_dim) float, n and R > 0."""
+    """`path` (a {split}_ims.npy) memory-mapped, checked: (n_images, R, img_dim) float, n and R > 0.
+
+    Any R >= 1 is accepted. float16 and float32 are read exactly; wider floats (float64)
+    are rounded to float32 when read, with a warning.
+    """
     try:
         images = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
@@ -155,6 +181,9 @@ def load_region_features(path, img_dim=None):
     if img_dim is not None and images.shape[2] != img_dim:
         raise XDimError(f"{path}: region features have size {images.shape[2]}, "
                         f"expected {img_dim} (--img_dim)")
+    if images.dtype.itemsize > 4:
+        logger.warning("warning: %s: %s features are rounded to float32 when read (float32 or float16 "
+                       "files hold the same and take less disk)", path, images.dtype)
     return images
 
 

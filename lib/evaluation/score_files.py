@@ -1,5 +1,6 @@
 """Score matrices on disk: our float32 .npy files, the official code's pickled dicts, ensembles."""
 import io
+import logging
 import os
 import pickle
 
@@ -7,6 +8,8 @@ import numpy as np
 
 from lib.errors import XDimError
 from lib.formats.atomic import atomic_file
+
+logger = logging.getLogger("lib.evaluation")
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -81,6 +84,19 @@ def save_score_file(sims, path):
         path += ".npy"
     with atomic_file(path, size=sims.nbytes) as f:
         np.save(f, sims, allow_pickle=False)
+
+
+def warn_repeated_files(paths, option="--ensemble"):
+    """Warn for each file that `paths` names more than once (it weighs that many times in the
+    average) -> the repeated paths, as first given."""
+    spellings = {}
+    for path in paths:
+        spellings.setdefault(os.path.realpath(path), []).append(path)
+    repeated = [names for names in spellings.values() if len(names) > 1]
+    for names in repeated:
+        logger.warning("warning: %s names %s %d times: it counts that many times in the average",
+                       option, names[0], len(names))
+    return [names[0] for names in repeated]
 
 
 def check_same_shape(shapes, sources):

@@ -139,6 +139,10 @@ def load_checkpoint(path, map_location="cpu"):
     XDimError (one line saying what the file is) for a missing, empty, text, truncated,
     corrupt or foreign file.
     """
+    if os.path.isdir(path):
+        best = os.path.join(path, "model_best.pth")
+        hint = f"; did you mean {best}?" if os.path.isfile(best) else ", give the checkpoint file inside it"
+        raise XDimError(f"{path}: is a folder, not a checkpoint file{hint}")
     if not os.path.isfile(path):
         raise XDimError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:

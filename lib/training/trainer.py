@@ -24,7 +24,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from lib.data import precomp
-from lib.errors import XDimError
+from lib.errors import XDimError, first_line
 from lib.evaluation.scoring import validate
 from lib.formats.checkpoint import (checkpoint_configs, copy_checkpoint, load_checkpoint, remove_stale_temp_files,
                                     save_checkpoint, training_state)
@@ -32,11 +32,13 @@ from lib.model.bert import bert_max_positions, load_tokenizer, resolve_bert_path
 from lib.model.loss import ContrastiveLoss
 from lib.model.xdim_model import XDimModel
 from lib.runtime import distributed
+from lib.training import run_lock
 from lib.training.tb_logger import TBLogger
 
 LOGGER_NAME = "xdim.train"
 WEIGHT_DECAY = 1e-4
 BERT_LR_FACTOR = 0.1
+TEXT_LOGGERS = (LOGGER_NAME, precomp.LOGGER_NAME)
 CHECKPOINT = "checkpoint.pth"
 BEST = "model_best.pth"
 # TensorBoard tags of the validation metrics, as in the VSE family's logs.
@@ -78,19 +80,21 @@ def make_train_loader(config, caption_encoder, img_dim, augment=True):
 
 
 def setup_text_log(folder, enabled):
-    """The 'xdim.train' logger: train.log in `folder` plus the console (main rank only)."""
+    """The 'xdim.train' logger: train.log in `folder` plus the console (main rank only).
+
+    The data's warnings (the 'lib.data' logger: truncated captions, [UNK] words) go there too.
+    """
+    close_text_log()
     logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
     logger.propagate = False
     logger.setLevel(logging.INFO if enabled else logging.WARNING)
     if enabled:
         os.makedirs(folder, exist_ok=True)
         file_handler = logging.FileHandler(os.path.join(folder, "train.log"), encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        logger.addHandler(file_handler)
-        logger.addHandler(_TqdmHandler())
+        for handler in (file_handler, _TqdmHandler()):
+            for name in TEXT_LOGGERS:
+                logging.getLogger(name).addHandler(handler)
     return logger
 
 
@@ -102,10 +106,11 @@ class _TqdmHandler(logging.Handler):
 
 
 def close_text_log():
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    for name in TEXT_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
 
 
 # ---------------------------------------------------------------- resume
@@ -265,12 +270,20 @@ class Trainer:
         state = self.checkpoint(next_epoch)
         last = os.path.join(self.config.model_name, CHECKPOINT)
         best = os.path.join(self.config.model_name, BEST)
-        if end_of_epoch:
-            save_checkpoint(state, last)
-            if is_best:
-                copy_checkpoint(last, best)
-        elif is_best:
-            save_checkpoint(state, best)
+        target = last if end_of_epoch else best
+        try:
+            if end_of_epoch:
+                save_checkpoint(state, last)
+                if is_best:
+                    target = best
+                    copy_checkpoint(last, best)
+            elif is_best:
+                save_checkpoint(state, best)
+        except OSError as error:  # a folder gone read-only, a device error
+            raise XDimError(f"{target}: cannot write the checkpoint ({error.strerror or first_line(error)}); "
+                            f"the previous one, if any, is intact; then --resume {last}") from None
+        except XDimError as error:  # a full disk or quota, said by the atomic write
+            raise XDimError(f"{error}; then --resume {last}") from None
         if is_best:
             self.logger.info("new best rsum %.2f -> %s", self.best_rsum, best)
 
@@ -374,22 +387,23 @@ def train(model_config, config, runtime, augment=True):
     main = distributed.is_main()
     logger = setup_text_log(config.logger_name, main)
     try:
-        log_run_start(logger, model_config, config, runtime, device, threads)
-        if main:
-            for path in remove_stale_temp_files(config.model_name):
-                logger.info("removed %s, left by an interrupted save", path)
-        state = read_resume(config, model_config.sim) if config.resume else None
-        bert_path = resolve_bert_path(model_config.bert)
-        caption_encoder = precomp.CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
-        loader = make_train_loader(config, caption_encoder, model_config.img_dim, augment)
-        dev_files = open_dev(config, caption_encoder, model_config.img_dim)
-        model = build_model(model_config, bert_path, config.seed, device, runtime.amp)
-        trainer = Trainer(model, config, loader, dev_files, caption_encoder, logger,
-                          TBLogger(config.logger_name, enabled=main))
-        start_epoch = trainer.resume(state) if state else 0
-        trainer.wrap_for_processes()
-        result = trainer.run(start_epoch)
-        logger.info("done: best rsum %.2f", result["best_rsum"])
-        return result
+        with run_lock.training_lock((config.model_name, config.logger_name), logger):
+            log_run_start(logger, model_config, config, runtime, device, threads)
+            if main:
+                for path in remove_stale_temp_files(config.model_name):
+                    logger.info("removed %s, left by an interrupted save", path)
+            state = read_resume(config, model_config.sim) if config.resume else None
+            bert_path = resolve_bert_path(model_config.bert)
+            caption_encoder = precomp.CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
+            loader = make_train_loader(config, caption_encoder, model_config.img_dim, augment)
+            dev_files = open_dev(config, caption_encoder, model_config.img_dim)
+            model = build_model(model_config, bert_path, config.seed, device, runtime.amp)
+            trainer = Trainer(model, config, loader, dev_files, caption_encoder, logger,
+                              TBLogger(config.logger_name, enabled=main))
+            start_epoch = trainer.resume(state) if state else 0
+            trainer.wrap_for_processes()
+            result = trainer.run(start_epoch)
+            logger.info("done: best rsum %.2f", result["best_rsum"])
+            return result
     finally:
         close_text_log()
