@@ -16,11 +16,11 @@ import os
 import sys
 
 import lib.training.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
-from lib.training.ablation import DEFAULT_VARIANTS, DEMO_SETTINGS, ablation_table, ensure_demo_data
-from lib.training.ablation import intervals_table, run_seeds, seeds_table, summarize_seeds, variant_intervals
-from lib.evaluation.compare import check_scipy
+from lib.training.ablation import DEFAULT_VARIANTS, DEMO_SETTINGS, ablation_table, ensure_demo_data, run_seeds
+from lib.training.ablation import intervals_table, seeds_table, summarize_seeds, variant_intervals
 from lib.errors import XDimError
 from lib.cli.options import get_argument_parser
+from lib.evaluation.compare import check_scipy
 from lib.model.similarity import SIMILARITIES
 
 

@@ -18,8 +18,17 @@ import time
 import numpy as np
 
 from lib.data.synthetic import DEMO_DATA_NAME, write_demo_dataset
-from lib.evaluation.compare import COMPARED_KEYS, comparison_dict, paired_bootstrap, per_image_scores
-from lib.evaluation.score_files import infer_captions_per_image, load_score_file, save_score_file
+from lib.evaluation.compare import (
+    COMPARED_KEYS,
+    comparison_dict,
+    paired_bootstrap,
+    per_image_scores,
+)
+from lib.evaluation.score_files import (
+    infer_captions_per_image,
+    load_score_file,
+    save_score_file,
+)
 from lib.evaluation.scoring import evaluate_split, load_model, open_model_split
 from lib.model.similarity import SIMILARITIES
 from lib.training.trainer import BEST, train
