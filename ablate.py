@@ -49,8 +49,9 @@ def main(argv=None):
     options = {k: v for k, v in vars(args).items() if k not in ("variants", "split", "out", "seeds", "n_resamples")}
     seeds = list(range(args.seed, args.seed + args.seeds))
     try:
-        if args.seeds < 1:
-            raise XDimError(f"--seeds must be at least 1, got {args.seeds}")
+        for option, value in (("--seeds", args.seeds), ("--n_resamples", args.n_resamples)):
+            if value < 1:
+                raise XDimError(f"{option} {value}: must be at least 1")
         if len(args.variants) > 1:
             check_scipy()
         ensure_demo_data(args)

@@ -68,8 +68,6 @@ def paired_bootstrap(scores_a, scores_b, n_resamples=10000, confidence=0.95, see
     if scores_a.shape != scores_b.shape:
         raise XDimError(f"cannot pair per-image scores of shapes {scores_a.shape} and {scores_b.shape}: "
                         "the two score matrices must come from the same split")
-    if n_resamples < 1:
-        raise XDimError(f"--n_resamples must be at least 1, got {n_resamples}")
     stats = check_scipy()
     result = stats.bootstrap((scores_a, scores_b), _mean_difference, n_resamples=n_resamples,
                              batch=max(1, 2_000_000 // (scores_a.size or 1)), vectorized=True,
