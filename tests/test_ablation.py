@@ -13,18 +13,23 @@ from lib.evaluation.metrics import METRIC_KEYS
 from conftest import TINY_IMG_DIM
 
 
-@pytest.fixture(scope="module")
-def ablation(tmp_path_factory, tiny_precomp, tiny_bert_dir):
-    """(exit code, out folder, stdout) of a 2-variant, 1-epoch ablation on the tiny data."""
+def run_ablate(tmp_path_factory, tiny_precomp, tiny_bert_dir, *extra):
+    """(exit code, out folder, stdout) of a 2-variant (xdim, cosine), 1-epoch ablation on the tiny data."""
     out = str(tmp_path_factory.mktemp("ablation"))
     data_path, data_name = tiny_precomp
     argv = ["--data_path", data_path, "--data_name", data_name, "--bert_path", tiny_bert_dir,
             "--img_dim", str(TINY_IMG_DIM), "--embed_size", "16", "--batch_size", "32", "--num_epochs", "1",
-            "--variants", "xdim", "cosine", "--split", "test", "--out", out, "--log_step", "100"]
+            "--variants", "xdim", "cosine", "--split", "test", "--out", out, "--log_step", "100", *extra]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = ablate.main(argv)
     return code, out, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory, tiny_precomp, tiny_bert_dir):
+    """run_ablate with one seed."""
+    return run_ablate(tmp_path_factory, tiny_precomp, tiny_bert_dir)
 
 
 def test_ablation_trains_each_variant_and_writes_the_table(ablation):
@@ -68,17 +73,9 @@ def test_ablation_rejects_an_unknown_variant(capsys):
 
 @pytest.fixture(scope="module")
 def two_seeds(tmp_path_factory, tiny_precomp, tiny_bert_dir):
-    """(exit code, out folder, stdout) of `ablate.py --seeds 2 --seed 3`: 2 variants, 1 epoch, tiny data."""
-    out = str(tmp_path_factory.mktemp("ablation_seeds"))
-    data_path, data_name = tiny_precomp
-    argv = ["--data_path", data_path, "--data_name", data_name, "--bert_path", tiny_bert_dir,
-            "--img_dim", str(TINY_IMG_DIM), "--embed_size", "16", "--batch_size", "32", "--num_epochs", "1",
-            "--variants", "xdim", "cosine", "--split", "test", "--out", out, "--log_step", "100",
-            "--seeds", "2", "--seed", "3", "--n_resamples", "500"]
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = ablate.main(argv)
-    return code, out, stdout.getvalue()
+    """run_ablate with `--seeds 2 --seed 3`."""
+    return run_ablate(tmp_path_factory, tiny_precomp, tiny_bert_dir, "--seeds", "2", "--seed", "3",
+                      "--n_resamples", "500")
 
 
 def test_seeds_train_every_variant_with_each_seed_and_report_mean_and_std(two_seeds):

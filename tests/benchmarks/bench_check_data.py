@@ -6,8 +6,8 @@
 Writes `{folder}/bench_precomp/train_{ims.npy,caps.txt}` (float32 (n, 36, 2048), written in
 chunks), then times, on the same file and in this order: cat and the check (check_data.py's
 check_folders, timed inside its process so that importing torch is left out) with the file's
-pages dropped from the page cache first (posix_fadvise DONTNEED: "cold"), then both again right
-after a full read ("warm"). The check runs as a child process so that its peak resident
+pages dropped from the page cache first (dd iflag=nocache, a posix_fadvise DONTNEED: "cold"),
+then both again right after a full read ("warm"). The check runs as a child process so that its peak resident
 memory (ru_maxrss from wait4) is its own, shown next to that of a process that only imports
 it. The folder is removed at the end.
 """
@@ -42,13 +42,9 @@ def write_split(folder, n_images, chunk=512):
 
 
 def drop_from_cache(path):
-    """Ask the kernel to forget the cached pages of `path` (affects this file only)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    """Ask the kernel to forget the cached pages of `path` (that file only): GNU dd's nocache
+    flag with count=0 advises DONTNEED for the whole file."""
+    subprocess.run(["dd", f"if={path}", "iflag=nocache", "count=0", "status=none"], check=True)
 
 
 def timed_child(command):
