@@ -133,9 +133,9 @@ def run_compare(args):
     """eval.py --compare A B: print B - A with intervals for each protocol; -> exit code."""
     from lib.runtime.device import resolve_device
     try:
-        if args.model_path or args.ensemble or args.shortlist:
-            raise XDimError("--compare A B takes the two sides itself: leave out --model_path, --ensemble "
-                            "and --shortlist")
+        if args.model_path or args.ensemble or args.shortlist or args.save_sims:
+            raise XDimError("--compare A B takes the two sides itself: leave out --model_path, --ensemble, "
+                            "--shortlist and --save_sims")
         if args.n_resamples < 1:
             raise XDimError(f"--n_resamples {args.n_resamples}: must be at least 1")
         for path in args.compare:

@@ -142,7 +142,9 @@ def test_eval_compare_prints_and_writes_each_metric_with_its_interval(tmp_path, 
 
 @pytest.mark.parametrize("extra, message", [
     (["--model_path", "x.pth"], ("error: --compare A B takes the two sides itself: leave out --model_path, "
-                                 "--ensemble and --shortlist")),
+                                 "--ensemble, --shortlist and --save_sims")),
+    (["--save_sims", "s.npy"], ("error: --compare A B takes the two sides itself: leave out --model_path, "
+                                "--ensemble, --shortlist and --save_sims")),
     (["--n_resamples", "0"], "error: --n_resamples 0: must be at least 1"),
 ])
 def test_eval_compare_rejects_bad_options(tmp_path, capsys, extra, message):
