@@ -113,4 +113,4 @@ def comparison_table(comparison, label_a, label_b, confidence=0.95):
     for key, row in comparison.items():
         lines.append(f"{key:{width}} | {row['a']:7.2f} | {row['b']:7.2f} | {row['diff']:+7.2f} |"
                      f" [{row['ci_low']:+7.2f}, {row['ci_high']:+7.2f}]")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

@@ -175,7 +175,7 @@ def seeds_table(summary, title):
         cells = [f"{columns[key]['mean'] * scale:.1f} ± {columns[key]['std'] * scale:.1f}"
                  for key, scale in zip(SUMMARY_COLUMNS, scales)]
         lines.append(f"{name:{width}} | " + " | ".join(f"{cell:>15}" for cell in cells))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def intervals_table(intervals, baseline, confidence=0.95):
@@ -189,4 +189,4 @@ def intervals_table(intervals, baseline, confidence=0.95):
         cells = [f"{comparison[key]['diff']:+6.1f} [{comparison[key]['ci_low']:+6.1f}, "
                  f"{comparison[key]['ci_high']:+6.1f}]" for key in keys]
         lines.append(f"{name:{width}} | " + " | ".join(f"{cell:^26}" for cell in cells))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
