@@ -20,8 +20,10 @@ from lib.cli.options import check_training_options, get_argument_parser, train_c
 from lib.data.synthetic import DEMO_TRAINING
 from lib.errors import XDimError
 from lib.formats.atomic import write_json
+from lib.evaluation.compare import check_scipy
 from lib.model.similarity import SIMILARITIES
-from lib.training.ablation import DEFAULT_VARIANTS, ablation_table, ensure_demo_data, run_ablation
+from lib.training.ablation import (DEFAULT_VARIANTS, ablation_table, ensure_demo_data, intervals_table, run_seeds,
+                                   seeds_table, summarize_seeds, variant_intervals)
 
 # Options ablate.py sets itself for every variant: giving one is an error, not silently overridden.
 SET_PER_VARIANT = {"model_name": "OUT/NAME/checkpoint", "logger_name": "OUT/NAME/log"}
@@ -37,6 +39,12 @@ def build_parser():
     group.add_argument("--split", default="test", help="split every variant is evaluated on")
     group.add_argument("--out", default=os.path.join("runs", "ablation"),
                        help="folder for each variant's checkpoint/ and log/, and the table as ablation.json")
+    group.add_argument("--seeds", type=int, default=1, metavar="N",
+                       help="train every variant with seeds --seed, --seed + 1, ..., --seed + N - 1 "
+                            "(into OUT/seed_S/NAME when N > 1); the table shows mean ± std over them")
+    group.add_argument("--n_resamples", type=int, default=10000,
+                       help="bootstrap resamples of the interval of each variant's difference to the first "
+                            "(needs scipy)")
     return parser
 
 
@@ -53,14 +61,29 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_not_given(args)
     json_path = os.path.join(args.out, "ablation.json")
+    for option, value in (("--seeds", args.seeds), ("--n_resamples", args.n_resamples)):
+        if value < 1:
+            raise XDimError(f"{option} {value}: must be at least 1")
+    if len(args.variants) > 1:
+        check_scipy()
     args.sim, args.model_name, args.logger_name = args.variants[0], args.out, args.out
     check_training_options(args)
     model_config, train_config, runtime = train_configs(args)
     ensure_demo_data(train_config.data_path, train_config.data_name, model_config.img_dim)
-    rows = run_ablation(model_config, train_config, runtime, args.variants, args.split, args.out)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    rows = run_seeds(model_config, train_config, runtime, args.variants, args.split, args.out, args.seeds)
+    summary = summarize_seeds(rows, args.variants)
+    intervals = variant_intervals(rows, args.variants, args.n_resamples, seed=args.seed)
     write_json(json_path, {"split": args.split, "model": model_config.as_dict() | {"bert_config": None},
-                           "training": train_config.as_dict(), "variants": rows})
-    print(ablation_table(rows, f"{args.data_name} {args.split}, {len(rows)} variants, seed {args.seed}:"))
+                           "training": train_config.as_dict(), "seeds": seeds, "variants": rows,
+                           "summary": summary, "baseline": args.variants[0], "intervals": intervals})
+    if args.seeds == 1:
+        print(ablation_table(rows, f"{args.data_name} {args.split}, {len(rows)} variants, seed {args.seed}:"))
+    else:
+        print(seeds_table(summary, f"{args.data_name} {args.split}, {len(args.variants)} variants, mean ± std "
+                                   f"over seeds {seeds[0]}..{seeds[-1]}:"))
+    if intervals:
+        print(intervals_table(intervals, args.variants[0]))
     print(f"written: {json_path}")
 
 

@@ -4,19 +4,22 @@
     python eval.py --model_path runs/coco/model_best.pth --data_path DATA --data_name coco_precomp \
         --split testall --fold5 --save_sims coco_a.npy --json coco_a.json
     python eval.py --ensemble coco_a.npy coco_b.npy --fold5       # no model needed
+    python eval.py --compare coco_a.npy coco_b.npy --fold5        # B - A with 95% bootstrap intervals
 
 test.py (Flickr30K 1K test) and testall.py (COCO 5-fold 1K and 5K) are this
 script with other defaults.
 """
 import argparse
+import os
 import sys
 
-from lib.evaluation import metrics
+from lib.evaluation import compare, metrics
 from lib.evaluation import score_files
 from lib.evaluation import scoring
 from lib.cli.entry import entry_point
 from lib.formats.atomic import write_json
-from lib.cli.options import HelpFormatter, add_runtime_options, check_evaluation_options
+from lib.cli.options import HelpFormatter, add_runtime_options, check_evaluation_options, check_output_file
+from lib.errors import XDimError
 from lib.model.xdim_model import XDimModel
 from lib.runtime.device import apply_threads
 
@@ -53,6 +56,12 @@ def build_parser(description=None, **defaults):
         help="also report two-stage recalls: each query keeps the K best items by global vectors "
              "(the checkpoint's .shortlist.pth head, else mean pooling; needs faiss-cpu) and X-Dim "
              "ranks those (see docs/retrieval.md)")
+    add("--compare", metavar=("A", "B"), nargs=2, default=None,
+        help="compare two score files of one split (.npy as above) or two checkpoints (scored on "
+             "--data_path/--data_name/--split): each metric, B - A and its paired bootstrap interval "
+             "over the images (needs scipy); replaces --model_path and --ensemble")
+    add("--n_resamples", type=int, default=10000, help="bootstrap resamples for --compare")
+    add("--seed", type=int, default=0, help="seed of the --compare bootstrap")
     add("--no_progress", action="store_true", help="hide the progress bars")
     add_runtime_options(parser)
     parser.set_defaults(**defaults)
@@ -111,9 +120,60 @@ def evaluate(args, device):
     return results, label
 
 
+def compare_side(args, path, device):
+    """One side of --compare -> (sims (n_img, n_cap) float32, captions per image): a score
+    file (.npy) as it is, a checkpoint scored on the split of --data_path/--data_name/--split."""
+    if path.endswith(".npy"):
+        sims = score_files.load_score_file(path)
+        return sims, score_files.infer_captions_per_image(sims, path)
+    model = XDimModel.from_checkpoint(path, args.bert_path, device, args.amp)
+    split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+    sims, _ = model_scores(argparse.Namespace(**dict(vars(args), model_path=path)), model, split, encoder)
+    return sims, split.captions_per_image
+
+
+def check_compare_options(args):
+    """eval.py --compare's checks, before any scoring (XDimError naming the first bad option)."""
+    if args.model_path or args.ensemble or args.shortlist or args.save_sims:
+        raise XDimError("--compare A B takes the two sides itself: leave out --model_path, --ensemble, "
+                        "--shortlist and --save_sims")
+    if args.n_resamples < 1:
+        raise XDimError(f"--n_resamples {args.n_resamples}: must be at least 1")
+    for path in args.compare:
+        if not os.path.isfile(path):
+            raise XDimError(f"{path}: no such file (--compare takes two .npy score files or checkpoints)")
+    if args.json:
+        check_output_file("--json", args.json)
+    compare.check_scipy()
+
+
+def run_compare(args):
+    """eval.py --compare A B: print B - A with intervals for each protocol."""
+    from lib.runtime.device import resolve_device
+    check_compare_options(args)
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    sides = sorted(args.compare, key=lambda path: not path.endswith(".npy"))  # score files first: cheap
+    scored = {path: compare_side(args, path, device) for path in sides}
+    (sims_a, cpi), (sims_b, _) = scored[args.compare[0]], scored[args.compare[1]]
+    if args.fold5:
+        metrics.check_fold_count(sims_a.shape[0], 5, args.fold_images)
+    results = compare.compare_sims(sims_a, sims_b, cpi, args.fold5, args.fold_images, args.n_resamples,
+                                   seed=args.seed)
+    report = {"a": args.compare[0], "b": args.compare[1], "unit": "image", "n_resamples": args.n_resamples,
+              "seed": args.seed, "confidence": 0.95, **results}
+    if args.json:
+        write_json(args.json, {"compare": metrics.rounded(report)})
+    for name, comparison in results.items():
+        print(f"\n{name} ({'COCO 1K: 5-fold mean' if name == 'fold_mean' else 'the whole matrix'}):")
+        print(compare.comparison_table(comparison, *args.compare))
+
+
 @entry_point
 def main(argv=None, description=None, **defaults):
     args = build_parser(description, **defaults).parse_args(argv)
+    if args.compare:
+        return run_compare(args)
     device = check_evaluation_options(args)
     apply_threads(args.threads)
     results, label = evaluate(args, device)

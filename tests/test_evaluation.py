@@ -129,8 +129,13 @@ def test_five_fold_slicing_and_averaging():
     assert mean == pytest.approx({key: np.mean([e[key] for e in expected]) for key in metrics.METRIC_KEYS})
     assert mean["rsum"] == pytest.approx(sum(mean[k] for k in metrics.METRIC_KEYS[:6]))
     results = metrics.run_protocol(sims, cpi, fold5=True, fold_images=fold_images)
-    assert set(results) == {"all", "folds", "fold_mean"}
+    assert set(results) == {"all", "folds", "fold_mean", "fold_std"}
     assert results["all"]["i2t_r1"] == 0.0  # the 10.0 entries beat every true pair overall
+    # i2t R@1 of the folds: 100, 75, 50, 100, 75 (mean 80): sample variance 1750 / 4.
+    assert results["fold_std"]["i2t_r1"] == pytest.approx(437.5 ** 0.5)
+    assert results["fold_std"]["t2i_r5"] == 0.0
+    std_row = next(line for line in metrics.results_table(results, "x").splitlines() if "5-fold std" in line)
+    assert std_row.split("|")[1].split()[0] == "20.9"
 
 
 def test_five_fold_needs_enough_images():

@@ -145,7 +145,8 @@ def test_nan_training_features_name_the_file_and_image(tmp_path, tiny_precomp, t
     poison(folder, "train", 7)
     code, err = run_train(train_argv(tmp_path, data_path, data_name, tiny_bert_dir), capsys)
     assert code == 2
-    assert err == f"error: {folder / 'train_ims.npy'}: image 7 holds NaN or infinite region features"
+    assert err == (f"error: {folder / 'train_ims.npy'}: image 7 holds NaN or infinite region features; "
+                   f"python check_data.py --data_path {data_path} --data_name {data_name} checks every split")
 
 
 def test_nan_dev_features_stop_training_before_the_first_step(tmp_path, tiny_precomp, tiny_bert_dir):
@@ -163,7 +164,9 @@ def test_nan_evaluation_features_name_the_file_and_image(checkpoint, tiny_precom
     poison(folder, "test", 4)
     code, _, err = run_eval(["--model_path", checkpoint, "--data_path", data_path, "--data_name", data_name,
                              "--device", "cpu", "--workers", "0", "--batch_size", "3", "--no_progress"], capsys)
-    assert code == 2 and err == f"error: {folder / 'test_ims.npy'}: image 4 holds NaN or infinite region features\n"
+    assert code == 2 and err == (f"error: {folder / 'test_ims.npy'}: image 4 holds NaN or infinite region features; "
+                                 f"python check_data.py --data_path {data_path} --data_name {data_name} "
+                                 "checks every split\n")
 
 
 # ---------------------------------------------------------------- 3. options checked first
@@ -376,7 +379,7 @@ def test_one_trailing_blank_line_is_accepted(tmp_path):
 @pytest.mark.parametrize("data, line", [(b"a\nb\n\nd\ne\nf\n", 3), (b"a\nb\nc\nd\ne\n\n\n", 6), (b"\n", 1)])
 def test_blank_lines_elsewhere_are_still_rejected(tmp_path, data, line):
     data_path, data_name = write_captions(tmp_path, data)
-    with pytest.raises(XDimError, match=rf"train_caps\.txt: line {line} is empty$"):
+    with pytest.raises(XDimError, match=rf"train_caps\.txt: line {line} is empty; python check_data\.py"):
         open_split(data_path, data_name, "train")
 
 

@@ -193,24 +193,49 @@ def read_captions(path):
     One blank line at the very end (an editor's extra newline) is ignored; blank lines
     elsewhere are errors. Lines and bytes within a line are counted from 1.
     """
+    return list(iter_captions(path))
+
+
+def iter_captions(path):
+    """read_captions' captions one at a time, reading the file line by line (same rules, same errors)."""
     with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    if len(lines) > 1 and not lines[-1].strip():
-        lines.pop()
-    captions = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise XDimError(f"{path}: line {number} is not valid UTF-8 "
-                            f"(byte {error.start + 1} of the line)") from None
-        text = text.lstrip("\ufeff").strip() if number == 1 else text.strip()
-        if not text:
-            raise XDimError(f"{path}: line {number} is empty")
-        captions.append(text)
-    return captions
+        previous = None
+        for number, line in enumerate(f, start=1):
+            if previous is not None:
+                yield caption_text(path, number - 1, previous)
+            previous = line[:-1] if line.endswith(b"\n") else line
+        if previous is not None and (number == 1 or previous.strip()):
+            yield caption_text(path, number, previous)
+
+
+def caption_text(path, number, line):
+    """Line `number` (bytes, no newline) of caption file `path` decoded and stripped; XDimError if
+    it is not UTF-8 or blank. A byte-order mark is dropped from line 1."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise XDimError(f"{path}: line {number} is not valid UTF-8 "
+                        f"(byte {error.start + 1} of the line)") from None
+    text = text.lstrip("\ufeff").strip() if number == 1 else text.strip()
+    if not text:
+        raise XDimError(f"{path}: line {number} is empty")
+    return text
+
+
+def captions_per_image(n_captions, n_images, captions_path, images_path):
+    """5 or 1: how many captions each image has; XDimError naming both files for any other count."""
+    if n_captions == 5 * n_images:
+        return 5
+    if n_captions == n_images:
+        return 1
+    raise XDimError(f"{captions_path}: {n_captions} captions for {n_images} images in "
+                    f"{os.path.basename(images_path)} (need 5 per image or 1 per image)")
+
+
+def check_data_hint(folder):
+    """What errors about a split's files end with: the check_data.py command for `folder`."""
+    data_path, data_name = os.path.split(os.path.normpath(folder))
+    return f"python check_data.py --data_path {data_path or '.'} --data_name {data_name} checks every split"
 
 
 def open_split(data_path, data_name, split, img_dim=None):
@@ -218,8 +243,17 @@ def open_split(data_path, data_name, split, img_dim=None):
 
     Detects 5 or 1 captions per image. `dev` keeps only its first 5000 captions
     (and their images), the validation set used during training. With `img_dim`,
-    checks the feature size. Raises XDimError on any problem with the files.
+    checks the feature size. Raises XDimError on any problem with the files, ending
+    with check_data_hint's command.
     """
+    try:
+        return _read_split(data_path, data_name, split, img_dim)
+    except XDimError as error:
+        raise XDimError(f"{error}; {check_data_hint(os.path.join(data_path, data_name))}") from None
+
+
+def _read_split(data_path, data_name, split, img_dim):
+    """open_split without the hint."""
     folder = os.path.join(data_path, data_name)
     if not os.path.isdir(folder):
         raise XDimError(f"{folder}: data folder not found (expected --data_path/--data_name "
@@ -231,14 +265,7 @@ def open_split(data_path, data_name, split, img_dim=None):
             raise XDimError(f"{path}: split file not found")
     images = load_region_features(images_path, img_dim)
     captions = read_captions(captions_path)
-    n_images = images.shape[0]
-    if len(captions) == 5 * n_images:
-        per_image = 5
-    elif len(captions) == n_images:
-        per_image = 1
-    else:
-        raise XDimError(f"{captions_path}: {len(captions)} captions for {n_images} images in "
-                        f"{os.path.basename(images_path)} (need 5 per image or 1 per image)")
+    per_image = captions_per_image(len(captions), images.shape[0], captions_path, images_path)
     if split == "dev" and len(captions) > DEV_CAPTION_LIMIT:
         captions = captions[:DEV_CAPTION_LIMIT]
         images = images[:DEV_CAPTION_LIMIT // per_image]
@@ -284,7 +311,13 @@ def check_finite_images(images, image_indices, path):
     """
     row = first_non_finite(images)
     if row is not None:
-        raise XDimError(f"{path}: image {int(image_indices[row])} holds NaN or infinite region features")
+        raise XDimError(f"{non_finite_problem(path, int(image_indices[row]))}; "
+                        f"{check_data_hint(os.path.dirname(path))}")
+
+
+def non_finite_problem(path, image_index):
+    """The message about image `image_index` of features file `path` holding NaN or inf."""
+    return f"{path}: image {image_index} holds NaN or infinite region features"
 
 
 def check_split_finite(split_files, chunk=256):

@@ -92,6 +92,13 @@ def mean_metrics(metric_dicts):
     return {key: float(np.mean([m[key] for m in metric_dicts])) for key in metric_dicts[0]}
 
 
+def std_metrics(metric_dicts):
+    """Sample standard deviation (ddof 1; 0 for a single dict) of every metric over several dicts."""
+    if len(metric_dicts) == 1:
+        return {key: 0.0 for key in metric_dicts[0]}
+    return {key: float(np.std([m[key] for m in metric_dicts], ddof=1)) for key in metric_dicts[0]}
+
+
 def check_fold_count(n_images, n_folds=5, fold_images=1000):
     """XDimError unless `n_images` fill `n_folds` folds of `fold_images` images."""
     if n_images < n_folds * fold_images:
@@ -113,10 +120,11 @@ def evaluate_folds(sims, captions_per_image=5, n_folds=5, fold_images=1000):
 
 def run_protocol(sims, captions_per_image=5, fold5=False, fold_images=1000):
     """What the scripts report: {'all': metrics of the whole matrix} and, with
-    fold5, also {'folds': [5 dicts], 'fold_mean': dict}."""
+    fold5, also {'folds': [5 dicts], 'fold_mean': dict, 'fold_std': dict (std_metrics of the folds)}."""
     results = {"all": evaluate_sims(sims, captions_per_image)[0]}
     if fold5:
         results["folds"], results["fold_mean"] = evaluate_folds(sims, captions_per_image, 5, fold_images)
+        results["fold_std"] = std_metrics(results["folds"])
     return results
 
 
@@ -151,10 +159,11 @@ def format_table(rows):
 
 
 def results_table(results, name):
-    """Table rows for run_protocol's results: folds, their mean, the whole matrix."""
+    """Table rows for run_protocol's results: each fold, their mean and standard deviation, the whole matrix."""
     rows = []
     if "folds" in results:
         rows += [(f"{name} fold {k}", m) for k, m in enumerate(results["folds"])]
         rows.append((f"{name} 5-fold mean", results["fold_mean"]))
+        rows.append((f"{name} 5-fold std", std_metrics(results["folds"])))
     rows.append((f"{name} all", results["all"]))
     return format_table(rows)

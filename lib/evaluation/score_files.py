@@ -8,6 +8,7 @@ import numpy as np
 
 from lib.errors import XDimError
 from lib.formats.atomic import atomic_file
+from lib.formats.npy import read_npy_header
 
 logger = logging.getLogger("lib.evaluation")
 
@@ -30,11 +31,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 def _read_npy(path):
     """-> array; object arrays are read with _ArrayOnlyUnpickler instead of pickle."""
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        headers = {(1, 0): np.lib.format.read_array_header_1_0,
-                   (2, 0): np.lib.format.read_array_header_2_0}
-        dtype = headers[version](f)[2] if version in headers else None
-        if dtype is None or not dtype.hasobject:
+        dtype = read_npy_header(f)[2]
+        if not dtype.hasobject:
             f.seek(0)
             return np.load(f, allow_pickle=False)
         return _ArrayOnlyUnpickler(io.BytesIO(f.read())).load()
