@@ -19,11 +19,19 @@ from lib.cli.entry import entry_point
 from lib.cli.options import check_training_options, get_argument_parser, train_configs
 from lib.data.synthetic import DEMO_TRAINING
 from lib.errors import XDimError
-from lib.formats.atomic import write_json
 from lib.evaluation.compare import check_scipy
+from lib.formats.atomic import write_json
 from lib.model.similarity import SIMILARITIES
-from lib.training.ablation import (DEFAULT_VARIANTS, ablation_table, ensure_demo_data, intervals_table, run_seeds,
-                                   seeds_table, summarize_seeds, variant_intervals)
+from lib.training.ablation import (
+    DEFAULT_VARIANTS,
+    ablation_table,
+    ensure_demo_data,
+    intervals_table,
+    run_seeds,
+    seeds_table,
+    summarize_seeds,
+    variant_intervals,
+)
 
 # Options ablate.py sets itself for every variant: giving one is an error, not silently overridden.
 SET_PER_VARIANT = {"model_name": "OUT/NAME/checkpoint", "logger_name": "OUT/NAME/log"}

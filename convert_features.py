@@ -11,9 +11,9 @@ one `error: ...` line naming the file and line, exits 2 and leaves --out unchang
 import argparse
 import sys
 
+from lib.cli.entry import entry_point
 from lib.cli.options import check_output_folder
 from lib.data import butd as features
-from lib.cli.entry import entry_point
 
 
 def build_parser():

@@ -13,13 +13,11 @@ import argparse
 import os
 import sys
 
-from lib.evaluation import compare, metrics
-from lib.evaluation import score_files
-from lib.evaluation import scoring
 from lib.cli.entry import entry_point
-from lib.formats.atomic import write_json
 from lib.cli.options import HelpFormatter, add_runtime_options, check_evaluation_options, check_output_file
 from lib.errors import XDimError
+from lib.evaluation import compare, metrics, score_files, scoring
+from lib.formats.atomic import write_json
 from lib.model.xdim_model import XDimModel
 from lib.runtime.device import apply_threads
 

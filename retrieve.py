@@ -20,7 +20,7 @@ import sys
 import time
 
 from lib.cli.entry import entry_point
-from lib.cli.options import HelpFormatter, add_runtime_options, check_output_file, check_output_folder, runtime_config
+from lib.cli.options import add_runtime_options, check_output_file, check_output_folder, runtime_config
 from lib.errors import XDimError
 from lib.formats.atomic import write_json
 
@@ -111,17 +111,17 @@ def _load_model(args, model_path):
 
 def _load(args, model_path):
     """-> (model, its weights fingerprint, global-vector encoder)."""
-    from lib.retrieval import shortlist
     from lib.formats.checkpoint import weights_fingerprint
+    from lib.retrieval import shortlist
     model = _load_model(args, model_path)
     fingerprint = weights_fingerprint(model.state_dict())
     return model, fingerprint, shortlist.global_encoder(model, fingerprint, model_path, getattr(args, "head", None))
 
 
 def run_distill(args):
-    from lib.retrieval import shortlist
-    from lib.formats.checkpoint import weights_fingerprint
     from lib.evaluation.scoring import open_model_split
+    from lib.formats.checkpoint import weights_fingerprint
+    from lib.retrieval import shortlist
     for name in ("epochs", "batch_images", "size", "group"):
         if getattr(args, name) < 1:
             raise XDimError(f"--{name} must be at least 1")

@@ -11,8 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib.data.synthetic import DEMO_FOLDER, DEMO_IMG_DIM, DEMO_SPLITS, DEMO_TRAINING, write_demo_dataset  # noqa: E402
 from lib.cli.entry import entry_point  # noqa: E402
+from lib.data.synthetic import DEMO_FOLDER, DEMO_IMG_DIM, DEMO_SPLITS, DEMO_TRAINING, write_demo_dataset  # noqa: E402
 
 
 @entry_point

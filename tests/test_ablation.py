@@ -3,13 +3,13 @@ import json
 import os
 
 import pytest
+from conftest import TINY_IMG_DIM
+from script_runs import run_main
 
 import ablate
 import eval as eval_cli
-from lib.formats.checkpoint import load_checkpoint
 from lib.evaluation.metrics import METRIC_KEYS
-from conftest import TINY_IMG_DIM
-from script_runs import run_main
+from lib.formats.checkpoint import load_checkpoint
 
 
 def run_ablate(tmp_path_factory, tiny_precomp, tiny_bert_dir, *extra):

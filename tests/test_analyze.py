@@ -7,21 +7,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from builders import checkpoint_of, model_from_options
+from conftest import TINY_IMG_DIM
+from official_format import official_opt, official_parts, write_official_checkpoint
 
 import analyze as analyze_cli
-from conftest import TINY_IMG_DIM
-from builders import checkpoint_of, model_from_options
-from lib.analysis import statistics as analysis
 from lib.analysis import figures
-from lib.model.bert import load_tokenizer
-from lib.formats.checkpoint import save_checkpoint
+from lib.analysis import statistics as analysis
+from lib.cli.options import default_options
 from lib.data.precomp import CaptionEncoder, open_split
 from lib.data.synthetic import DEMO_OBJECTS
 from lib.errors import XDimError
-from lib.cli.options import default_options
+from lib.formats.checkpoint import save_checkpoint
+from lib.model.bert import load_tokenizer
 from lib.model.similarity.xdim import XDimSimilarity
-from lib.model.xdim_model import XDimModel
-from official_format import official_opt, official_parts, write_official_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from lib.model.bert import bert_max_positions, load_tokenizer
 from lib.data.precomp import CaptionEncoder
 from lib.data.synthetic import write_tiny_bert
+from lib.model.bert import bert_max_positions, load_tokenizer
 
 REAL_BERT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "data", "bert-base-uncased")

@@ -4,16 +4,24 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_IMG_DIM, TINY_REGIONS, TINY_SPLITS
 
-from lib.model.bert import load_tokenizer
-from lib.data.precomp import (CaptionDataset, CaptionEncoder, ImageDataset, PrecompDataset,
-                                  caption_loader, collate_pairs, drop_regions, image_loader,
-                                  open_split, set_loader_epoch, train_loader)
+from lib.data.precomp import (
+    CaptionDataset,
+    CaptionEncoder,
+    ImageDataset,
+    PrecompDataset,
+    caption_loader,
+    collate_pairs,
+    drop_regions,
+    image_loader,
+    open_split,
+    set_loader_epoch,
+    train_loader,
+)
 from lib.data.synthetic import demo_vocabulary
 from lib.errors import XDimError
-from lib.cli.options import default_options
-
-from conftest import TINY_IMG_DIM, TINY_REGIONS, TINY_SPLITS
+from lib.model.bert import load_tokenizer
 
 
 def write_split(folder, split, images, captions):

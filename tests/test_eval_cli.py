@@ -8,17 +8,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from builders import checkpoint_of, model_from_options, trainer_for
+from official_format import write_official_checkpoint
+from script_runs import run_command, run_main
 
 import eval as eval_cli
-from builders import checkpoint_of, model_from_options, trainer_for
+from lib.cli.options import default_options
+from lib.data.precomp import CaptionEncoder, open_split, train_loader
 from lib.evaluation import scoring
 from lib.formats.checkpoint import save_checkpoint
 from lib.model.bert import load_tokenizer
-from lib.data.precomp import CaptionEncoder, open_split, train_loader
-from lib.cli.options import default_options
-from lib.model.xdim_model import XDimModel
-from official_format import write_official_checkpoint
-from script_runs import run_command, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBED = 32

@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib.evaluation import metrics
-from lib.evaluation import score_files
-from lib.evaluation import scoring
 from lib.errors import XDimError
+from lib.evaluation import metrics, score_files, scoring
 from lib.model.similarity import Similarity
-
 
 # ---------------------------------------------------------------- metrics
 

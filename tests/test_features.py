@@ -4,10 +4,10 @@ import os
 
 import numpy as np
 import pytest
-
-import convert_features
 from butd_files import tsv_line, write_npz, write_tsv
 from script_runs import run_main
+
+import convert_features
 from lib.data import butd as features
 from lib.data.precomp import open_split
 from lib.errors import XDimError

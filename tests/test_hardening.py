@@ -9,26 +9,22 @@ import sys
 import numpy as np
 import pytest
 import torch
+from builders import checkpoint_of, model_from_options, train_from_options
+from conftest import TINY_IMG_DIM
+from script_runs import run_main
 
 import eval as eval_cli
 import train as train_script
-from builders import checkpoint_of, model_from_options, train_from_options
-from lib.model import bert
-from lib.runtime import distributed
-from lib.evaluation import metrics
-from lib.runtime import device as runtime
-from lib.evaluation import scoring
-from lib.training import trainer as training
-from lib.model.bert import load_tokenizer
-from lib.formats.checkpoint import (LEGACY_BUFFERS, load_checkpoint, remove_stale_temp_files,
-                            save_checkpoint)
-from lib.data.precomp import (CaptionEncoder, first_non_finite, open_split, train_loader)
-from lib.errors import XDimError
 from lib.cli.options import default_options, get_argument_parser
+from lib.data.precomp import CaptionEncoder, first_non_finite, open_split, train_loader
+from lib.errors import XDimError
+from lib.evaluation import metrics, scoring
+from lib.formats.checkpoint import LEGACY_BUFFERS, load_checkpoint, remove_stale_temp_files, save_checkpoint
+from lib.model import bert
+from lib.model.bert import load_tokenizer
 from lib.model.xdim_model import XDimModel
-
-from conftest import TINY_IMG_DIM
-from script_runs import run_main
+from lib.runtime import device as runtime
+from lib.runtime import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSITION_IDS = LEGACY_BUFFERS[0]

@@ -5,16 +5,16 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from builders import checkpoint_of, model_from_options, trainer_for
 from legacy_format import save_v1_checkpoint
-from lib.formats.checkpoint import load_checkpoint, save_checkpoint, training_state
-from lib.errors import XDimError
-from lib.model.loss import ContrastiveLoss
-from lib.cli.options import default_options
-from lib.model.xdim_model import XDimModel
 from official_format import official_opt, official_parts, write_official_checkpoint
 from test_xdim import reference_scores
+
+from lib.cli.options import default_options
+from lib.errors import XDimError
+from lib.formats.checkpoint import load_checkpoint, save_checkpoint, training_state
+from lib.model.loss import ContrastiveLoss
+from lib.model.xdim_model import XDimModel
 
 SCORES = torch.tensor([[0.9, 0.5, 0.8],
                        [0.5, 0.6, 0.7],

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from builders import train_from_options
 from test_training import make_opt
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -19,7 +20,6 @@ import convert_features
 import eval as eval_cli
 import retrieve
 import train as train_script
-from builders import train_from_options
 from lib.analysis import statistics as analysis
 from lib.data import butd
 from lib.data.precomp import CaptionEncoder, ImageDataset, open_split
@@ -27,8 +27,8 @@ from lib.errors import XDimError
 from lib.evaluation import score_files, scoring
 from lib.formats.checkpoint import load_checkpoint
 from lib.model.bert import load_tokenizer
-from lib.retrieval.index import two_stage_protocol
 from lib.model.xdim_model import XDimModel
+from lib.retrieval.index import two_stage_protocol
 from lib.training import trainer as training
 
 

@@ -8,21 +8,21 @@ import sys
 import numpy as np
 import pytest
 import torch
+from builders import checkpoint_of, model_from_options
+from butd_files import write_npz, write_tsv
+from script_runs import run_main
 
 import convert_features
 import eval as eval_cli
 import retrieve
-from butd_files import write_npz, write_tsv
-from builders import checkpoint_of, model_from_options
-from script_runs import run_main
-from lib.retrieval import index as retrieval
-from lib.retrieval import shortlist
-from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
-from lib.model.bert import load_tokenizer
+from lib.cli.options import default_options
 from lib.data.precomp import CaptionEncoder, open_split
 from lib.errors import XDimError
-from lib.cli.options import default_options
+from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
+from lib.model.bert import load_tokenizer
 from lib.model.xdim_model import XDimModel
+from lib.retrieval import index as retrieval
+from lib.retrieval import shortlist
 
 EMBED = 16
 # Region and token embeddings are stored in float16: scores move by about this much.

@@ -11,12 +11,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from butd_files import write_tsv
+from script_runs import run_main
+from test_retrieval import _checkpoint
 
 import analyze as analyze_cli
 import convert_features
 import eval as eval_cli
 import retrieve
-from butd_files import write_tsv
 from lib.data import butd
 from lib.data.precomp import open_split
 from lib.errors import XDimError
@@ -25,8 +27,6 @@ from lib.formats.checkpoint import load_checkpoint
 from lib.formats.versioned import FileFormat, check_versioned
 from lib.retrieval import index as retrieval
 from lib.retrieval import shortlist
-from script_runs import run_main
-from test_retrieval import _checkpoint
 
 
 def dead_pid():

@@ -8,26 +8,34 @@ import types
 import numpy as np
 import pytest
 import torch
-
-import eval as eval_cli
 from builders import checkpoint_of, model_from_options, trainer_for
-from lib.analysis.statistics import check_xdim_equations
-from lib.training import trainer as training
-from lib.formats.checkpoint import load_checkpoint, save_checkpoint
-from lib.errors import XDimError
-from lib.cli.options import train_configs, get_argument_parser
-from lib.model.similarity import (SIMILARITIES, Similarity, SimilarityEntry, ablation_variants, build_similarity,
-                                  similarity_entry, similarity_help, xdim_equation_similarities)
-from lib.model.similarity.blocks import plan, score_padded
-from lib.model.similarity.cosine import CosineSimilarity
-from lib.model.similarity.xdim import XDimSimilarity
-from lib.model.xdim_model import XDimModel
 from legacy_format import save_v1_checkpoint
-from lib.training.ablation import DEFAULT_VARIANTS
 from official_format import official_opt, official_parts, write_official_checkpoint
 from test_eval_cli import _reference_scores
 from test_model import tiny_batch, tiny_opt
 from test_xdim import random_inputs, reference_scores, relative_error
+
+import eval as eval_cli
+from lib.analysis.statistics import check_xdim_equations
+from lib.cli.options import get_argument_parser, train_configs
+from lib.errors import XDimError
+from lib.formats.checkpoint import load_checkpoint, save_checkpoint
+from lib.model.similarity import (
+    SIMILARITIES,
+    Similarity,
+    SimilarityEntry,
+    ablation_variants,
+    build_similarity,
+    similarity_entry,
+    similarity_help,
+    xdim_equation_similarities,
+)
+from lib.model.similarity.blocks import plan, score_padded
+from lib.model.similarity.cosine import CosineSimilarity
+from lib.model.similarity.xdim import XDimSimilarity
+from lib.model.xdim_model import XDimModel
+from lib.training import trainer as training
+from lib.training.ablation import DEFAULT_VARIANTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each variant's equation as switches of the numpy transcription in tests/test_xdim.py.
@@ -261,8 +269,8 @@ def test_variant_trains_round_trips_and_evaluates(name, tiny_bert_dir, tiny_prec
     assert type(loaded.sim) is SIMILARITIES[name][0] and loaded.config.sim == name
     code, sims, err = eval_scores(path, tiny_precomp, tmp_path, capsys)
     assert code == 0, err
-    from lib.model.bert import load_tokenizer
     from lib.data.precomp import open_split
+    from lib.model.bert import load_tokenizer
     split = open_split(*tiny_precomp, "test")
     expected = _reference_scores(model, load_tokenizer(tiny_bert_dir), split)  # one unblocked call
     np.testing.assert_allclose(sims, expected, rtol=1e-5, atol=1e-5)

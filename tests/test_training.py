@@ -4,10 +4,10 @@ import struct
 import sys
 
 import pytest
-
 from builders import train_from_options
-from lib.training.tb_logger import TBLogger
 from script_runs import run_command
+
+from lib.training.tb_logger import TBLogger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,18 +76,17 @@ import math  # noqa: E402
 import re  # noqa: E402
 
 import torch  # noqa: E402
-
-import train as train_script  # noqa: E402
-from lib.training import trainer as training  # noqa: E402
-from lib.formats.checkpoint import load_checkpoint  # noqa: E402
-from lib.data.synthetic import write_demo_dataset  # noqa: E402
-from lib.errors import XDimError  # noqa: E402
-from lib.cli.options import default_options, train_configs  # noqa: E402
-from lib.model.similarity.xdim import XDimSimilarity  # noqa: E402
-from lib.model.xdim_model import XDimModel  # noqa: E402
-
 from conftest import TINY_IMG_DIM  # noqa: E402
 from test_distributed import join_group, spawn  # noqa: E402
+
+import train as train_script  # noqa: E402
+from lib.cli.options import default_options, train_configs  # noqa: E402
+from lib.data.synthetic import write_demo_dataset  # noqa: E402
+from lib.errors import XDimError  # noqa: E402
+from lib.formats.checkpoint import load_checkpoint  # noqa: E402
+from lib.model.similarity.xdim import XDimSimilarity  # noqa: E402
+from lib.model.xdim_model import XDimModel  # noqa: E402
+from lib.training import trainer as training  # noqa: E402
 
 
 def make_opt(tmp_path, data, bert_dir, name="run", **overrides):
@@ -362,9 +361,9 @@ def demo_opt(tmp_path, demo, bert_dir, name, **overrides):
 @pytest.fixture(scope="module")
 def demo_float32(tmp_path_factory, demo, tiny_bert_dir):
     """(untrained rSum on dev, training result) of a float32 run on `demo`."""
+    from lib.data.precomp import CaptionEncoder, open_split
     from lib.evaluation.scoring import validate
     from lib.model.bert import load_tokenizer
-    from lib.data.precomp import CaptionEncoder, open_split
     opt = demo_opt(tmp_path_factory.mktemp("demo_f32"), demo, tiny_bert_dir, "f32")
     encoder = CaptionEncoder(load_tokenizer(tiny_bert_dir), 64)
     untrained = validate(training.build_model(train_configs(opt)[0], opt.bert_path, opt.seed, "cpu", "none"),

@@ -26,7 +26,6 @@ from lib.formats.atomic import write_json
 from lib.model.similarity import reference, similarity_entry, xdim_equation_similarities
 from lib.model.similarity.xdim import MASK_ON
 
-
 # ---------------------------------------------------------------- dependency structure
 
 SCIPY_HINT = "scipy is not installed; analyze.py orders the dimensions with it: pip install scipy"

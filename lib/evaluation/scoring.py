@@ -224,8 +224,8 @@ def open_model_split(model, data_path=None, data_name=None, split="test"):
 
 def caption_encoder(model):
     """The CaptionEncoder of a model's BERT: its tokenizer, captions cut to its position limit."""
-    from lib.model.bert import load_tokenizer
     from lib.data.precomp import CaptionEncoder
+    from lib.model.bert import load_tokenizer
     return CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
 
 

@@ -38,15 +38,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lib.data.butd import NpyWriter
+from lib.data.precomp import load_region_features, pad_images, pad_tokens, read_captions
+from lib.errors import XDimError, first_line
 from lib.evaluation import metrics
+from lib.evaluation.scoring import caption_encoder
 from lib.formats.atomic import atomic_file, atomic_folder, write_json
 from lib.formats.checkpoint import weights_fingerprint
 from lib.formats.versioned import FileFormat, check_fields, check_versioned
 from lib.retrieval import shortlist
-from lib.data.precomp import load_region_features, pad_images, pad_tokens, read_captions
-from lib.errors import XDimError, first_line
-from lib.data.butd import NpyWriter
-from lib.evaluation.scoring import caption_encoder
 
 INDEX_FORMAT = "xdim-gallery-index"
 INDEX_VERSION = 1

@@ -32,10 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
-from lib.formats.versioned import FileFormat, check_versioned
 from lib.data.precomp import pad_tokens
 from lib.errors import XDimError, first_line
+from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
+from lib.formats.versioned import FileFormat, check_versioned
 
 HEAD_FORMAT = "xdim-shortlist-head"
 HEAD_FILE = FileFormat(HEAD_FORMAT, "a shortlist head file (retrieve.py distill writes them)",

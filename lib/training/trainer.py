@@ -26,8 +26,14 @@ from tqdm import tqdm
 from lib.data import precomp
 from lib.errors import XDimError, first_line
 from lib.evaluation.scoring import validate
-from lib.formats.checkpoint import (checkpoint_configs, copy_checkpoint, load_checkpoint, remove_stale_temp_files,
-                                    save_checkpoint, training_state)
+from lib.formats.checkpoint import (
+    checkpoint_configs,
+    copy_checkpoint,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+    training_state,
+)
 from lib.model.bert import bert_max_positions, load_tokenizer, resolve_bert_path
 from lib.model.loss import ContrastiveLoss
 from lib.model.xdim_model import XDimModel

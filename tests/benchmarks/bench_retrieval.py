@@ -43,18 +43,17 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from lib.evaluation import metrics
-from lib.retrieval import index as retrieval
-from lib.evaluation import scoring
-from lib.retrieval import shortlist  # noqa: E402
-from lib.model.bert import BUNDLED_BERT_BASE, bert_config_dict, load_tokenizer  # noqa: E402
-from lib.formats.checkpoint import weights_fingerprint  # noqa: E402
+from lib.data.butd import NpyWriter  # noqa: E402
 from lib.data.precomp import CaptionEncoder, open_split  # noqa: E402
 from lib.data.synthetic import demo_prototypes, write_demo_split  # noqa: E402
-from lib.model.encoders import ImageEncoder  # noqa: E402
-from lib.data.butd import NpyWriter  # noqa: E402
+from lib.evaluation import metrics, scoring
+from lib.formats.checkpoint import weights_fingerprint  # noqa: E402
+from lib.model.bert import BUNDLED_BERT_BASE, bert_config_dict, load_tokenizer  # noqa: E402
 from lib.model.config import ModelConfig  # noqa: E402
+from lib.model.encoders import ImageEncoder  # noqa: E402
 from lib.model.xdim_model import XDimModel  # noqa: E402
+from lib.retrieval import index as retrieval
+from lib.retrieval import shortlist  # noqa: E402
 
 PARTS = ("demo", "coco", "latency")
 

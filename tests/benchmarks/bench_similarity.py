@@ -28,8 +28,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from lib.evaluation import metrics
-from lib.evaluation import scoring  # noqa: E402
+from lib.evaluation import (
+    metrics,
+    scoring,  # noqa: E402
+)
 from lib.model.similarity.xdim import XDimSimilarity  # noqa: E402
 
 EPS = 1e-8
@@ -269,8 +271,8 @@ def write_memory_split(folder, n_img, regions, img_dim, max_words, seed):
 
 
 def memory_report(args, device):
-    from lib.model.bert import load_tokenizer
     from lib.data.precomp import CaptionEncoder, open_split
+    from lib.model.bert import load_tokenizer
     from lib.model.config import ModelConfig
     from lib.model.xdim_model import XDimModel
     with tempfile.TemporaryDirectory() as folder:

@@ -26,8 +26,8 @@ SPIN = "while True: pass"
 def steps_per_second(threads, seconds, warmup=3):
     """Train the demo-sized model for `seconds` on `threads` ('auto' or an int) -> steps/s."""
     import torch
-
     from bench_train_step import random_batch, step_trainer
+
     from lib.data.synthetic import demo_vocabulary, write_tiny_bert
     from lib.model.bert import bert_config_dict
     from lib.model.config import ModelConfig
