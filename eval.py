@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from lib.evaluation import encoding
 from lib.evaluation import metrics
 from lib.evaluation import score_files
 from lib.evaluation import scoring
@@ -37,7 +38,7 @@ def build_parser(description=None, **defaults):
     add("--fold_images", type=int, default=1000, help="images per fold for --fold5")
     add("--batch_size", type=int, default=128, help="images / captions per encoder batch")
     add("--workers", type=int, default=2, help="data loader worker processes")
-    add("--storage", default="float32", choices=list(scoring.STORAGE_DTYPES),
+    add("--storage", default="float32", choices=list(encoding.STORAGE_DTYPES),
         help="dtype of the stored image and caption embeddings (float16/bfloat16 halve the memory)")
     add("--rows_per_block", type=int, default=0,
         help="scoring block size in (image, caption token) rows; 0 picks 2048 on CPU, 32768 on CUDA")

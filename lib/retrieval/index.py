@@ -40,9 +40,10 @@ from tqdm import tqdm
 from lib.evaluation import metrics
 from lib.retrieval import shortlist
 from lib.formats.checkpoint import weights_fingerprint
-from lib.data.precomp import load_region_features, pad_images, pad_tokens, read_captions
+from lib.data.precomp import load_region_features, pad_images, read_captions
 from lib.errors import XDimError, first_line
 from lib.data.butd import NpyWriter
+from lib.evaluation.encoding import TokenIds, encoded_captions, encoded_images
 from lib.evaluation.scoring import caption_encoder
 
 INDEX_FORMAT = "xdim-gallery-index"
@@ -256,10 +257,7 @@ def _encode_image_gallery(model, encoder, images, counts, folder, batch_size, pr
     n, regions = images.shape[:2]
     region_file = NpyWriter(os.path.join(folder, "regions.npy"), (n, regions, model.opt.embed_size), np.float16)
     global_file = NpyWriter(os.path.join(folder, "global.npy"), (n, encoder.size), np.float32)
-    for i0 in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress):
-        batch = torch.from_numpy(np.array(images[i0:i0 + batch_size], dtype=np.float32))
-        lengths = torch.from_numpy(counts[i0:i0 + batch_size])
-        emb = model.encode_images(batch, lengths)
+    for emb, lengths, _ in encoded_images(model, images, lengths=counts, batch_size=batch_size, progress=progress):
         region_file.write(emb.cpu().numpy())
         global_file.write(encoder.images(emb, lengths).cpu().numpy())
     region_file.close()
@@ -279,9 +277,7 @@ def _encode_caption_gallery(model, encoder, token_ids, folder, batch_size, progr
     token_file = NpyWriter(os.path.join(folder, "tokens.npy"), (int(offsets[-1]), model.opt.embed_size),
                            np.float16)
     global_file = NpyWriter(os.path.join(folder, "global.npy"), (len(token_ids), encoder.size), np.float32)
-    for c0 in tqdm(range(0, len(token_ids), batch_size), desc="encode captions", disable=not progress):
-        ids, lens = pad_tokens([torch.tensor(t) for t in token_ids[c0:c0 + batch_size]])
-        emb = model.encode_captions(ids, lens)
+    for emb, lens, _ in encoded_captions(model, TokenIds(token_ids), batch_size=batch_size, progress=progress):
         real = torch.arange(emb.shape[1]) < lens[:, None]
         token_file.write(emb.cpu()[real].numpy())
         global_file.write(encoder.captions(emb, lens).cpu().numpy())
