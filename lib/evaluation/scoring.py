@@ -1,18 +1,24 @@
 """Scoring a split with a model: encode every image and caption once, then score in shards.
 
-1. `encode_split` runs every image through the image encoder once and every
-   caption through the text encoder once. Image embeddings are kept as one
-   `(n_img, R, d)` tensor, caption embeddings as `RaggedCaptions` (all real
-   tokens concatenated plus offsets), never as a padded float64 array.
+1. `encode_split` (lib/evaluation/encoding.py) runs every image through the
+   image encoder once and every caption through the text encoder once. Image
+   embeddings are kept as one `(n_img, R, d)` tensor, caption embeddings as
+   `RaggedCaptions` (all real tokens concatenated plus offsets), never as a
+   padded float64 array.
 2. `score_sharded` fills the `(n_img, n_cap)` float32 score matrix block by
    block with the similarity, in the blocks of the one scheduler that training uses
    too (lib/model/similarity/blocks.py: length-sorted caption runs, a bounded number of
    (image, real token) rows per block); its `prepare()` runs once per split.
 3. lib.evaluation.metrics turns the matrix into recalls.
 
+Under torchrun the work is shared: each process encodes its share of the images
+and captions, receives every caption (`encode_shares`), scores its own image rows,
+and rank 0 gathers the rows (`gather_image_rows`); lib.runtime.distributed has the
+process-group helpers.
+
 Entry points for other modules:
 - `evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0)
-  -> (sims, metrics)`: the whole pipeline on one split.
+  -> (sims, metrics)`: the whole pipeline on one split (on rank 0 under torchrun).
 - `validate(model, split_files, caption_encoder, ...) -> metrics` (same, metrics only;
   the training loop's validation).
 """
@@ -20,9 +26,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib.evaluation.encoding import encode_split
+from lib.evaluation.encoding import RaggedCaptions, encode_split
 from lib.evaluation.metrics import evaluate_sims
 from lib.model.similarity.blocks import plan, row_budget, score_blocks
+from lib.runtime import distributed
+
 
 def score_sharded(img_emb, captions, similarity, rows_per_block=None, device="cpu", progress=True):
     """Score every image against every caption with the block scheduler (lib/model/similarity/blocks.py).
@@ -83,9 +91,37 @@ def open_model_split(model, data_path=None, data_name=None, split="test"):
 
 def caption_encoder(model):
     """The CaptionEncoder of a model's BERT: its tokenizer, captions cut to its position limit."""
-    from lib.model.bert import load_tokenizer
     from lib.data.precomp import CaptionEncoder
+    from lib.model.bert import load_tokenizer
     return CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
+
+
+def encode_shares(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
+                  progress=True):
+    """This process's images and every caption of the split.
+
+    -> (img_emb (n_k, R, d) of the images distributed.shard gives this process, RaggedCaptions
+    of all captions). In one process: encode_split. Under torchrun each process encodes its
+    share of the images and of the captions and the captions are gathered, ragged, on every
+    process; a failure in any process (a NaN image in its share) raises in all of them.
+    """
+    with distributed.together():
+        image_rows = distributed.shard(split_files.n_images, batch_size, f"images of {split_files.images_path}")
+        caption_rows = distributed.shard(split_files.n_captions, batch_size,
+                                         f"captions of {split_files.captions_path}")
+        img_emb, captions = encode_split(model, split_files, caption_encoder, batch_size, workers, storage,
+                                         progress, image_rows, caption_rows)
+    if not distributed.is_distributed():
+        return img_emb, captions
+    return img_emb, RaggedCaptions.from_tokens(*distributed.all_gather_ragged(captions.tokens, captions.lengths))
+
+
+def gather_image_rows(rows, n_images, batch_size=128):
+    """Every process's rows of per-image results (this process's `rows` (n_k, ...) numpy, its
+    images as encode_shares chose them) -> (n_images, ...) numpy on rank 0, None elsewhere."""
+    counts = distributed.shard_sizes(n_images, batch_size)
+    whole = distributed.gather_to_main(torch.from_numpy(rows), counts)
+    return None if whole is None else whole.numpy()
 
 
 def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
@@ -93,15 +129,22 @@ def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=
     """Encode and score one split (split_files from lib.data.precomp.open_split).
 
     -> (sims float32 numpy (n_img, n_cap), metrics dict of the whole matrix:
-    METRIC_KEYS, 'rsum' included). Leaves the model in eval mode.
+    METRIC_KEYS, 'rsum' included). Leaves the model in eval mode. Under torchrun every
+    process calls this and scores its own images against all captions (encode_shares);
+    rank 0 gets the result, the others (None, None).
     """
-    img_emb, captions = encode_split(model, split_files, caption_encoder, batch_size, workers,
-                                     storage, progress)
-    sims = model_sims(model, img_emb, captions, rows_per_block, progress)
+    progress = progress and distributed.is_main()
+    img_emb, captions = encode_shares(model, split_files, caption_encoder, batch_size, workers, storage, progress)
+    with distributed.together():
+        sims = model_sims(model, img_emb, captions, rows_per_block, progress)
+    sims = gather_image_rows(sims, split_files.n_images, batch_size)
+    if sims is None:
+        return None, None
     return sims, evaluate_sims(sims, split_files.captions_per_image)[0]
 
 
 def validate(model, split_files, caption_encoder, batch_size=128, workers=0, progress=True):
-    """Metrics dict (with 'rsum') of `split_files` (e.g. dev) for the training loop."""
+    """Metrics dict (with 'rsum') of `split_files` (e.g. dev) for the training loop; under
+    torchrun every process takes part and rank 0 gets the metrics, the others None."""
     return evaluate_split(model, split_files, caption_encoder, batch_size, workers,
                           progress=progress)[1]

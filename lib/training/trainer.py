@@ -183,14 +183,13 @@ class Trainer:
         self.losses = []
         self.last_metrics = None
 
-    # ---- validation and checkpoints (main rank only; the others wait)
+    # ---- validation (every rank scores its share) and checkpoints (main rank only; the others wait)
 
     def validate(self, epoch):
-        """rSum on dev (main rank); every rank returns after the main one finished."""
-        metrics = None
+        """Metrics on dev, scored by all ranks together; the main rank gets and logs them, the others None."""
+        metrics = validate(self.model, self.dev_files, self.caption_encoder,
+                           batch_size=self.opt.batch_size, workers=0, progress=True)
         if distributed.is_main():
-            metrics = validate(self.model, self.dev_files, self.caption_encoder,
-                               batch_size=self.opt.batch_size, workers=0, progress=True)
             self.last_metrics = metrics
             for key, tag in METRIC_TAGS.items():
                 self.tb.log_value(tag, metrics[key], self.model.Eiters)
@@ -302,7 +301,7 @@ def train(opt, augment=True):
 
     Checks the options first (lib.cli.options.check_training_options), then resolves
     the device, CPU threads and BERT once. Under torchrun every process runs this;
-    only rank 0 validates, logs and writes checkpoints. Raises XDimError for bad
+    all validate together, only rank 0 logs and writes checkpoints. Raises XDimError for bad
     input and for a non-finite loss.
     """
     device = distributed.init_from_env(check_training_options(opt))
