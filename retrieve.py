@@ -138,14 +138,21 @@ def run_distill(args):
 
 
 def run_build(args):
+    """Build an index; under torchrun every process encodes a share and rank 0 reports."""
     from lib.retrieval import index as retrieval
+    from lib.runtime import distributed
+    from lib.runtime.device import resolve_device
     check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)))
-    model, _, encoder = _load(args, args.model_path)
+    distributed.init_from_env(resolve_device(args.device))
+    with distributed.together():
+        model, _, encoder = _load(args, args.model_path)
     start = time.time()
     manifest = retrieval.build_index(model, encoder, args.index, images=args.images, captions=args.captions,
                                      model_path=args.model_path, batch_size=args.batch_size,
                                      index_type=args.index_type, overwrite=args.overwrite,
                                      progress=not args.no_progress)
+    if manifest is None:
+        return
     print(f"indexed {manifest['count']} {manifest['gallery']} in {time.time() - start:.1f} s: "
           f"{manifest['index_type']} FAISS index of {manifest['global']['kind']} vectors "
           f"({manifest['global']['size']}-d) -> {args.index}")
