@@ -277,11 +277,12 @@ def _write_in_rounds(batches, encode_next, rows_of, writers):
         round_batches = batches[first:first + world]
         with distributed.together():
             arrays = encode_next() if me < len(round_batches) else None
-        for k, rows in enumerate(zip(*(rows_of(start, stop) for start, stop in round_batches))):
-            local = torch.empty(0) if arrays is None else torch.from_numpy(arrays[k])
-            whole = distributed.gather_to_main(local, list(rows) + [0] * (world - len(round_batches)))
-            if whole is not None:
-                writers[k].write(whole.numpy())
+        with distributed.together():  # a failed write on rank 0 stops the others too
+            for k, rows in enumerate(zip(*(rows_of(start, stop) for start, stop in round_batches))):
+                local = torch.empty(0) if arrays is None else torch.from_numpy(arrays[k])
+                whole = distributed.gather_to_main(local, list(rows) + [0] * (world - len(round_batches)))
+                if whole is not None:
+                    writers[k].write(whole.numpy())
 
 
 def _open_writers(folder, arrays):

@@ -35,7 +35,7 @@ rank 0 point to point, so only rank 0 ever holds the whole. These run on CPU
 tensors: under NCCL through a gloo group over the same processes (`cpu_group`).
 
 A failing process must not leave the others waiting in a collective. Work that
-needs no collective runs inside `together()`: at its end every process says
+can fail runs inside `together()`, apart from the exchanges: at its end every process says
 whether it failed (`agree`), and when one did, every process raises the first
 failure's one-line message. A process that died without saying so surfaces as
 a collective error within the timeout: every collective waits at most
@@ -296,8 +296,13 @@ def agree(error=None):
 
 @contextlib.contextmanager
 def together():
-    """A step of work without collectives that all processes finish before any goes on:
-    an exception in one process is raised in every process (see `agree`)."""
+    """A step that all processes finish before any goes on: an exception in one process
+    is raised in every process (see `agree`).
+
+    A collective inside the step must be one that every process is sure to reach (e.g.
+    the exchange right after an agreed step); work that can fail before a collective
+    must be its own step.
+    """
     try:
         yield
     except Exception as err:
