@@ -16,9 +16,10 @@ import sys
 from lib.cli.entry import entry_point
 from lib.cli.options import HelpFormatter, add_runtime_options, check_evaluation_options, check_output_file
 from lib.errors import XDimError
-from lib.evaluation import compare, metrics, score_files, scoring
+from lib.evaluation import compare, encoding, metrics, score_files, scoring
 from lib.formats.atomic import write_json
 from lib.model.xdim_model import XDimModel
+from lib.runtime import distributed
 from lib.runtime.device import apply_threads
 
 
@@ -39,7 +40,7 @@ def build_parser(description=None, **defaults):
     add("--fold_images", type=int, default=1000, help="images per fold for --fold5")
     add("--batch_size", type=int, default=128, help="images / captions per encoder batch")
     add("--workers", type=int, default=2, help="data loader worker processes")
-    add("--storage", default="float32", choices=list(scoring.STORAGE_DTYPES),
+    add("--storage", default="float32", choices=list(encoding.STORAGE_DTYPES),
         help="dtype of the stored image and caption embeddings (float16/bfloat16 halve the memory)")
     add("--rows_per_block", type=int, default=0,
         help="scoring block size in (image, caption token) rows; 0 picks 2048 on CPU, 32768 on CUDA")
@@ -67,42 +68,68 @@ def build_parser(description=None, **defaults):
 
 
 def model_scores(args, model, split, encoder):
-    """Encode and score the split -> (sims (n_img, n_cap) float32 checked finite, the global
-    vectors of lib.retrieval.index.evaluation_vectors with --shortlist, else None)."""
-    img_emb, captions = scoring.encode_split(model, split, encoder, args.batch_size, args.workers,
-                                                args.storage, not args.no_progress)
-    sims = scoring.model_sims(model, img_emb, captions, args.rows_per_block, not args.no_progress)
-    score_files.check_finite_scores(sims, args.model_path)
-    global_vectors = None
-    if args.shortlist:
-        from lib.retrieval.index import evaluation_vectors
-        global_vectors = evaluation_vectors(model, args.model_path, img_emb, captions)
+    """Encode and score the split -> (sims (n_img, n_cap) float32, the global
+    vectors of lib.retrieval.index.evaluation_vectors with --shortlist, else None).
+
+    Under torchrun every process encodes and scores its share (scoring.encode_shares) and
+    rank 0 gets the result; the others get (None, None).
+    """
+    progress = not args.no_progress and distributed.is_main()
+    img_emb, captions = scoring.encode_shares(model, split, encoder, args.batch_size, args.workers,
+                                              args.storage, progress)
+    with distributed.together():
+        sims = scoring.model_sims(model, img_emb, captions, args.rows_per_block, progress)
+        global_vectors = None
+        if args.shortlist:
+            from lib.retrieval.index import evaluation_vectors
+            global_vectors = evaluation_vectors(model, args.model_path, img_emb, captions)
+    sims = scoring.gather_image_rows(sims, split.n_images, args.batch_size)
+    if global_vectors:
+        img_global, cap_global, description = global_vectors
+        global_vectors = (scoring.gather_image_rows(img_global, split.n_images, args.batch_size),
+                          cap_global, description)
     return sims, global_vectors
 
 
 def evaluate(args, device):
-    """Scores from the model and/or files -> (results of metrics.run_protocol, table label).
+    """Scores from the model and/or files -> (results of metrics.run_protocol, table label),
+    --save_sims and --json written.
 
     Everything that can be checked without scoring is checked first: the score files,
-    the split, the shapes to ensemble and the fold count.
+    the split, the shapes to ensemble and the fold count. Under torchrun every process
+    takes part in scoring and rank 0 alone reports; the others return (None, label).
     """
-    score_files.warn_repeated_files(args.ensemble)
-    matrices = [score_files.load_score_file(path) for path in args.ensemble]
-    sources, shapes = list(args.ensemble), [m.shape for m in matrices]
-    if args.model_path:
-        model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
-        split, encoder, label = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
-        sources, shapes = [args.model_path] + sources, [(split.n_images, split.n_captions)] + shapes
-        cpi = split.captions_per_image
-    else:
-        label = "ensemble"
-        cpi = score_files.infer_captions_per_image(matrices[0], args.ensemble[0])
-    score_files.check_same_shape(shapes, sources)
-    if args.fold5:
-        metrics.check_fold_count(shapes[0][0], 5, args.fold_images)
+    device = distributed.init_from_env(device)
+    with distributed.together():
+        score_files.warn_repeated_files(args.ensemble)
+        matrices = [score_files.load_score_file(path) for path in args.ensemble]
+        sources, shapes = list(args.ensemble), [m.shape for m in matrices]
+        if args.model_path:
+            model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
+            split, encoder, label = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+            sources, shapes = [args.model_path] + sources, [(split.n_images, split.n_captions)] + shapes
+            cpi = split.captions_per_image
+        else:
+            label = "ensemble"
+            cpi = score_files.infer_captions_per_image(matrices[0], args.ensemble[0])
+        score_files.check_same_shape(shapes, sources)
+        if args.fold5:
+            metrics.check_fold_count(shapes[0][0], 5, args.fold_images)
+    global_vectors = None
     if args.model_path:
         sims, global_vectors = model_scores(args, model, split, encoder)
         matrices.insert(0, sims)
+    with distributed.together():
+        if not distributed.is_main():
+            return None, label
+        return report(args, matrices, sources, cpi, global_vectors), label
+
+
+def report(args, matrices, sources, cpi, global_vectors):
+    """The protocol's results of the (ensembled) scores, the model's checked finite; writes
+    --save_sims and --json."""
+    if args.model_path:
+        score_files.check_finite_scores(matrices[0], args.model_path)
     sims = matrices[0] if len(matrices) == 1 else score_files.ensemble_sims(matrices, sources)
     results = metrics.run_protocol(sims, cpi, args.fold5, args.fold_images)
     if args.save_sims:
@@ -115,7 +142,9 @@ def evaluate(args, device):
         results["shortlist"] = two_stage_protocol(sims, img_global, cap_global, args.shortlist, cpi,
                                                   args.fold5, args.fold_images)
         results["shortlist"]["vectors"] = description
-    return results, label
+    if args.json:
+        write_json(args.json, metrics.rounded(results))
+    return results
 
 
 def compare_side(args, path, device):
@@ -175,8 +204,8 @@ def main(argv=None, description=None, **defaults):
     device = check_evaluation_options(args)
     apply_threads(args.threads)
     results, label = evaluate(args, device)
-    if args.json:
-        write_json(args.json, metrics.rounded(results))
+    if results is None:  # another process of a torchrun launch reports
+        return 0
     print(metrics.results_table(results, label))
     if "shortlist" in results:
         two_stage = results["shortlist"]

@@ -101,19 +101,20 @@ def build_parser():
     return parser
 
 
-def _load_model(args, model_path):
-    """The checkpoint at `model_path` on the device and with the threads and precision asked for."""
+def _load_model(args, model_path, device=None):
+    """The checkpoint at `model_path` with the threads and precision asked for, on `device`
+    (None: the one --device names)."""
     from lib.model.xdim_model import XDimModel
     runtime = runtime_config(args)
     runtime.apply_threads()
-    return XDimModel.from_checkpoint(model_path, args.bert_path, runtime.torch_device(), runtime.amp)
+    return XDimModel.from_checkpoint(model_path, args.bert_path, device or runtime.torch_device(), runtime.amp)
 
 
-def _load(args, model_path):
-    """-> (model, its weights fingerprint, global-vector encoder)."""
+def _load(args, model_path, device=None):
+    """-> (model on `device`, its weights fingerprint, global-vector encoder)."""
     from lib.formats.checkpoint import weights_fingerprint
     from lib.retrieval import shortlist
-    model = _load_model(args, model_path)
+    model = _load_model(args, model_path, device)
     fingerprint = weights_fingerprint(model.state_dict())
     return model, fingerprint, shortlist.global_encoder(model, fingerprint, model_path, getattr(args, "head", None))
 
@@ -141,17 +142,23 @@ def run_distill(args):
 
 
 def run_build(args):
+    """Build an index; under torchrun every process encodes a share and rank 0 reports."""
     from lib.retrieval import index as retrieval
+    from lib.runtime import distributed
     check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)))
     retrieval.check_index_target(args.index, args.overwrite,
                                  [(f"--{name}", getattr(args, name))
                                   for name in ("images", "captions", "model_path", "head", "bert_path")])
-    model, _, encoder = _load(args, args.model_path)
+    device = distributed.init_from_env(runtime_config(args).torch_device())
+    with distributed.together():
+        model, _, encoder = _load(args, args.model_path, device)
     start = time.time()
     manifest = retrieval.build_index(model, encoder, args.index, images=args.images, captions=args.captions,
                                      model_path=args.model_path, batch_size=args.batch_size,
                                      index_type=args.index_type, overwrite=args.overwrite,
                                      progress=not args.no_progress)
+    if manifest is None:
+        return
     print(f"indexed {manifest['count']} {manifest['gallery']} in {time.time() - start:.1f} s: "
           f"{manifest['index_type']} FAISS index of {manifest['global']['kind']} vectors "
           f"({manifest['global']['size']}-d) -> {args.index}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib.errors import XDimError
-from lib.evaluation import metrics, score_files, scoring
+from lib.evaluation import encoding, metrics, score_files, scoring
 from lib.model.similarity import Similarity
 
 # ---------------------------------------------------------------- metrics
@@ -165,7 +165,7 @@ def _padded_batch(seed, n, max_len, d):
 
 def test_ragged_round_trip_and_gather():
     emb, lengths = _padded_batch(0, 7, 9, 5)
-    ragged = scoring.RaggedCaptions.from_padded(emb, lengths)
+    ragged = encoding.RaggedCaptions.from_padded(emb, lengths)
     assert len(ragged) == 7
     assert ragged.tokens.shape == (int(lengths.sum()), 5)
     assert ragged.offsets.tolist() == [0] + torch.cumsum(lengths, 0).tolist()
@@ -186,7 +186,7 @@ def test_ragged_round_trip_and_gather():
 def test_ragged_append_batches_of_different_widths_and_half_storage():
     first, first_len = _padded_batch(1, 3, 4, 6)
     second, second_len = _padded_batch(2, 5, 11, 6)
-    ragged = scoring.RaggedCaptions(6, torch.float16)
+    ragged = encoding.RaggedCaptions(6, torch.float16)
     ragged.append(first, first_len)
     ragged.append(second, second_len)
     assert len(ragged) == 8 and ragged.tokens.dtype == torch.float16
@@ -200,7 +200,7 @@ def test_ragged_append_batches_of_different_widths_and_half_storage():
 
 def test_ragged_rejects_bad_lengths():
     with pytest.raises(ValueError):
-        scoring.RaggedCaptions.from_padded(torch.zeros(2, 3, 4), torch.tensor([3, 4]))
+        encoding.RaggedCaptions.from_padded(torch.zeros(2, 3, 4), torch.tensor([3, 4]))
 
 
 # ---------------------------------------------------------------- sharded scoring
@@ -223,7 +223,7 @@ def test_sharded_scores_equal_float64_reference():
     g = torch.Generator().manual_seed(3)
     img = torch.randn(11, 4, 6, generator=g)
     emb, lengths = _padded_batch(4, 23, 8, 6)
-    ragged = scoring.RaggedCaptions.from_padded(emb, lengths)
+    ragged = encoding.RaggedCaptions.from_padded(emb, lengths)
     toy = ToySimilarity()
     sims = scoring.score_sharded(img, ragged, toy, rows_per_block=12, progress=False)
     assert sims.dtype == np.float32 and sims.shape == (11, 23)

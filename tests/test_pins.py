@@ -24,7 +24,7 @@ from lib.analysis import statistics as analysis
 from lib.data import butd
 from lib.data.precomp import CaptionEncoder, ImageDataset, open_split
 from lib.errors import XDimError
-from lib.evaluation import score_files, scoring
+from lib.evaluation import encoding, score_files, scoring
 from lib.formats.checkpoint import load_checkpoint
 from lib.model.bert import load_tokenizer
 from lib.model.xdim_model import XDimModel
@@ -287,7 +287,7 @@ def test_storage_dtype_holds_the_image_and_caption_embeddings(trained, tiny_prec
     encoder = scoring.caption_encoder(model)
     img32, cap32 = scoring.encode_split(model, split, encoder, batch_size=4, progress=False)
     img, cap = scoring.encode_split(model, split, encoder, batch_size=4, storage=storage, progress=False)
-    dtype = scoring.STORAGE_DTYPES[storage]
+    dtype = encoding.STORAGE_DTYPES[storage]
     assert img32.dtype == cap32.tokens.dtype == torch.float32
     assert img.dtype == cap.tokens.dtype == dtype
     assert torch.equal(img, img32.to(dtype)) and torch.equal(cap.tokens, cap32.tokens.to(dtype))

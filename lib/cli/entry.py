@@ -3,7 +3,7 @@
 An expected failure (XDimError, or an OSError such as a missing file, a folder in
 place of a file or a full disk) ends as one `error: ...` line on stderr and exit
 code 2, never a traceback; anything else is a bug and keeps its traceback. A
-torchrun process group, if one was opened, is closed in every case.
+torchrun process group that the script opened is closed in every case.
 """
 import functools
 import sys
@@ -32,7 +32,7 @@ def entry_point(main):
         except OSError as error:
             message = describe_os_error(error)
         finally:
-            distributed.cleanup()
+            distributed.close_launch_group()
         print(f"error: {message}", file=sys.stderr)
         return 2
 

@@ -30,6 +30,7 @@ manifest (a damaged index). A build writes into a visible staging folder
 so a failed build leaves any existing index untouched; `--overwrite` replaces only
 a folder that is one of our indexes.
 """
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -39,14 +40,16 @@ import torch
 from tqdm import tqdm
 
 from lib.data.butd import NpyWriter
-from lib.data.precomp import load_region_features, pad_images, pad_tokens, read_captions
+from lib.data.precomp import load_region_features, pad_images, read_captions
 from lib.errors import XDimError, first_line
 from lib.evaluation import metrics
+from lib.evaluation.encoding import TokenIds, encoded_captions, encoded_images
 from lib.evaluation.scoring import caption_encoder
 from lib.formats.atomic import atomic_file, atomic_folder, write_json
 from lib.formats.checkpoint import weights_fingerprint
 from lib.formats.versioned import FileFormat, check_fields, check_versioned
 from lib.retrieval import shortlist
+from lib.runtime import distributed
 
 INDEX_FORMAT = "xdim-gallery-index"
 INDEX_VERSION = 1
@@ -255,20 +258,74 @@ def _write_items(path, items):
         f.writelines(item + "\n" for item in items)
 
 
+def _staging_on_main(index_dir):
+    """The index's staging folder (lib.formats.atomic.atomic_folder) on rank 0; elsewhere a
+    context yielding None (the other processes encode, rank 0 alone writes)."""
+    return atomic_folder(index_dir) if distributed.is_main() else contextlib.nullcontext()
+
+
+def _gallery_batches(n, batch_size):
+    """The encoder batches of a gallery of n items: [(start, stop), ...]."""
+    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def _my_rows(batches):
+    """The rows of this process's batches: under torchrun batches rank, rank + N, rank + 2N, ..."""
+    mine = batches[distributed.rank()::distributed.world_size()]
+    return np.concatenate([np.arange(start, stop) for start, stop in mine]) if mine else np.zeros(0, np.int64)
+
+
+def _write_in_rounds(batches, encode_next, rows_of, writers):
+    """Encode a gallery's batches round-robin over the processes; rank 0 writes them in order.
+
+    Round r: process k encodes batch r * N + k (`encode_next()` -> its arrays, one per file, as
+    numpy), rank 0 receives them and appends each array to its file (`writers`: NpyWriters on
+    rank 0, None elsewhere); rows_of(start, stop) -> the rows each array has for a batch.
+    One process: every batch in turn, written as it comes.
+    """
+    world, me = distributed.world_size(), distributed.rank()
+    for first in range(0, len(batches), world):
+        round_batches = batches[first:first + world]
+        with distributed.together():
+            arrays = encode_next() if me < len(round_batches) else None
+        with distributed.together():  # a failed write on rank 0 stops the others too
+            for k, rows in enumerate(zip(*(rows_of(start, stop) for start, stop in round_batches))):
+                local = torch.empty(0) if arrays is None else torch.from_numpy(arrays[k])
+                whole = distributed.gather_to_main(local, list(rows) + [0] * (world - len(round_batches)))
+                if whole is not None:
+                    writers[k].write(whole.numpy())
+
+
+def _open_writers(folder, arrays):
+    """NpyWriters of `arrays` {name: (shape, dtype)} in `folder` on rank 0, None on the other processes."""
+    if not distributed.is_main():
+        return None
+    return [NpyWriter(os.path.join(folder, name), shape, dtype) for name, (shape, dtype) in arrays.items()]
+
+
+def _close(writers):
+    for writer in writers or []:
+        writer.close()
+
+
 def _encode_image_gallery(model, encoder, images, counts, folder, batch_size, progress):
-    """Region embeddings (float16) and global vectors of every image, appended to files in `folder`."""
+    """Region embeddings (float16) and global vectors of every image, appended to files in `folder`
+    (under torchrun the processes share the batches and rank 0 writes)."""
     n, regions = images.shape[:2]
-    region_file = NpyWriter(os.path.join(folder, "regions.npy"), (n, regions, model.config.embed_size), np.float16)
-    global_file = NpyWriter(os.path.join(folder, "global.npy"), (n, encoder.size), np.float32)
-    for i0 in tqdm(range(0, n, batch_size), desc="encode images", disable=not progress):
-        batch = torch.from_numpy(np.array(images[i0:i0 + batch_size], dtype=np.float32))
-        lengths = torch.from_numpy(counts[i0:i0 + batch_size])
-        emb = model.encode_images(batch, lengths)
-        region_file.write(emb.cpu().numpy())
-        global_file.write(encoder.images(emb, lengths).cpu().numpy())
-    region_file.close()
-    global_file.close()
-    np.save(os.path.join(folder, "lengths.npy"), counts)
+    batches = _gallery_batches(n, batch_size)
+    encoded = encoded_images(model, images, _my_rows(batches), counts, batch_size,
+                             progress=progress and distributed.is_main())
+
+    def encode_next():
+        emb, lengths, _ = next(encoded)
+        return emb.cpu().numpy().astype(np.float16), encoder.images(emb, lengths).cpu().numpy()
+
+    writers = _open_writers(folder, {"regions.npy": ((n, regions, model.config.embed_size), np.float16),
+                                     "global.npy": ((n, encoder.size), np.float32)})
+    _write_in_rounds(batches, encode_next, lambda start, stop: (stop - start, stop - start), writers)
+    _close(writers)
+    if writers:
+        np.save(os.path.join(folder, "lengths.npy"), counts)
     return {"regions": int(regions)}
 
 
@@ -278,20 +335,25 @@ def caption_token_ids(captions, caption_encoder, progress=True):
 
 
 def _encode_caption_gallery(model, encoder, token_ids, folder, batch_size, progress):
-    """Token embeddings (float16, unpadded) and global vectors of every caption, appended to files in `folder`."""
+    """Token embeddings (float16, unpadded) and global vectors of every caption, appended to files in `folder`
+    (under torchrun the processes share the batches and rank 0 writes)."""
     offsets = np.concatenate([[0], np.cumsum([len(ids) for ids in token_ids])]).astype(np.int64)
-    token_file = NpyWriter(os.path.join(folder, "tokens.npy"), (int(offsets[-1]), model.config.embed_size),
-                           np.float16)
-    global_file = NpyWriter(os.path.join(folder, "global.npy"), (len(token_ids), encoder.size), np.float32)
-    for c0 in tqdm(range(0, len(token_ids), batch_size), desc="encode captions", disable=not progress):
-        ids, lens = pad_tokens([torch.tensor(t) for t in token_ids[c0:c0 + batch_size]])
-        emb = model.encode_captions(ids, lens)
+    batches = _gallery_batches(len(token_ids), batch_size)
+    encoded = encoded_captions(model, TokenIds(token_ids), _my_rows(batches), batch_size,
+                               progress=progress and distributed.is_main())
+
+    def encode_next():
+        emb, lens, _ = next(encoded)
         real = torch.arange(emb.shape[1]) < lens[:, None]
-        token_file.write(emb.cpu()[real].numpy())
-        global_file.write(encoder.captions(emb, lens).cpu().numpy())
-    token_file.close()
-    global_file.close()
-    np.save(os.path.join(folder, "offsets.npy"), offsets)
+        return emb.cpu()[real].numpy().astype(np.float16), encoder.captions(emb, lens).cpu().numpy()
+
+    writers = _open_writers(folder, {"tokens.npy": ((int(offsets[-1]), model.config.embed_size), np.float16),
+                                     "global.npy": ((len(token_ids), encoder.size), np.float32)})
+    _write_in_rounds(batches, encode_next, lambda start, stop: (int(offsets[stop] - offsets[start]), stop - start),
+                     writers)
+    _close(writers)
+    if writers:
+        np.save(os.path.join(folder, "offsets.npy"), offsets)
     return {"tokens": int(offsets[-1])}
 
 
@@ -360,6 +422,8 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
     """Encode a gallery (`images`: a {split}_ims.npy, or `captions`: a text file) into `index_dir`.
 
     model: XDimModel; encoder: lib.retrieval.shortlist global-vector encoder. -> manifest dict.
+    Under torchrun every process calls this and encodes a share of the batches; rank 0
+    writes the index (the same files as one process) and returns the manifest, the others None.
     """
     if (images is None) == (captions is None):
         raise XDimError("give exactly one gallery: --images FILE or --captions FILE")
@@ -377,21 +441,24 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
                   "query_images": os.path.abspath(query_images) if query_images else None}
     n_items = len(items)
     index_type = choose_index_type(n_items, index_type)
-    with atomic_folder(index_dir) as staging, torch.no_grad():
+    with _staging_on_main(index_dir) as staging, torch.no_grad():
         if images is not None:
             shape = _encode_image_gallery(model, encoder, features, counts, staging, batch_size, progress)
         else:
             shape = _encode_caption_gallery(model, encoder, token_ids, staging, batch_size, progress)
-        write_faiss_index(staging, encoder.size, index_type)
-        _write_items(os.path.join(staging, "items.txt"), items)
-        manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
-                    "gallery": "images" if images is not None else "captions",
-                    "count": n_items, "embed_size": model.config.embed_size, **shape,
-                    "index_type": index_type, "global": encoder.describe(),
-                    "model": {"path": os.path.abspath(model_path) if model_path else None,
-                              "fingerprint": weights_fingerprint(model.state_dict())},
-                    "source": source}
-        write_json(os.path.join(staging, "manifest.json"), manifest)
+        with distributed.together():  # under torchrun rank 0 alone writes the rest, the others wait
+            if not distributed.is_main():
+                return None
+            write_faiss_index(staging, encoder.size, index_type)
+            _write_items(os.path.join(staging, "items.txt"), items)
+            manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
+                        "gallery": "images" if images is not None else "captions",
+                        "count": n_items, "embed_size": model.config.embed_size, **shape,
+                        "index_type": index_type, "global": encoder.describe(),
+                        "model": {"path": os.path.abspath(model_path) if model_path else None,
+                                  "fingerprint": weights_fingerprint(model.state_dict())},
+                        "source": source}
+            write_json(os.path.join(staging, "manifest.json"), manifest)
     return manifest
 
 

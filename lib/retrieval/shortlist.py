@@ -32,8 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lib.data.precomp import pad_tokens
+from lib.data.precomp import CaptionDataset
 from lib.errors import XDimError, first_line
+from lib.evaluation.encoding import encoded_captions, encoded_images
 from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
 from lib.formats.versioned import FileFormat, check_versioned
 
@@ -149,21 +150,20 @@ def _encode_batch(model, split_files, caption_encoder, image_ids):
     -> (img_emb (b, R, d), cap_emb (b * cpi, L, d), cap_lens (b * cpi,)) on model.device.
     """
     cpi = split_files.captions_per_image
-    images = torch.from_numpy(np.array(split_files.images[image_ids], dtype=np.float32))
     caption_ids = (image_ids[:, None] * cpi + np.arange(cpi)).reshape(-1)
-    tokens, lens = pad_tokens([torch.tensor(caption_encoder.encode(split_files.captions[c]))
-                               for c in caption_ids])
-    return model.encode_images(images), model.encode_captions(tokens, lens), lens.to(model.device)
+    img_emb, _, _ = next(encoded_images(model, split_files.images, image_ids, batch_size=len(image_ids),
+                                        progress=False))
+    cap_emb, lens, _ = next(encoded_captions(model, CaptionDataset(split_files, caption_encoder), caption_ids,
+                                             batch_size=len(caption_ids), progress=False))
+    return img_emb, cap_emb, lens.to(model.device)
 
 
 def _split_image_vectors(model, head, split_files, batch=256):
     """The head's vectors of every image of the split (n, size + 2), in eval mode without gradients."""
     head.eval()
-    out = []
     with torch.no_grad():
-        for start in range(0, split_files.n_images, batch):
-            images = torch.from_numpy(np.array(split_files.images[start:start + batch], dtype=np.float32))
-            out.append(head.images(model.encode_images(images)).cpu())
+        out = [head.images(emb).cpu()
+               for emb, _, _ in encoded_images(model, split_files.images, batch_size=batch, progress=False)]
     head.train()
     return torch.cat(out)
 

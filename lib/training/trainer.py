@@ -248,14 +248,13 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "epoch": next_epoch,
             "best_rsum": self.best_rsum, "iterations": self.iterations})
 
-    # ---- validation and checkpoints (main rank only; the others wait)
+    # ---- validation (every rank scores its share) and checkpoints (main rank only; the others wait)
 
     def validate(self, epoch):
-        """rSum on dev (main rank); every rank returns after the main one finished."""
-        metrics = None
+        """Metrics on dev, scored by all ranks together; the main rank gets and logs them, the others None."""
+        metrics = validate(self.model, self.dev_files, self.caption_encoder,
+                           batch_size=self.config.batch_size, workers=0, progress=True)
         if distributed.is_main():
-            metrics = validate(self.model, self.dev_files, self.caption_encoder,
-                               batch_size=self.config.batch_size, workers=0, progress=True)
             self.last_metrics = metrics
             for key, tag in METRIC_TAGS.items():
                 self.tb.log_value(tag, metrics[key], self.iterations)
@@ -384,7 +383,7 @@ def train(model_config, config, runtime, augment=True):
     model_config: lib.model.config.ModelConfig (its `bert` is resolved here, once, by
     lib.model.bert.resolve_bert_path); config: lib.training.config.TrainConfig; runtime:
     lib.runtime.device.RuntimeConfig, its device already checked. Under torchrun every
-    process runs this; only rank 0 validates, logs and writes checkpoints. Raises
+    process runs this; all validate together, only rank 0 logs and writes checkpoints. Raises
     XDimError for bad input and for a non-finite loss.
     """
     device = distributed.init_from_env(runtime.torch_device())
