@@ -11,16 +11,15 @@ from lib.data.precomp import (
     CaptionEncoder,
     ImageDataset,
     PrecompDataset,
-    caption_loader,
     collate_pairs,
     drop_regions,
-    image_loader,
     open_split,
     set_loader_epoch,
     train_loader,
 )
 from lib.data.synthetic import demo_vocabulary
 from lib.errors import XDimError
+from lib.evaluation.encoding import encoded_captions, encoded_images
 from lib.model.bert import load_tokenizer
 
 
@@ -122,12 +121,23 @@ def test_collate_pairs_pads_with_zeros():
     assert caption_indices.tolist() == [10, 11] and image_indices.tolist() == [2, 2]
 
 
-def test_eval_loaders_cover_split_in_order(tiny_precomp, encoder):
+class IdentityModel:
+    """Stands in for the model in the batch encoder: embeddings are the inputs themselves."""
+
+    def encode_images(self, images, lengths):
+        return images
+
+    def encode_captions(self, ids, lengths):
+        return ids
+
+
+def test_evaluation_encoding_covers_split_in_order(tiny_precomp, encoder):
     files = open_split(*tiny_precomp, "testall")
-    images = [batch for batch in image_loader(files, batch_size=4)]
+    images = list(encoded_images(IdentityModel(), files.images, batch_size=4, progress=False))
     assert torch.cat([b[2] for b in images]).tolist() == list(range(10))
-    assert all(b[1].tolist() == [TINY_REGIONS] * len(b[1]) for b in images)
-    captions = [batch for batch in caption_loader(files, encoder, batch_size=16)]
+    assert all(b[0].shape[1] == TINY_REGIONS for b in images)
+    assert torch.equal(torch.cat([b[0] for b in images]), torch.from_numpy(np.array(files.images)))
+    captions = list(encoded_captions(IdentityModel(), CaptionDataset(files, encoder), batch_size=16, progress=False))
     assert torch.cat([b[2] for b in captions]).tolist() == list(range(50))
 
 

@@ -25,7 +25,7 @@ from lib.data import precomp
 from lib.errors import XDimError, first_line
 from lib.formats.npy import read_npy_header
 
-# The Karpathy splits of the paper (XDIM_SPEC section 1): images per split, 5 captions each,
+# The Karpathy splits of the paper (docs/data.md, "The precomp layout"): images per split, 5 captions each,
 # 36 BUTD regions of 2048 float32 features per image. COCO's train includes restval.
 KARPATHY_IMAGES = {
     "f30k_precomp": {"train": 29000, "dev": 1014, "test": 1000},

@@ -420,13 +420,6 @@ def collate_pairs(batch):
             torch.tensor(caption_indices, dtype=torch.long), torch.tensor(image_indices, dtype=torch.long))
 
 
-def collate_images(batch):
-    """ImageDataset items -> (images (B, Rmax, img_dim), image_lengths (B,), image_indices (B,))."""
-    images, indices = zip(*batch)
-    images, lengths = pad_images(images)
-    return images, lengths, torch.tensor(indices, dtype=torch.long)
-
-
 def collate_captions(batch):
     """CaptionDataset items -> (captions (B, Lmax) long, lengths (B,), caption_indices (B,))."""
     token_ids, indices = zip(*batch)
@@ -482,15 +475,3 @@ def set_loader_epoch(loader, epoch):
     loader.dataset.set_epoch(epoch)
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
-
-
-def image_loader(split_files, batch_size, workers=0):
-    """Every image of a split once, in order: batches of `collate_images` tuples."""
-    return DataLoader(ImageDataset(split_files), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=collate_images)
-
-
-def caption_loader(split_files, caption_encoder, batch_size, workers=0):
-    """Every caption of a split once, in order, unperturbed: batches of `collate_captions` tuples."""
-    return DataLoader(CaptionDataset(split_files, caption_encoder), batch_size=batch_size,
-                      shuffle=False, num_workers=workers, collate_fn=collate_captions)
