@@ -53,7 +53,7 @@ def checkpoint_of(model, opt=None, **training_state):
 
 def trainer_for(model, opt):
     """A Trainer of `model` with opt's optimizer and loss settings, for single train steps."""
-    return trainer.Trainer(model, train_configs(opt)[1], loader=None, dev_files=None, caption_encoder=None,
+    return trainer.Trainer(model, train_configs(opt)[1], loader=None, dev_files=None, caption_tokenizer=None,
                            logger=None, tb=None)
 
 

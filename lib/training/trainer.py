@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from lib.data import precomp
 from lib.errors import XDimError, first_line
-from lib.evaluation.scoring import validate
+from lib.evaluation.scoring import split_metrics
 from lib.formats.checkpoint import (
     checkpoint_configs,
     copy_checkpoint,
@@ -71,7 +71,7 @@ def per_rank_batch(batch_size, world):
     return batch_size // world
 
 
-def make_train_loader(config, caption_encoder, img_dim, augment=True):
+def make_train_loader(config, caption_tokenizer, img_dim, augment=True):
     """This process's training batches: a per-rank share of each global batch.
 
     Under torchrun each process reads its share of every epoch's shuffle; the
@@ -80,7 +80,7 @@ def make_train_loader(config, caption_encoder, img_dim, augment=True):
     """
     world = distributed.world_size()
     files = precomp.open_split(config.data_path, config.data_name, "train", img_dim=img_dim)
-    return precomp.train_loader(files, caption_encoder, batch_size=per_rank_batch(config.batch_size, world),
+    return precomp.train_loader(files, caption_tokenizer, batch_size=per_rank_batch(config.batch_size, world),
                                 workers=config.workers, seed=config.seed, augment=augment,
                                 num_replicas=world, rank=distributed.rank())
 
@@ -166,12 +166,12 @@ class Trainer:
     forward uses the bare model.
     """
 
-    def __init__(self, model, config, loader, dev_files, caption_encoder, logger, tb):
+    def __init__(self, model, config, loader, dev_files, caption_tokenizer, logger, tb):
         self.model = model
         self.config = config
         self.loader = loader
         self.dev_files = dev_files
-        self.caption_encoder = caption_encoder
+        self.caption_tokenizer = caption_tokenizer
         self.logger = logger
         self.tb = tb
         self.optimizer = build_optimizer(model, config.learning_rate)
@@ -252,8 +252,8 @@ class Trainer:
 
     def validate(self, epoch):
         """Metrics on dev, scored by all ranks together; the main rank gets and logs them, the others None."""
-        metrics = validate(self.model, self.dev_files, self.caption_encoder,
-                           batch_size=self.config.batch_size, workers=0, progress=True)
+        metrics = split_metrics(self.model, self.dev_files, self.caption_tokenizer,
+                                batch_size=self.config.batch_size, workers=0, progress=True)
         if distributed.is_main():
             self.last_metrics = metrics
             for key, tag in METRIC_TAGS.items():
@@ -360,11 +360,11 @@ def build_model(model_config, bert_path, seed, device, amp):
     return XDimModel(model_config, bert_path=bert_path, amp=amp).to(device)
 
 
-def open_dev(config, caption_encoder, img_dim):
+def open_dev(config, caption_tokenizer, img_dim):
     """The dev split (validation), checked whole before training: finite features, no empty caption."""
     dev_files = precomp.open_split(config.data_path, config.data_name, "dev", img_dim=img_dim)
     precomp.check_split_finite(dev_files)
-    caption_encoder.check_captions(dev_files)
+    caption_tokenizer.check_captions(dev_files)
     return dev_files
 
 
@@ -399,11 +399,12 @@ def train(model_config, config, runtime, augment=True):
                     logger.info("removed %s, left by an interrupted save", path)
             state = read_resume(config, model_config.sim) if config.resume else None
             bert_path = resolve_bert_path(model_config.bert)
-            caption_encoder = precomp.CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
-            loader = make_train_loader(config, caption_encoder, model_config.img_dim, augment)
-            dev_files = open_dev(config, caption_encoder, model_config.img_dim)
+            caption_tokenizer = precomp.CaptionTokenizer(load_tokenizer(bert_path),
+                                                         bert_max_positions(bert_path))
+            loader = make_train_loader(config, caption_tokenizer, model_config.img_dim, augment)
+            dev_files = open_dev(config, caption_tokenizer, model_config.img_dim)
             model = build_model(model_config, bert_path, config.seed, device, runtime.amp)
-            trainer = Trainer(model, config, loader, dev_files, caption_encoder, logger,
+            trainer = Trainer(model, config, loader, dev_files, caption_tokenizer, logger,
                               TBLogger(config.logger_name, enabled=main))
             start_epoch = trainer.resume(state) if state else 0
             trainer.wrap_for_processes()

@@ -15,7 +15,7 @@ from helpers import (
 )
 
 from lib.analysis import statistics as analysis
-from lib.data.precomp import CaptionEncoder, open_split
+from lib.data.precomp import CaptionTokenizer, open_split
 from lib.errors import XDimError
 from lib.model.bert import load_tokenizer
 from lib.model.similarity.xdim import XDimSimilarity
@@ -164,7 +164,7 @@ def test_concept_statistics_rank_the_planted_dimensions_first(tiny_precomp, tiny
     tokenizer = load_tokenizer(tiny_bert_dir)
     model = PlantedEmbeddings(tokenizer, word, planted)
     split = open_split(*tiny_precomp, "test")
-    encoder = CaptionEncoder(tokenizer, 64)
+    encoder = CaptionTokenizer(tokenizer, 64)
     found = analysis.occurrences_in_split(encoder, split, [word], progress=False)
     result = analysis.concept_statistics(model, split, encoder, found, top_k=3, progress=False)[word]
     assert result["occurrences"] == whole_word_count(test_captions, word) > 1

@@ -28,7 +28,7 @@ from lib.training.trainer import Trainer  # noqa: E402
 def step_trainer(model, batch_size):
     """A Trainer of `model` with the paper's optimizer and hardest-negative loss, for bare steps."""
     trainer = Trainer(model, TrainConfig(batch_size=batch_size), loader=None, dev_files=None,
-                      caption_encoder=None, logger=None, tb=None)
+                      caption_tokenizer=None, logger=None, tb=None)
     trainer.criterion.max_violation = True
     return trainer
 

@@ -10,7 +10,7 @@ from helpers import EMBED, run_main
 
 import eval as eval_cli
 import retrieve
-from lib.data.precomp import CaptionEncoder, open_split
+from lib.data.precomp import CaptionTokenizer, open_split
 from lib.errors import XDimError
 from lib.formats.checkpoint import weights_fingerprint
 from lib.model.bert import load_tokenizer
@@ -23,7 +23,7 @@ def test_shortlist_is_the_faiss_top_k_of_global_vectors(setup):
     gallery = retrieval.GalleryIndex.open(setup["images_index"], model, shortlist.MeanPooling(EMBED))
     text = split.captions[7]
     hits = gallery.search_text(text, top_k=3, shortlist_size=3)
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
+    encoder = CaptionTokenizer(load_tokenizer(model.bert_path), 64)
     ids = torch.tensor([encoder.encode(text)])
     with torch.no_grad():
         img = model.encode_images(torch.from_numpy(np.array(split.images)))
@@ -88,7 +88,7 @@ def test_distillation_learns_and_leaves_the_model_unchanged(setup, tiny_precomp,
     model = setup["model"]
     data_path, data_name = tiny_precomp
     split = open_split(data_path, data_name, "train")
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
+    encoder = CaptionTokenizer(load_tokenizer(model.bert_path), 64)
     before = weights_fingerprint(model.state_dict())
 
     def agreement_loss(head):

@@ -26,7 +26,7 @@ from helpers import (
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lib.cli.options import train_configs
-from lib.data.precomp import CaptionEncoder, open_split
+from lib.data.precomp import CaptionTokenizer, open_split
 from lib.data.synthetic import write_demo_dataset
 from lib.errors import XDimError
 from lib.formats.checkpoint import load_checkpoint
@@ -94,26 +94,26 @@ def test_training_start_warnings_reach_train_log(tmp_path, tiny_precomp, tiny_be
 
 
 def scripted_validation(rsums):
-    """A stand-in for lib.evaluation.scoring.validate returning the next rSum of `rsums` each call."""
+    """A stand-in for lib.evaluation.scoring.split_metrics returning the next rSum of `rsums` each call."""
     values = iter(rsums)
 
-    def validate(model, dev_files, caption_encoder, **kwargs):
+    def split_metrics(model, dev_files, caption_tokenizer, **kwargs):
         rsum = next(values)
         return {key: rsum / 6 for key in training.METRIC_TAGS} | {"rsum": rsum}
-    return validate
+    return split_metrics
 
 
 def test_mid_epoch_best_records_its_epoch_and_resumes_it(tmp_path, tiny_precomp, tiny_bert_dir, monkeypatch):
     # catches: every save recording epoch + 1 (a mid-epoch best would skip the rest of its epoch).
     # 5 steps, validation at iterations 2 and 4 (mid-epoch) and 5 (end): the best is iteration 4's.
-    monkeypatch.setattr(training, "validate", scripted_validation([10.0, 50.0, 20.0]))
+    monkeypatch.setattr(training, "split_metrics", scripted_validation([10.0, 50.0, 20.0]))
     opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=1, val_step=2)
     run_training(opt)
     best = load_checkpoint(os.path.join(opt.model_name, "model_best.pth"))
     last = load_checkpoint(os.path.join(opt.model_name, "checkpoint.pth"))
     assert (best["epoch"], best["iterations"], best["best_rsum"]) == (0, 4, 50.0)
     assert (last["epoch"], last["iterations"]) == (1, 5)
-    monkeypatch.setattr(training, "validate", scripted_validation([1.0, 2.0, 3.0]))
+    monkeypatch.setattr(training, "split_metrics", scripted_validation([1.0, 2.0, 3.0]))
     resumed = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="resumed", num_epochs=1, val_step=2,
                        resume=os.path.join(opt.model_name, "model_best.pth"))
     assert run_training(resumed)["iterations"] == 4 + 5  # epoch 0 again, whole
@@ -352,10 +352,10 @@ def demo_opt(tmp_path, demo, bert_dir, name, **overrides):
 @pytest.fixture(scope="module")
 def demo_float32(tmp_path_factory, demo, tiny_bert_dir):
     """(untrained rSum on dev, training result) of a float32 run on `demo`."""
-    from lib.evaluation.scoring import validate
+    from lib.evaluation.scoring import split_metrics
     opt = demo_opt(tmp_path_factory.mktemp("demo_f32"), demo, tiny_bert_dir, "f32")
-    encoder = CaptionEncoder(load_tokenizer(tiny_bert_dir), 64)
-    untrained = validate(training.build_model(train_configs(opt)[0], opt.bert_path, opt.seed, "cpu", "none"),
+    encoder = CaptionTokenizer(load_tokenizer(tiny_bert_dir), 64)
+    untrained = split_metrics(training.build_model(train_configs(opt)[0], opt.bert_path, opt.seed, "cpu", "none"),
                          open_split(demo[0], demo[1], "dev"), encoder,
                          progress=False)["rsum"]
     return untrained, train_from_options(opt)
