@@ -22,6 +22,7 @@ from dataclasses import fields
 from lib.errors import XDimError
 from lib.model.bert import DEFAULT_BERT
 from lib.model.config import ModelConfig
+from lib.model.loss import DEFAULT_LOSS, LOSSES, loss_help
 from lib.model.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_help
 from lib.runtime.device import RuntimeConfig, resolve_device
 from lib.training.config import TrainConfig
@@ -61,7 +62,7 @@ def get_argument_parser(with_sim=True):
     """The training options; with_sim=False leaves --sim out (for scripts that set it themselves)."""
     parser = argparse.ArgumentParser(
         description="Train X-Dim on precomputed region features (precomp layout).",
-        epilog=similarity_help(), formatter_class=HelpFormatter)
+        epilog=similarity_help() + "\n\n" + loss_help(), formatter_class=HelpFormatter)
     add = parser.add_argument
     add("--data_path", default="../Flickr30K/", help="folder that holds {data_name}/")
     add("--data_name", default="f30k_precomp", help="{coco,f30k}_precomp")
@@ -106,6 +107,7 @@ def get_argument_parser(with_sim=True):
     if with_sim:
         add("--sim", default=DEFAULT_SIMILARITY, choices=list(SIMILARITIES), metavar="NAME",
             help="similarity function (listed below), stored in checkpoints")
+    add("--loss", default=DEFAULT_LOSS, choices=list(LOSSES), metavar="NAME", help="training loss (listed below)")
     return parser
 
 

@@ -7,14 +7,16 @@ is lib.runtime.device.RuntimeConfig.
 """
 from dataclasses import asdict, dataclass, fields
 
+from lib.model.loss import DEFAULT_LOSS
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe (the official option names; docs/training.md explains each).
 
     The defaults are the official code's: 30 epochs of AdamW at 5e-4 (BERT x0.1),
-    lr x0.1 at epoch 15, margin 0.2 summing violations for one warm-up epoch, then
-    hardest negatives; gradient norm clipped at 2.
+    lr x0.1 at epoch 15, the VSE hinge loss (`loss`, lib.model.loss) with margin 0.2
+    summing violations for one warm-up epoch, then hardest negatives; gradient norm clipped at 2.
     """
 
     data_path: str = "../Flickr30K/"
@@ -37,6 +39,7 @@ class TrainConfig:
     reset_start_epoch: bool = False
     seed: int = 0
     mask_padded_regions: bool = False
+    loss: str = DEFAULT_LOSS
 
     def as_dict(self):
         """A plain dict (stored in checkpoints)."""
@@ -51,7 +54,3 @@ class TrainConfig:
     def lr_factor(self, epoch):
         """All learning rates x0.1 from epoch `lr_update` on."""
         return 0.1 if epoch >= self.lr_update else 1.0
-
-    def uses_max_violation(self, epoch):
-        """Hardest negatives after the warm-up epochs (or always with max_violation)."""
-        return bool(self.max_violation) or epoch >= self.vse_mean_warmup_epochs

@@ -35,7 +35,7 @@ from lib.formats.checkpoint import (
     training_state,
 )
 from lib.model.bert import bert_max_positions, load_tokenizer, resolve_bert_path
-from lib.model.loss import ContrastiveLoss
+from lib.model.loss import build_loss
 from lib.model.xdim_model import XDimModel
 from lib.runtime import distributed
 from lib.training import run_lock
@@ -175,7 +175,7 @@ class Trainer:
         self.logger = logger
         self.tb = tb
         self.optimizer = build_optimizer(model, config.learning_rate)
-        self.criterion = ContrastiveLoss(margin=config.margin, max_violation=config.max_violation)
+        self.criterion = build_loss(config.loss, config)
         self.network = model
         self.iterations = 0
         self.best_rsum = 0.0
@@ -305,7 +305,7 @@ class Trainer:
         seed_everything(config.seed, epoch, distributed.rank())
         precomp.set_loader_epoch(self.loader, epoch)
         self.set_learning_rate_factor(config.lr_factor(epoch))
-        self.criterion.max_violation = config.uses_max_violation(epoch)
+        self.criterion.start_epoch(epoch)
         self.model.train()
         self.tb.log_value("epoch", epoch, self.iterations)
 
