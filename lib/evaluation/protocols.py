@@ -146,45 +146,52 @@ def check_split_ids(image_ids, package, source):
 
 # ---------------------------------------------------------------- ranked lists
 
-def top_items(scores, length, positives):
-    """The `length` best items of one query, best first: (length,) int64 indices into `scores`.
+def top_items(block, lengths, first_positive, n_positive):
+    """The best items of each query of a block, best first.
 
-    scores (n,) float; positives: indices of the query's COCO ground truth, placed after
-    the other items of equal score (then lower index first). np.partition finds the
-    length-th best score; only the items at or above it are sorted.
+    block (b, n) scores of b queries over n items; lengths (b,): how many items each list
+    holds; query r's COCO ground truth is items first_positive[r] .. + n_positive - 1, placed
+    after the other items of equal score (then lower index first). np.partition finds each
+    query's k-th best score (k: the block's longest list); only the items at or above it are
+    sorted, all of the block's in one lexsort. -> b arrays of item indices (int64).
     """
-    n = len(scores)
-    length = min(length, n)
-    threshold = np.partition(scores, n - length)[n - length]
-    candidates = np.flatnonzero(scores >= threshold)
-    order = np.lexsort((candidates, np.isin(candidates, positives), -scores[candidates]))
-    return candidates[order[:length]]
+    b, n = block.shape
+    k = min(int(lengths.max()), n)
+    threshold = np.partition(block, n - k, axis=1)[:, n - k]
+    rows, cols = np.nonzero(block >= threshold[:, None])
+    positive = (cols >= first_positive[rows]) & (cols < first_positive[rows] + n_positive)
+    order = np.lexsort((cols, positive, -block[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, np.arange(b))
+    return [cols[start:start + min(length, n)] for start, length in zip(starts, lengths)]
 
 
 def ranked_lists(sims, i2t_lengths, t2i_lengths, captions_per_image=CAPTIONS_PER_IMAGE,
-                 cols_per_chunk=1024, progress=False):
+                 rows_per_chunk=256, cols_per_chunk=1024, progress=False):
     """Ranked lists of a score matrix, as row and column indices.
 
     sims (n_img, n_cap) with captions cpi*i .. cpi*i+cpi-1 describing image i;
     i2t_lengths (n_img,), t2i_lengths (n_cap,): how many items each query's list holds.
     -> (i2t: n_img arrays of caption indices, t2i: n_cap arrays of image indices).
 
-    Memory beyond `sims` and the lists: one row, and one (cols_per_chunk, n_img) copy of a
-    column chunk (so that each caption's scores are contiguous).
+    Never more than a chunk of `sims` is copied: a block of rows_per_chunk image rows, or of
+    cols_per_chunk caption columns made contiguous (cols_per_chunk, n_img); top_items adds
+    a partitioned copy and a mask of that block.
     """
     n_img, n_cap = sims.shape
     cpi = captions_per_image
+    i2t_lengths, t2i_lengths = np.asarray(i2t_lengths), np.asarray(t2i_lengths)
+    i2t, t2i = [], []
     with tqdm(total=n_img + n_cap, desc="rank", unit="query", disable=not progress) as bar:
-        i2t = []
-        for i in range(n_img):
-            i2t.append(top_items(sims[i], i2t_lengths[i], np.arange(cpi * i, cpi * i + cpi)))
-            bar.update(1)
-        t2i = []
+        for r0 in range(0, n_img, rows_per_chunk):
+            images = np.arange(r0, min(r0 + rows_per_chunk, n_img))
+            i2t += top_items(sims[images[0]:images[-1] + 1], i2t_lengths[images], cpi * images, cpi)
+            bar.update(len(images))
         for c0 in range(0, n_cap, cols_per_chunk):
-            chunk = np.ascontiguousarray(sims[:, c0:c0 + cols_per_chunk].T)
-            for offset, scores in enumerate(chunk):
-                t2i.append(top_items(scores, t2i_lengths[c0 + offset], [(c0 + offset) // cpi]))
-            bar.update(len(chunk))
+            captions = np.arange(c0, min(c0 + cols_per_chunk, n_cap))
+            block = np.ascontiguousarray(sims[:, captions[0]:captions[-1] + 1].T)
+            t2i += top_items(block, t2i_lengths[captions], captions // cpi, 1)
+            bar.update(len(captions))
     return i2t, t2i
 
 
@@ -226,25 +233,23 @@ def _recalls(call, lists):
     return _directions({f"r{k}": _quietly(call, lists, "all", K=k) for k in RECALL_KS})
 
 
-def package_results(package, protocols, lists, fold_lists=None):
-    """The package's metrics from ranked id lists ({'i2t': {...}, 't2i': {...}}), in percent.
+def package_results(package, names, lists):
+    """The package's metrics of ranked id lists ({'i2t': {...}, 't2i': {...}}), in percent.
 
-    -> {'coco_5k': R@1/5/10, 'coco_1k' (with fold_lists: each query's list within its 1K fold)
-    R@1/5/10, and for each of `protocols`: 'cxc' R@K, 'eccv' R@K + rprecision + map_at_r,
-    'pmrp' rprecision}, keys like 'i2t_r1', 't2i_map_at_r'.
+    names: some of 'coco_5k', 'coco_1k' (lists: each query's within its 1K fold), 'cxc', 'eccv',
+    'pmrp'. -> {name: {'i2t_r1': ..., 't2i_r1': ...}}: R@1/5/10 for COCO and CxC, those and
+    'rprecision', 'map_at_r' for ECCV, 'rprecision' for PMRP (keys like 't2i_map_at_r').
     """
-    results = {"coco_5k": _recalls(package.coco_5k_recalls, lists)}
-    if fold_lists is not None:
-        results["coco_1k"] = _recalls(package.coco_1k_recalls, fold_lists)
-    if "cxc" in protocols:
-        results["cxc"] = _recalls(package.cxc_recalls, lists)
-    if "eccv" in protocols:
-        eccv = _quietly(package.eccv_metrics, lists, "all")
-        results["eccv"] = {**_recalls(package.eccv_recalls, lists),
-                           **_directions({key[len("eccv_"):]: eccv[key] for key in ("eccv_rprecision", "eccv_map_at_r")})}
-    if "pmrp" in protocols:
-        results["pmrp"] = _directions({"rprecision": _quietly(package.pmrp, lists, "all")})
-    return results
+    def eccv():
+        values = _quietly(package.eccv_metrics, lists, "all")
+        return {**_recalls(package.eccv_recalls, lists),
+                **_directions({key: values[f"eccv_{key}"] for key in ("rprecision", "map_at_r")})}
+
+    calls = {"coco_5k": lambda: _recalls(package.coco_5k_recalls, lists),
+             "coco_1k": lambda: _recalls(package.coco_1k_recalls, lists),
+             "cxc": lambda: _recalls(package.cxc_recalls, lists), "eccv": eccv,
+             "pmrp": lambda: _directions({"rprecision": _quietly(package.pmrp, lists, "all")})}
+    return {name: calls[name]() for name in names}
 
 
 def cross_check(package_values, our_values, name, tolerance=1e-6):
@@ -292,11 +297,12 @@ def benchmark_results(sims, image_ids, package, protocols, ours, progress=False)
                             list_lengths([t["t2i"] for t in truths.values()], caption_ids), progress=progress)
     lists = dict(zip(("i2t", "t2i"), as_id_lists(i2t, t2i, image_ids, caption_ids)))
     del i2t, t2i
-    fold_lists = fold_ranked_lists(sims, image_ids, caption_ids) if "fold_mean" in ours else None
-    results = package_results(package, protocols, lists, fold_lists)
-    cross_check(results["coco_5k"], ours["all"], "COCO 5K")
-    if fold_lists is not None:
+    results = {}
+    if "fold_mean" in ours:
+        results = package_results(package, ["coco_1k"], fold_ranked_lists(sims, image_ids, caption_ids))
         cross_check(results["coco_1k"], ours["fold_mean"], "COCO 1K")
+    results.update(package_results(package, ["coco_5k"] + [name for name in protocols if name != "coco"], lists))
+    cross_check(results["coco_5k"], ours["all"], "COCO 5K")
     results["queries"] = {name: {d: len(truth[d]) for d in ("i2t", "t2i")} for name, truth in truths.items()}
     return results
 
