@@ -21,6 +21,7 @@ import contextlib
 import io
 import os
 import warnings
+from importlib.metadata import version
 
 import numpy as np
 from tqdm import tqdm
@@ -128,7 +129,8 @@ def check_split_ids(image_ids, package, source):
     """XDimError with one line saying what differs unless image i of the split is the image
     of the package's captions 5i .. 5i+4, for every i (`source` names the ids file)."""
     expected = package_image_order(package)
-    check_split_shape(len(image_ids), len(package.coco_ids))
+    if len(image_ids) != len(expected):
+        raise XDimError(f"{source}: {len(image_ids)} image ids; COCO's 5K test split has {len(expected)}")
     foreign = np.flatnonzero(~np.isin(image_ids, expected))
     if len(foreign):
         raise XDimError(f"{source}: {len(foreign)} of the {len(image_ids)} images are not COCO 5K test images "
@@ -395,7 +397,6 @@ def evaluate(sims, ours, protocols, prepared, progress=False):
     results = benchmark_results(sims, image_ids, package, protocols, ours, progress)
     if "coco" not in protocols:
         results = {key: value for key, value in results.items() if not key.startswith("coco_")}
-    from importlib.metadata import version
     results["ids"] = {"image_ids": ids_path, "caption_ids": f"eccv_caption {version('eccv_caption')} coco_test_ids.npy",
                       "checked": "image i is the image of captions 5i..5i+4 in the package's COCO ground truth"}
     results["cross_check"] = ("eccv_caption's COCO 5K" + (" and 1K" if "fold_mean" in ours else "")

@@ -6,6 +6,7 @@ derived by hand; the ranking code is compared with a plain sort on small matrice
 test scores a full 5000 x 25000 matrix (500 MB) through eval.py, for the cross-check.
 """
 import json
+import os
 
 import numpy as np
 import pytest
@@ -163,8 +164,29 @@ def test_a_split_of_other_images_is_refused(package, split_ids):
     ids[3] = ids[4]
     with pytest.raises(XDimError, match=rf"image id {ids[4]} appears 2 times"):
         protocols.check_split_ids(ids, package, "ids.txt")
-    with pytest.raises(XDimError, match=r"cover COCO's 5K test split .* the scores hold 1000 x 25000"):
+    with pytest.raises(XDimError, match=r"^ids\.txt: 1000 image ids; COCO's 5K test split has 5000$"):
         protocols.check_split_ids(ids[:1000], package, "ids.txt")
+
+
+def test_the_ids_file_lies_beside_the_features_or_in_the_data_folder(tmp_path):
+    assert protocols.ids_file(str(tmp_path / "coco_precomp" / "testall_ims.npy")) == str(
+        tmp_path / "coco_precomp" / "testall_ids.txt")
+    assert protocols.ids_file(None, "DATA", "coco_precomp", "testall") == os.path.join("DATA", "coco_precomp",
+                                                                                       "testall_ids.txt")
+    assert protocols.ids_file(None, None, "coco_precomp", "testall") is None
+
+
+def test_score_files_without_a_data_folder_are_refused_before_reading_ids():
+    with pytest.raises(XDimError, match=r"^--protocols needs the split's COCO image ids: give --data_path"):
+        protocols.prepare(("eccv",), None, (5000, 25000), None)
+
+
+def test_plausible_match_queries_outside_the_split_are_refused(split_ids):
+    truths = {"coco": {"i2t": {int(split_ids[0][0]): []}, "t2i": {}},
+              "pmrp": {"i2t": {}, "t2i": {12: [], 13: [], int(split_ids[1][0]): []}}}
+    with pytest.raises(XDimError, match=r"^--protocols pmrp: 2 t2i queries are not in COCO's 5K test split "
+                                        r"\(first: id 12\)$"):
+        protocols.check_queries(truths, *split_ids)
 
 
 def test_unreadable_ids_files_are_refused_naming_the_line(tmp_path, split_ids):
@@ -277,6 +299,7 @@ def test_a_shuffled_ids_file_stops_eval_before_scoring(coco_5k_files, tmp_path, 
     (["--pm_dir", "."], "--protocols pmrp and --pm_dir go together"),
     (["--protocols", "pmrp", "--pm_dir", "."], "--pm_dir .: no pm_image_to_caption.json there"),
     (["--protocols", "coco", "--fold_images", "500"], "--protocols: COCO 1K folds are 1000 images"),
+    (["--compare", "a.npy", "b.npy", "--protocols", "coco"], "--compare reports this codebase's metrics only"),
 ])
 def test_bad_protocol_options_are_refused_in_one_line(tmp_path, capsys, extra, message):
     small = tmp_path / "s.npy"
