@@ -6,8 +6,8 @@ for the Karpathy 5K test split and computes their metrics from ranked lists of C
 1. reads the split's image ids (`S_ids.txt`) and checks that the split is that split in that
    order (`check_split_ids`): image i's five captions, taken from the package's caption-id
    list, must be image i's in the package's COCO ground truth;
-2. turns the (5000, 25000) score matrix into ranked lists (`ranked_lists`), one row or one
-   column chunk at a time, each query's list only as long as its metrics read;
+2. turns the (5000, 25000) score matrix into ranked lists (`ranked_lists`), a block of
+   queries at a time, each query's list only as long as its metrics read;
 3. asks the package for each benchmark (`benchmark_results`) and checks that its COCO 1K
    and 5K R@K equal lib.evaluation.metrics' on the same scores (`cross_check`).
 
@@ -118,17 +118,24 @@ def read_image_ids(path, n_images, captions_per_image=CAPTIONS_PER_IMAGE):
     return ids
 
 
-def package_image_order(package):
-    """The images of the package's caption-id list, one per group of five: (5000,) int64,
-    the Karpathy 5K test order."""
+def caption_images(package):
+    """The image of each caption of the package's caption-id list (its COCO ground truth),
+    one row per group of five: (5000, 5) int64. Column 0 is the Karpathy 5K test order."""
     t2i = package.coco_gts["t2i"]
-    return np.array([t2i[int(cid)][0] for cid in package.coco_ids[::CAPTIONS_PER_IMAGE]], dtype=np.int64)
+    images = np.array([t2i[int(cid)][0] for cid in package.coco_ids], dtype=np.int64)
+    return images.reshape(-1, CAPTIONS_PER_IMAGE)
+
+
+def package_image_order(package):
+    """The Karpathy 5K test images in the package's caption order: (5000,) int64."""
+    return caption_images(package)[:, 0].copy()
 
 
 def check_split_ids(image_ids, package, source):
-    """XDimError with one line saying what differs unless image i of the split is the image
-    of the package's captions 5i .. 5i+4, for every i (`source` names the ids file)."""
-    expected = package_image_order(package)
+    """XDimError with one line saying what differs unless, for every i, image i of the split
+    is the image of the package's captions 5i .. 5i+4 (`source` names the ids file)."""
+    of_captions = caption_images(package)
+    expected = of_captions[:, 0]
     if len(image_ids) != len(expected):
         raise XDimError(f"{source}: {len(image_ids)} image ids; COCO's 5K test split has {len(expected)}")
     foreign = np.flatnonzero(~np.isin(image_ids, expected))
@@ -139,7 +146,7 @@ def check_split_ids(image_ids, package, source):
     values, counts = np.unique(image_ids, return_counts=True)
     if (counts > 1).any():
         raise XDimError(f"{source}: image id {values[counts > 1][0]} appears {counts[counts > 1][0]} times")
-    moved = np.flatnonzero(image_ids != expected)
+    moved = np.flatnonzero((of_captions != image_ids[:, None]).any(axis=1))
     if len(moved):
         raise XDimError(f"{source}: the 5K test images in another order ({len(moved)} of {len(image_ids)} "
                         f"moved; image {moved[0]} is id {image_ids[moved[0]]}, the Karpathy order has "
