@@ -229,7 +229,7 @@ def test_benchmarks_are_refused_when_the_package_disagrees_with_our_metrics(monk
 
 @pytest.fixture(scope="module")
 def coco_5k_files(tmp_path_factory, split_ids):
-    """A 5000 x 25000 float32 score file (500 MB on disk, not kept in memory) and a data folder
+    """A 5000 x 25000 float32 score file (500 MB on disk while the module runs, not kept in memory) and a data folder
     holding coco_precomp/testall_ids.txt in the precomp release's layout (one line per caption).
 
     Scores: uniform noise rounded to 0.001 (so ties occur); each image's true captions
@@ -246,7 +246,8 @@ def coco_5k_files(tmp_path_factory, split_ids):
     del sims
     (folder / "data" / "coco_precomp").mkdir(parents=True)
     write_ids(folder / "data" / "coco_precomp" / "testall_ids.txt", split_ids[0], per_caption=True)
-    return folder
+    yield folder
+    (folder / "coco_a.npy").unlink()  # pytest keeps recent temporary folders: not 500 MB of them
 
 
 def test_testall_protocols_on_a_saved_5k_score_file_cross_checked(coco_5k_files, capsys):
