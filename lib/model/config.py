@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from lib.errors import XDimError
 from lib.model.bert import DEFAULT_BERT
-from lib.model.similarity import DEFAULT_SIMILARITY, check_similarity_name
+from lib.model.similarity import DEFAULT_SIMILARITY, SIMILARITIES, check_similarity_name
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,19 @@ class ModelConfig:
     bert: the hub name or folder the BERT weights and vocabulary came from;
     bert_config: BERT's architecture (its config.json as a dict), filled in when
     the model is built, so that a checkpoint rebuilds BERT without its source.
+    A field with a help line in its metadata is a command-line option of train.py.
     """
 
-    img_dim: int = 2048
-    embed_size: int = 1024
-    sim: str = DEFAULT_SIMILARITY
-    no_imgnorm: bool = False
-    no_txtnorm: bool = False
-    precomp_enc_type: str = "basic"
+    img_dim: int = field(default=2048, metadata={"help": "region feature size"})
+    embed_size: int = field(default=1024, metadata={"help": "joint embedding size d"})
+    sim: str = field(default=DEFAULT_SIMILARITY, metadata={
+        "help": "similarity function (listed below), stored in checkpoints", "choices": SIMILARITIES,
+        "metavar": "NAME"})
+    no_imgnorm: bool = field(default=False, metadata={"help": "do not L2-normalise image embeddings"})
+    no_txtnorm: bool = field(default=False, metadata={"help": "do not L2-normalise text embeddings"})
+    precomp_enc_type: str = field(default="basic", metadata={
+        "help": "image encoder for precomputed features (only basic: FC + MLP)", "choices": ("basic",)})
+    # Set by --bert_path (lib.cli.options.add_runtime_options), which every script shares.
     bert: str = DEFAULT_BERT
     bert_config: dict = field(default=None, compare=False)
 

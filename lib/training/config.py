@@ -1,13 +1,16 @@
 """How a model is trained: data, schedule, loss, optimizer, output folders, seed.
 
 `TrainConfig` is built once by train.py (lib.cli.options.train_configs) and passed
-down; checkpoints store it as a plain dict (`as_dict`). The model's architecture is
+down; checkpoints store it as a plain dict (`as_dict`). Each field is also its
+command-line option (`--NAME`): type and default come from the field, the help line,
+choices and metavar from its metadata (lib.cli.options.add_config_options), so a new
+training option is one field here. The model's architecture is
 lib.model.config.ModelConfig; where the run executes (device, threads, precision)
 is lib.runtime.device.RuntimeConfig.
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
-from lib.model.loss import DEFAULT_LOSS
+from lib.model.loss import DEFAULT_LOSS, LOSSES
 
 
 @dataclass(frozen=True)
@@ -19,27 +22,35 @@ class TrainConfig:
     summing violations for one warm-up epoch, then hardest negatives; gradient norm clipped at 2.
     """
 
-    data_path: str = "../Flickr30K/"
-    data_name: str = "f30k_precomp"
-    margin: float = 0.2
-    num_epochs: int = 30
-    batch_size: int = 128
-    grad_clip: float = 2.0
-    learning_rate: float = 0.0005
-    lr_update: int = 15
-    optim: str = "adam"
-    workers: int = 10
-    log_step: int = 100
-    val_step: int = 500
-    logger_name: str = "../log"
-    model_name: str = "../checkpoint"
-    resume: str = ""
-    max_violation: bool = False
-    vse_mean_warmup_epochs: int = 1
-    reset_start_epoch: bool = False
-    seed: int = 0
-    mask_padded_regions: bool = False
-    loss: str = DEFAULT_LOSS
+    data_path: str = field(default="../Flickr30K/", metadata={"help": "folder that holds {data_name}/"})
+    data_name: str = field(default="f30k_precomp", metadata={"help": "{coco,f30k}_precomp"})
+    margin: float = field(default=0.2, metadata={"help": "rank loss margin"})
+    num_epochs: int = field(default=30, metadata={"help": "number of training epochs"})
+    batch_size: int = field(default=128, metadata={
+        "help": "global mini-batch size (split across processes under torchrun)"})
+    grad_clip: float = field(default=2.0, metadata={"help": "gradient norm clipping threshold (<= 0 disables)"})
+    learning_rate: float = field(default=0.0005, metadata={"help": "base learning rate"})
+    lr_update: int = field(default=15, metadata={"help": "epoch at which every learning rate is multiplied by 0.1"})
+    optim: str = field(default="adam", metadata={
+        "help": "optimizer: adam means AdamW, weight decay 1e-4", "choices": ("adam",)})
+    workers: int = field(default=10, metadata={"help": "data loader worker processes"})
+    log_step: int = field(default=100, metadata={"help": "iterations between log lines"})
+    val_step: int = field(default=500, metadata={
+        "help": "also validate (and keep model_best) every this many iterations inside an epoch"})
+    logger_name: str = field(default="../log", metadata={
+        "help": "folder for the TensorBoard events, the text log and the run's configs (configs.json)"})
+    model_name: str = field(default="../checkpoint", metadata={"help": "folder for checkpoints"})
+    resume: str = field(default="", metadata={"help": "checkpoint to resume from", "metavar": "PATH"})
+    max_violation: bool = field(default=False, metadata={
+        "help": "hardest negatives from the first epoch (otherwise after --vse_mean_warmup_epochs)"})
+    vse_mean_warmup_epochs: int = field(default=1, metadata={
+        "help": "epochs that sum all violations before switching to hardest negatives"})
+    reset_start_epoch: bool = field(default=False, metadata={"help": "with --resume: start again from epoch 0"})
+    seed: int = field(default=0, metadata={"help": "random seed (python, numpy, torch)"})
+    mask_padded_regions: bool = field(default=False, metadata={
+        "help": "exclude zero-padded (dropped) regions from attention; off reproduces the official code"})
+    loss: str = field(default=DEFAULT_LOSS, metadata={
+        "help": "training loss (listed below), recorded with the recipe", "choices": LOSSES, "metavar": "NAME"})
 
     def as_dict(self):
         """A plain dict (stored in checkpoints)."""

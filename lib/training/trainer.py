@@ -13,6 +13,7 @@ So an epoch's randomness never depends on what ran before it, and resuming
 from an end-of-epoch checkpoint (weights, optimizer state, epoch, best rSum,
 iteration counter) continues exactly as the uninterrupted run would have.
 """
+import dataclasses
 import logging
 import os
 import random
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from lib.data import precomp
 from lib.errors import XDimError, first_line
 from lib.evaluation.scoring import split_metrics
+from lib.formats.atomic import write_json
 from lib.formats.checkpoint import (
     checkpoint_configs,
     copy_checkpoint,
@@ -47,6 +49,7 @@ BERT_LR_FACTOR = 0.1
 TEXT_LOGGERS = (LOGGER_NAME, precomp.LOGGER_NAME)
 CHECKPOINT = "checkpoint.pth"
 BEST = "model_best.pth"
+CONFIGS = "configs.json"
 # TensorBoard tags of the validation metrics, as in the VSE family's logs.
 METRIC_TAGS = {"i2t_r1": "r1", "i2t_r5": "r5", "i2t_r10": "r10", "i2t_medr": "medr",
                "i2t_meanr": "meanr", "t2i_r1": "r1i", "t2i_r5": "r5i", "t2i_r10": "r10i",
@@ -368,6 +371,14 @@ def open_dev(config, caption_tokenizer, img_dim):
     return dev_files
 
 
+def write_run_configs(model_config, config, runtime):
+    """{logger_name}/configs.json: the run's resolved configs (model, training, runtime), as the
+    dataclasses hold them after the command line and its defaults were applied."""
+    model = {k: v for k, v in model_config.as_dict().items() if k != "bert_config"}
+    write_json(os.path.join(config.logger_name, CONFIGS), {
+        "model": model, "training": config.as_dict(), "runtime": dataclasses.asdict(runtime)})
+
+
 def log_run_start(logger, model_config, config, runtime, device, threads):
     logger.info("model: %s", {k: v for k, v in model_config.as_dict().items() if k != "bert_config"})
     logger.info("training: %s", config.as_dict())
@@ -395,6 +406,7 @@ def train(model_config, config, runtime, augment=True):
         with run_lock.training_lock((config.model_name, config.logger_name), logger):
             log_run_start(logger, model_config, config, runtime, device, threads)
             if main:
+                write_run_configs(model_config, config, runtime)
                 for path in remove_stale_temp_files(config.model_name):
                     logger.info("removed %s, left by an interrupted save", path)
             state = read_resume(config, model_config.sim) if config.resume else None

@@ -1,4 +1,5 @@
 """lib/training/trainer.py: checkpoints and logs, resume, validation, clipping, DDP and learning."""
+import json
 import math
 import os
 import re
@@ -36,6 +37,7 @@ from lib.model.similarity.xdim import XDimSimilarity
 from lib.model.xdim_model import XDimModel
 from lib.runtime import distributed
 from lib.training import trainer as training
+from lib.training.config import TrainConfig
 
 
 def test_training_start_removes_stale_temp_files(tmp_path, tiny_precomp, tiny_bert_dir, capsys):
@@ -191,6 +193,19 @@ def test_one_epoch_writes_checkpoints_and_logs(one_epoch):
         assert scalars[tag][-1][1] == pytest.approx(value, rel=1e-6)
     assert re.search(r"epoch 0 \[5/5\] .* mask_density [0-9.e-]+ mean_threshold [0-9.e-]+ t_mask [0-9.]+ "
                      r"t_attn [0-9.]+\n", log)
+
+
+def test_a_run_writes_its_resolved_configs_beside_its_log(one_epoch):
+    opt, _ = one_epoch
+    with open(os.path.join(opt.logger_name, "configs.json"), encoding="utf-8") as f:
+        configs = json.load(f)
+    model, training, runtime = train_configs(opt)
+    assert set(configs) == {"model", "training", "runtime"}
+    assert configs["training"] == training.as_dict() and TrainConfig.from_dict(configs["training"]) == training
+    assert configs["model"]["embed_size"] == opt.embed_size == 32 and configs["model"]["sim"] == "xdim"
+    assert configs["model"]["bert"] == opt.bert_path and "bert_config" not in configs["model"]
+    assert configs["training"]["loss"] == "vse_hinge" and configs["training"]["num_epochs"] == 1
+    assert configs["runtime"] == {"device": "cpu", "amp": "none", "threads": opt.threads}
 
 
 def test_resume_continues_exactly(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir):
