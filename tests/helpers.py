@@ -29,6 +29,7 @@ import train as train_script
 from lib.cli.options import check_training_options, default_options, train_configs
 from lib.data.synthetic import DEMO_OBJECTS
 from lib.formats.checkpoint import (
+    new_checkpoint,
     save_checkpoint,
 )
 from lib.model.xdim_model import XDimModel
@@ -45,10 +46,10 @@ def model_from_options(opt, bert_config=None):
     return XDimModel(model_config, bert_path=opt.bert_path, amp=runtime.amp).to(runtime.torch_device())
 
 
-def checkpoint_of(model, opt=None, **training_state):
+def checkpoint_of(model, opt=None, **trainer_state):
     """`model`'s checkpoint dict; with `opt`, its TrainConfig too (where it was trained)."""
     train_config = None if opt is None else train_configs(opt)[1]
-    return model.to_checkpoint(train_config, training_state or None)
+    return new_checkpoint(model, train_config, trainer_state or None)
 
 
 def trainer_for(model, opt):

@@ -32,6 +32,7 @@ from lib.formats.checkpoint import (
     checkpoint_configs,
     copy_checkpoint,
     load_checkpoint,
+    new_checkpoint,
     remove_stale_temp_files,
     save_checkpoint,
     training_state,
@@ -237,19 +238,27 @@ class Trainer:
             self.logger.info("loaded weights from %s; starting again from epoch 0", path)
             return 0
         try:
-            start_epoch, self.best_rsum, self.iterations, optimizer = training_state(state)
-            self.optimizer.load_state_dict(optimizer)
+            start_epoch = self.load_state(training_state(state))
         except (KeyError, ValueError, TypeError) as error:
             raise XDimError(f"{path}: cannot restore the training state ({error})") from None
         self.logger.info("resumed from %s: epoch %d, iteration %d, best rsum %.2f",
                          path, start_epoch, self.iterations, self.best_rsum)
         return start_epoch
 
+    def state(self, next_epoch):
+        """The trainer's state, as resumable checkpoints store it (resuming starts at `next_epoch`)."""
+        return {"optimizer": self.optimizer.state_dict(), "epoch": int(next_epoch),
+                "best_rsum": float(self.best_rsum), "iterations": int(self.iterations)}
+
+    def load_state(self, state):
+        """Restore what `state` saved (a dict from training_state) -> the epoch to start from."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best_rsum, self.iterations = float(state["best_rsum"]), int(state["iterations"])
+        return int(state["epoch"])
+
     def checkpoint(self, next_epoch):
         """The resumable checkpoint dict of the current state (resuming starts at `next_epoch`)."""
-        return self.model.to_checkpoint(self.config, {
-            "optimizer": self.optimizer.state_dict(), "epoch": next_epoch,
-            "best_rsum": self.best_rsum, "iterations": self.iterations})
+        return new_checkpoint(self.model, self.config, self.state(next_epoch))
 
     # ---- validation (every rank scores its share) and checkpoints (main rank only; the others wait)
 
