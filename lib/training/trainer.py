@@ -206,13 +206,15 @@ class Trainer:
         Under torchrun each process scores its own images against the captions of
         all processes and the score rows are gathered, so the loss sees the whole
         global batch's negatives. A non-finite loss raises XDimError before any
-        weight changes.
+        weight changes. The similarity still scores in blocks here, but autograd keeps
+        every block's activations for the backward pass, so in training the block size
+        does not bound memory (the batch size does); it does in evaluation, without gradients.
         """
         self.iterations += 1
         region_lengths = image_lengths if self.config.mask_padded_regions else None
-        scores = self.network(images, captions, lengths, region_lengths,
+        scores = self.network(images, captions, lengths, region_lengths,  # forward: (B/world, B)
                               gather_captions=distributed.gather_captions)
-        loss = self.criterion(distributed.gather_rows(scores))
+        loss = self.criterion(distributed.gather_rows(scores))  # loss over the global (B, B)
         if not torch.isfinite(loss):
             raise XDimError(f"loss is {loss.item()} at iteration {self.iterations}: training stopped "
                             f"(the last saved checkpoint is intact; try a lower --learning_rate)")
