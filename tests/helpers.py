@@ -474,18 +474,52 @@ def one_error_line(run):
     return run.err[len("error: "):-1]
 
 
+def _varint(data, pos):
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _fields(message):
+    """The (field number, wire value) pairs of one protobuf message, by the wire format."""
+    pos = 0
+    while pos < len(message):
+        key, pos = _varint(message, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(message, pos)
+        elif wire == 1:
+            value, pos = message[pos:pos + 8], pos + 8
+        elif wire == 5:
+            value, pos = message[pos:pos + 4], pos + 4
+        else:  # 2: length-delimited
+            length, pos = _varint(message, pos)
+            value, pos = message[pos:pos + length], pos + length
+        yield number, value
+
+
 def read_scalars(logdir):
-    """Parse the TFRecord events file by hand -> {tag: [(step, value)]}."""
-    from tensorboard_logger.tf_protobuf import event_pb2
+    """Parse the TFRecord events file by hand (no protobuf library) -> {tag: [(step, value)]}.
+
+    Event: step = field 2, summary = field 5; Summary: value = field 1; Value: tag = field 1,
+    simple_value = field 2 (float32).
+    """
     (name,) = [f for f in os.listdir(logdir) if f.startswith("events.out.tfevents")]
     data = open(os.path.join(logdir, name), "rb").read()
     scalars, pos = {}, 0
     while pos < len(data):
         (length,) = struct.unpack("Q", data[pos:pos + 8])
-        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        event = list(_fields(data[pos + 12:pos + 12 + length]))
         pos += 12 + length + 4
-        for value in event.summary.value:
-            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+        step = next((value for number, value in event if number == 2), 0)
+        for summary in (value for number, value in event if number == 5):
+            for item in (value for number, value in _fields(summary) if number == 1):
+                parts = dict(_fields(item))
+                scalars.setdefault(parts[1].decode(), []).append((step, struct.unpack("<f", parts[2])[0]))
     return scalars
 
 

@@ -413,6 +413,7 @@ def train(model_config, config, runtime, augment=True):
     per_rank_batch(config.batch_size, distributed.world_size())
     main = distributed.is_main()
     logger = setup_text_log(config.logger_name, main)
+    tb = None
     try:
         with run_lock.training_lock((config.model_name, config.logger_name), logger):
             log_run_start(logger, model_config, config, runtime, device, threads)
@@ -427,12 +428,14 @@ def train(model_config, config, runtime, augment=True):
             loader = make_train_loader(config, caption_tokenizer, model_config.img_dim, augment)
             dev_files = open_dev(config, caption_tokenizer, model_config.img_dim)
             model = build_model(model_config, bert_path, config.seed, device, runtime.amp)
-            trainer = Trainer(model, config, loader, dev_files, caption_tokenizer, logger,
-                              TBLogger(config.logger_name, enabled=main))
+            tb = TBLogger(config.logger_name, enabled=main)
+            trainer = Trainer(model, config, loader, dev_files, caption_tokenizer, logger, tb)
             start_epoch = trainer.resume(state) if state else 0
             trainer.wrap_for_processes()
             result = trainer.run(start_epoch)
             logger.info("done: best rsum %.2f", result["best_rsum"])
             return result
     finally:
+        if tb is not None:
+            tb.close()
         close_text_log()
