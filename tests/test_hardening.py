@@ -264,12 +264,12 @@ def test_atomic_save_writes_through_a_visible_temp_file(tmp_path, monkeypatch):
     real_save = torch.save
 
     def spy(obj, f, *args, **kwargs):
-        seen.append(os.path.basename(f.name))
+        seen.append(os.path.basename(f.file.name))  # f: the writer that keeps a full disk's OSError
         real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", spy)
     save_checkpoint({"format": "xdim", "model": {}}, str(tmp_path / "checkpoint.pth"))
-    assert seen == [f"checkpoint.pth.tmp-{os.getpid()}"]
+    assert seen == [f"checkpoint.pth.xdim-tmp-{os.getpid()}"]
     assert os.listdir(tmp_path) == ["checkpoint.pth"]
 
 
@@ -282,9 +282,10 @@ def dead_pid():
 
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
     dead, alive = dead_pid(), os.getpid()
-    names = {f"checkpoint.pth.tmp-{dead}": False, f".model_best.pth.{dead}.tmp": False,
-             f"checkpoint.pth.tmp-{alive}": True, f".checkpoint.pth.{alive}.tmp": True,
-             "checkpoint.pth": True, f"notes.txt.tmp-{dead}": True, "checkpoint.pth.tmp-x": True}
+    names = {f"checkpoint.pth.xdim-tmp-{dead}": False, f"model_best.pth.xdim-tmp-{dead}": False,
+             f"checkpoint.pth.xdim-tmp-{alive}": True, f".model_best.pth.{dead}.tmp": True,
+             "checkpoint.pth": True, f"notes.txt.xdim-tmp-{dead}": True, "checkpoint.pth.xdim-tmp-x": True,
+             f"model_best.pth.old-{dead}": True, f"checkpoint.pth.tmp-{dead}": True}
     for name in names:
         (tmp_path / name).write_bytes(b"partial")
     removed = remove_stale_temp_files(str(tmp_path))
@@ -295,7 +296,7 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
 def test_training_start_removes_stale_temp_files(tmp_path, tiny_precomp, tiny_bert_dir, capsys):
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    stale = folder / f"checkpoint.pth.tmp-{dead_pid()}"
+    stale = folder / f"checkpoint.pth.xdim-tmp-{dead_pid()}"
     stale.write_bytes(b"partial")
     finished = tmp_path / "finished.pth"
     torch.save({"format": "xdim", "model": {}, "epoch": 4}, finished)

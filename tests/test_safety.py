@@ -104,7 +104,7 @@ def test_atomic_file_leaves_the_previous_file_on_failure_and_writes_through_a_vi
     with pytest.raises(RuntimeError):
         with atomic.atomic_file(str(target)) as f:
             f.write(b"half of the new")
-            assert sorted(os.listdir(tmp_path)) == ["out.json", f"out.json.tmp-{os.getpid()}"]
+            assert sorted(os.listdir(tmp_path)) == ["out.json", f"out.json.xdim-tmp-{os.getpid()}"]
             raise RuntimeError("cut")
     assert os.listdir(tmp_path) == ["out.json"] and target.read_text(encoding="utf-8") == "old"
     atomic.write_json(str(target), {"a": 1})
@@ -137,7 +137,7 @@ def test_atomic_folder_replaces_only_when_complete(tmp_path):
     (target / "a.txt").write_text("old", encoding="utf-8")
     with pytest.raises(RuntimeError):
         with atomic.atomic_folder(str(target)) as staging:
-            assert staging == f"{target}.staging-{os.getpid()}"
+            assert staging == f"{target}.xdim-staging-{os.getpid()}"
             (tmp_path / os.path.basename(staging) / "b.txt").write_text("new", encoding="utf-8")
             raise RuntimeError("cut")
     assert sorted(os.listdir(tmp_path)) == ["report"] and folder_state(target) == {"a.txt": b"old"}
@@ -146,21 +146,19 @@ def test_atomic_folder_replaces_only_when_complete(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["report"] and folder_state(target) == {"b.txt": b"new"}
 
 
-def test_stale_leftovers_of_dead_processes_are_removed_and_an_interrupted_swap_undone(tmp_path):
+def test_stale_leftovers_of_dead_processes_are_removed(tmp_path):
     dead, alive = dead_pid(), os.getpid()
-    (tmp_path / f"idx.staging-{dead}").mkdir()
-    (tmp_path / f"idx.staging-{dead}" / "regions.npy").write_bytes(b"partial")
-    (tmp_path / f"idx.staging-{alive}").mkdir()
-    (tmp_path / f"s_ims.npy.tmp-{dead}").write_bytes(b"partial")
-    (tmp_path / f".s_ims.npy.{dead}.tmp").write_bytes(b"partial")  # the hidden name of earlier versions
-    (tmp_path / f"other.npy.tmp-{dead}").write_bytes(b"not ours")
-    (tmp_path / f"gone.old-{dead}").mkdir()  # killed between the two renames of a swap: target missing
-    (tmp_path / f"gone.old-{dead}" / "manifest.json").write_text("{}", encoding="utf-8")
+    (tmp_path / f"idx.xdim-staging-{dead}").mkdir()
+    (tmp_path / f"idx.xdim-staging-{dead}" / "regions.npy").write_bytes(b"partial")
+    (tmp_path / f"idx.xdim-staging-{alive}").mkdir()
+    (tmp_path / f"s_ims.npy.xdim-tmp-{dead}").write_bytes(b"partial")
+    (tmp_path / f"other.npy.xdim-tmp-{dead}").write_bytes(b"not ours")
+    (tmp_path / f"gone.xdim-old-{dead}").mkdir()  # killed between the two renames of a swap: target missing
     removed = atomic.remove_stale(str(tmp_path), lambda target: target in ("idx", "s_ims.npy", "gone"))
     assert sorted(removed) == sorted(str(tmp_path / name) for name in
-                                     (f"idx.staging-{dead}", f"s_ims.npy.tmp-{dead}", f".s_ims.npy.{dead}.tmp"))
-    assert sorted(os.listdir(tmp_path)) == sorted(["gone", f"idx.staging-{alive}", f"other.npy.tmp-{dead}"])
-    assert os.listdir(tmp_path / "gone") == ["manifest.json"]
+                                     (f"idx.xdim-staging-{dead}", f"s_ims.npy.xdim-tmp-{dead}"))
+    assert sorted(os.listdir(tmp_path)) == sorted([f"gone.xdim-old-{dead}", f"idx.xdim-staging-{alive}",
+                                                   f"other.npy.xdim-tmp-{dead}"])
 
 
 # ---------------------------------------------------------------- eval.py outputs
@@ -273,20 +271,19 @@ def test_index_naming_a_file_is_refused_not_renamed(gallery, tmp_path, no_model_
 def test_overwrite_replaces_an_index_and_removes_a_stale_staging_folder(gallery, tmp_path):
     index = tmp_path / "idx"
     dead = dead_pid()
-    for name in (f"idx.staging-{dead}", f"idx.tmp-{dead}"):  # this version's and the previous one's names
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "regions.npy").write_bytes(b"partial" * 100)
-    (tmp_path / f"other.staging-{dead}").mkdir()
+    (tmp_path / f"idx.xdim-staging-{dead}").mkdir()
+    (tmp_path / f"idx.xdim-staging-{dead}" / "regions.npy").write_bytes(b"partial" * 100)
+    (tmp_path / f"other.xdim-staging-{dead}").mkdir()
     assert build(gallery, index).code == 0
     run = build(gallery, index, "--overwrite")
     assert run.code == 0, run.err
-    assert sorted(os.listdir(tmp_path)) == ["idx", f"other.staging-{dead}"]
+    assert sorted(os.listdir(tmp_path)) == ["idx", f"other.xdim-staging-{dead}"]
     manifest = json.load(open(index / "manifest.json"))
     assert manifest["format"] == retrieval.INDEX_FORMAT and manifest["count"] == gallery["split"].n_images
 
 
 def test_stale_staging_folder_removal_is_reported(gallery, tmp_path):
-    stale = tmp_path / f"idx.staging-{dead_pid()}"
+    stale = tmp_path / f"idx.xdim-staging-{dead_pid()}"
     stale.mkdir()
     run = build(gallery, tmp_path / "idx")
     assert run.code == 0 and f"removed {stale}, left by an interrupted run\n" in run.err
@@ -413,8 +410,8 @@ def test_conversion_writes_through_visible_names_and_cleans_up_on_failure(tmp_pa
     with pytest.raises(XDimError, match="line 3: bad"):
         butd.convert(records(), 3, str(tmp_path / "out"), "g", progress=False)
     pid = os.getpid()
-    assert seen == [f"g_boxes.npy.tmp-{pid}", f"g_ids.txt.tmp-{pid}", f"g_image_info.npy.tmp-{pid}",
-                    f"g_ims.npy.tmp-{pid}"]
+    assert seen == [f"g_boxes.npy.xdim-tmp-{pid}", f"g_ids.txt.xdim-tmp-{pid}", f"g_image_info.npy.xdim-tmp-{pid}",
+                    f"g_ims.npy.xdim-tmp-{pid}"]
     assert os.listdir(tmp_path / "out") == []
 
 
@@ -422,16 +419,16 @@ def test_conversion_removes_leftovers_of_a_killed_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     dead = dead_pid()
-    leftovers = [f".g_ims.npy.{dead}.tmp", f"g_ims.npy.tmp-{dead}", f".g_boxes.npy.{dead}.tmp"]
+    leftovers = [f"g_ims.npy.xdim-tmp-{dead}", f"g_boxes.npy.xdim-tmp-{dead}"]
     for name in leftovers:
         (out / name).write_bytes(b"269 MB of partial features")
-    (out / f"h_ims.npy.tmp-{dead}").write_bytes(b"another split's")
+    (out / f"h_ims.npy.xdim-tmp-{dead}").write_bytes(b"another split's")
     tsv = write_tsv(tmp_path / "f.tsv", _records(2))
     run = run_main(convert_features.main, ["--tsv", tsv, "--out", str(out), "--split", "g", "--no_progress"])
     for name in leftovers:
         assert f"removed {out / name}, left by an interrupted run\n" in run.err
     assert sorted(os.listdir(out)) == ["g_boxes.npy", "g_ids.txt", "g_image_info.npy", "g_ims.npy",
-                                       f"h_ims.npy.tmp-{dead}"]
+                                       f"h_ims.npy.xdim-tmp-{dead}"]
 
 
 def test_conversion_on_a_full_disk_names_the_file_and_keeps_the_old_split(tmp_path, full_disk):
@@ -451,15 +448,21 @@ def test_conversion_on_a_full_disk_names_the_file_and_keeps_the_old_split(tmp_pa
 
 # ---------------------------------------------------------------- analyze.py
 
-def test_analyze_rerun_removes_the_figures_the_new_summary_does_not_list(gallery, tiny_precomp, tmp_path):
+def test_analyze_rerun_replaces_the_report_whole_and_refuses_a_folder_of_other_files(gallery, tiny_precomp,
+                                                                                      tmp_path):
     data_path, data_name = tiny_precomp
     out = tmp_path / "analysis"
     common = ["--model_path", gallery["path"], "--out", str(out), "--device", "cpu", "--no_progress"]
     first = run_main(analyze_cli.main, common + ["--data_path", data_path, "--data_name", data_name,
                                                  "--words", "bag", "cat", "--pair", "0", "0"])
     assert {"concept_bag.png", "concept_overlap.png", "pair_0_0.png"} <= set(os.listdir(out)), first.out
-    (out / "my_notes.txt").write_text("not a figure", encoding="utf-8")
-    second = run_main(analyze_cli.main, common)
+    run_main(analyze_cli.main, common)
     listed = json.load(open(out / "summary.json"))["figures"]
-    assert sorted(os.listdir(out)) == sorted(listed + ["summary.json", "my_notes.txt"])
-    assert f"removed {out / 'concept_bag.png'}, a figure of the previous report" in second.out
+    assert sorted(os.listdir(out)) == sorted(listed + ["summary.json"]) and "concept_bag.png" not in listed
+    assert sorted(os.listdir(tmp_path)) == ["analysis"]  # no staging folder, no lock left
+    (out / "my_notes.txt").write_text("not a figure", encoding="utf-8")
+    before = folder_state(out)
+    message = one_error_line(run_main(analyze_cli.main, common, expect=2))
+    assert message == (f"--out {out}: holds my_notes.txt, not part of a report of analyze.py; the report "
+                       f"replaces the folder whole, so give a new or empty folder (nothing was changed)")
+    assert folder_state(out) == before
