@@ -109,13 +109,13 @@ def output_target(path):
     return os.path.realpath(path), False
 
 
-def _regular_file_id(path):
-    """(device, inode) of the regular file `path` names (links followed), else None."""
+def _file_id(path):
+    """(device, inode, is a regular file) of what `path` names (links followed), else None."""
     try:
         info = os.stat(path)
     except OSError:
         return None
-    return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+    return info.st_dev, info.st_ino, stat.S_ISREG(info.st_mode)
 
 
 def _files_of(path):
@@ -136,9 +136,9 @@ def check_outputs(outputs, inputs=()):
     """
     named, existing = {}, {}
     for option, path in outputs:
-        if path is None:
+        file_id = None if path is None else _file_id(path)
+        if path is None or (file_id is not None and not file_id[2]):  # devices and FIFOs are written through
             continue
-        file_id = _regular_file_id(path)
         key = file_id or os.path.realpath(path)
         if key in named:
             raise XDimError(f"{option} {path}: names the same file as {named[key]}; give each output "
@@ -152,7 +152,7 @@ def check_outputs(outputs, inputs=()):
         if path is None or not os.path.exists(path):
             continue
         for file in _files_of(path):
-            output = existing.get(_regular_file_id(file))
+            output = existing.get(_file_id(file))
             if output is not None:
                 inside = "" if file == path else f" (its file {file})"
                 raise XDimError(f"{output}: is the same file as {option} {path}{inside}, an input of this "
@@ -168,6 +168,23 @@ def check_plain_name(option, name, folder):
 
 
 # ---------------------------------------------------------------- files
+
+class _Stream:
+    """A file written through (a device, a FIFO, a terminal): write, flush and close only, so that
+    writers such as numpy's do not seek or ask for a position such files do not have."""
+
+    def __init__(self, file):
+        self.file, self.name = file, file.name
+
+    def write(self, data):
+        return self.file.write(data)
+
+    def flush(self):
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
 
 class PendingFile:
     """A file being written under `temp_path(path)`; `commit` syncs it and renames it onto `path`.
@@ -188,8 +205,10 @@ class PendingFile:
             folder = os.path.dirname(os.path.abspath(self.target))
             os.makedirs(folder, exist_ok=True)
             report_removed(remove_stale(folder, lambda target: target == os.path.basename(self.target)))
-        self.file = self._guard(lambda: open(self.target if self.through else self.temp, mode,
-                                             encoding=encoding))
+        if self.through:
+            self.file = _Stream(self._guard(lambda: open(self.target, mode, encoding=encoding)))
+        else:
+            self.file = self._guard(lambda: open(self.temp, mode, encoding=encoding))
 
     def _guard(self, action):
         """action(); on an OSError the temporary file is removed, and a full disk becomes its XDimError."""
