@@ -82,11 +82,10 @@ def test_full_disk_at_a_checkpoint_save_is_one_line_naming_the_file(tmp_path, ti
             "--device", "cpu", "--num_epochs", "1", "--model_name", opt.model_name,
             "--logger_name", opt.logger_name]
     assert train_script.main(argv) == 2
-    last = os.path.join(opt.model_name, "checkpoint.pth")
+    best = os.path.join(opt.model_name, "model_best.pth")  # written first; no checkpoint.pth to resume yet
     message = last_error(capsys)
-    assert message.startswith(f"error: {last}: not written, disk full (") and "\n" not in message
-    assert message.endswith(f"free some space and run again (any previous checkpoint.pth is intact); "
-                            f"then --resume {last}")
+    assert message.startswith(f"error: {best}: not written, disk full (") and "\n" not in message
+    assert message.endswith("free some space and run again (any previous model_best.pth is intact)")
     assert not os.path.exists(opt.model_name)  # no partial file, no lock, no empty folder left
 
 

@@ -308,10 +308,11 @@ class Trainer:
                 else:
                     save_checkpoint(state, last)
         except OSError as error:  # a folder gone read-only, a device error
+            advice = f"then --resume {last}" if os.path.exists(last) else "run the training again"
             raise XDimError(f"{target}: cannot write the checkpoint ({error.strerror or first_line(error)}); "
-                            f"the previous one, if any, is intact; then --resume {last}") from None
+                            f"the previous one, if any, is intact; {advice}") from None
         except XDimError as error:  # a full disk or quota, said by the atomic write
-            raise XDimError(f"{error}; then --resume {last}") from None
+            raise XDimError(f"{error}; then --resume {last}" if os.path.exists(last) else str(error)) from None
         if is_best:
             self.logger.info("new best rsum %.2f -> %s", self.best_rsum, best)
 
