@@ -1,5 +1,7 @@
 """The one output rule of lib/formats/atomic.py: special files written through, links followed,
 outputs that are inputs refused, staging names no user file has, groups of files committed whole."""
+import builtins
+import errno
 import json
 import os
 import select
@@ -12,11 +14,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from lib.errors import XDimError
 from lib.evaluation.score_files import save_score_file
 from lib.formats import atomic
-from lib.formats.checkpoint import remove_stale_temp_files
+from lib.formats.checkpoint import remove_stale_temp_files, save_checkpoint
 
 
 def dead_pid():
@@ -320,3 +323,56 @@ def test_a_group_being_written_by_a_live_process_is_not_touched(tmp_path):
     with pytest.raises(XDimError, match=f"process {os.getpid()} is writing the files of g right now"):
         atomic.commit_together(_pending_group(tmp_path, {"g_ids.txt": "x"}), str(tmp_path), "g")
     assert journal.exists()
+
+
+# ---------------------------------------------------------------- a full disk inside torch.save
+
+class FillsUp:
+    """A file that takes `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, file, room):
+        self.file, self.room, self.name = file, room, file.name
+
+    def write(self, data):
+        size = memoryview(data).nbytes
+        if size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= size
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_full_disk_inside_torch_save_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "open", lambda path, mode, encoding=None: FillsUp(
+        builtins.open(path, mode, encoding=encoding), 1000), raising=False)
+    target = tmp_path / "checkpoint.pth"
+    target.write_bytes(b"previous")
+    with pytest.raises(XDimError) as caught:
+        save_checkpoint({"weights": torch.zeros(10000)}, str(target))
+    assert str(caught.value).startswith(f"{target}: not written, disk full (")
+    assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == ["checkpoint.pth"]
+
+
+FILL_A_SMALL_DISK = """
+import sys, torch
+from lib.formats.checkpoint import save_checkpoint
+try:
+    save_checkpoint({"weights": torch.zeros(100000)}, sys.argv[1] + "/checkpoint.pth")
+except Exception as error:
+    print(type(error).__name__, str(error).split(" (")[0])
+"""
+
+
+def test_a_real_full_disk_inside_torch_save(tmp_path):
+    """As root only: a 64 KiB tmpfs in a private mount namespace, filled by a 400 KB checkpoint."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    script = f'mount -t tmpfs -o size=64k tmpfs "{folder}" && exec "{sys.executable}" -c "$0" "{folder}"'
+    run = subprocess.run(["unshare", "-m", "sh", "-c", script, FILL_A_SMALL_DISK], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"XDimError {folder}/checkpoint.pth: not written, disk full"
