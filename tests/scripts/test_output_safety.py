@@ -19,6 +19,7 @@ import convert_features
 import eval as eval_cli
 import retrieve
 from lib.cli.options import default_options
+from lib.data.check import inspect_split
 from lib.formats.checkpoint import save_checkpoint
 from lib.retrieval.index import load_gallery_images
 
@@ -177,6 +178,7 @@ def test_a_conversion_killed_between_its_renames_is_refused_by_readers_then_comp
                        f"({out / 'g.xdim-commit'} is left); convert the split again (convert_features.py --out "
                        f"{out} --split g --overwrite), which also completes the interrupted renames")
     assert not os.path.exists(folder / "idx")
+    assert message in inspect_split(str(out), "g").errors  # check_data.py says the same
     again = convert(new_tsv, out, "--overwrite")
     assert f"put {out / 'g_ids.txt'} into place, completing an interrupted write\n" in again.err
     _, ids, _ = load_gallery_images(str(out / "g_ims.npy"), IMG_DIM)
