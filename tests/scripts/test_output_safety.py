@@ -117,6 +117,24 @@ def test_retrieve_query_refuses_a_json_inside_its_index(run_folder):
     assert file_bytes(*(index / name for name in os.listdir(index))) == before
 
 
+def test_a_build_after_an_interrupted_swap_puts_the_index_back_and_never_replaces_it_silently(run_folder):
+    folder, images = run_folder["folder"], str(run_folder["split"] / "test_ims.npy")
+    build = ["build", "--model_path", run_folder["model"], "--images", images, "--no_progress"]
+    run_main(retrieve.main, build + ["--index", str(folder / "idx")])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = folder / f"idx.xdim-old-{dead.pid}"
+    os.rename(folder / "idx", orphan)  # a build killed between the two renames of its swap
+    before = file_bytes(*(orphan / name for name in os.listdir(orphan)))
+    message = error_line(run_main(retrieve.main, build + ["--index", str(folder / "idx")], expect=None))
+    assert message == (f"{folder / 'idx'}: put back from {orphan}, where an interrupted replacement (process "
+                       f"{dead.pid}) had moved it; nothing was written, run the command again to replace it")
+    assert file_bytes(*(folder / "idx" / name for name in os.listdir(folder / "idx"))) == {
+        path.replace(orphan.name, "idx"): data for path, data in before.items()}
+    again = error_line(run_main(retrieve.main, build + ["--index", str(folder / "idx")], expect=None))
+    assert again == f"{folder / 'idx'}: already exists (pass --overwrite to rebuild it)"
+
+
 def test_distill_refuses_an_out_that_is_the_checkpoint_before_training(run_folder, monkeypatch):
     from lib.retrieval import shortlist
     monkeypatch.setattr(shortlist, "distill_head", lambda *a, **k: pytest.fail("distilled before refusing"))
