@@ -90,9 +90,10 @@ def output_target(path):
     """-> (the path to write, True when it is written through in place rather than replaced).
 
     An existing target that is not a regular file or folder (a device, a FIFO, a socket,
-    the terminal or pipe behind /dev/stdout) is written through; a link is followed to its
-    final target, which is replaced; anything else is `path` itself. A plain path costs one
-    lstat, a link one stat more.
+    the terminal or pipe behind /dev/stdout) is written through, and so is a link into a
+    process's open files (/dev/stdout redirected to a file: the shell's file is written, not
+    replaced); any other link is followed to its final target, which is replaced; anything
+    else is `path` itself. A plain path costs one lstat, a link one stat more.
     """
     try:
         mode = os.lstat(path).st_mode
