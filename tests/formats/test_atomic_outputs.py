@@ -1,7 +1,5 @@
 """The one output rule of lib/formats/atomic.py: special files written through, links followed,
 outputs that are inputs refused, staging names no user file has, groups of files committed whole."""
-import builtins
-import errno
 import json
 import os
 import select
@@ -15,18 +13,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import dead_pid
 
 from lib.errors import XDimError
 from lib.evaluation.score_files import save_score_file
 from lib.formats import atomic
 from lib.formats.checkpoint import remove_stale_temp_files, save_checkpoint
-
-
-def dead_pid():
-    """The pid of a process that has exited."""
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 class FifoReader:
@@ -327,26 +319,8 @@ def test_a_group_being_written_by_a_live_process_is_not_touched(tmp_path):
 
 # ---------------------------------------------------------------- a full disk inside torch.save
 
-class FillsUp:
-    """A file that takes `room` bytes, then fails as a full disk does."""
-
-    def __init__(self, file, room):
-        self.file, self.room, self.name = file, room, file.name
-
-    def write(self, data):
-        size = memoryview(data).nbytes
-        if size > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= size
-        return self.file.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.file, name)
-
-
-def test_a_full_disk_inside_torch_save_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(atomic, "open", lambda path, mode, encoding=None: FillsUp(
-        builtins.open(path, mode, encoding=encoding), 1000), raising=False)
+def test_a_full_disk_inside_torch_save_is_one_line_and_keeps_the_previous_file(tmp_path, full_disk):
+    full_disk("checkpoint.pth", 1000)
     target = tmp_path / "checkpoint.pth"
     target.write_bytes(b"previous")
     with pytest.raises(XDimError) as caught:

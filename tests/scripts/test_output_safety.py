@@ -9,47 +9,34 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from builders import checkpoint_of, model_from_options
-from butd_files import write_tsv
-from script_runs import run_command, run_main
+from helpers import (
+    TINY_IMG_DIM,
+    _checkpoint,
+    dead_pid,
+    folder_state,
+    one_error_line,
+    run_command,
+    run_main,
+    write_tsv,
+)
 
 import analyze
 import convert_features
 import eval as eval_cli
 import retrieve
-from lib.cli.options import default_options
 from lib.data.check import inspect_split
-from lib.formats.checkpoint import save_checkpoint
 from lib.retrieval.index import load_gallery_images
-
-IMG_DIM = 32
-
-
-def save_model(path, tiny_bert_dir, data_path, data_name, seed):
-    """An untrained tiny X-Dim checkpoint at `path` (random weights are enough here)."""
-    torch.manual_seed(seed)
-    opt = default_options(embed_size=16, img_dim=IMG_DIM, bert_path=tiny_bert_dir, device="cpu",
-                          data_path=data_path, data_name=data_name, workers=0)
-    save_checkpoint(checkpoint_of(model_from_options(opt), opt), str(path))
-    return str(path)
 
 
 @pytest.fixture
 def run_folder(tmp_path, tiny_bert_dir, tiny_precomp):
-    """A private copy of the tiny data set and a checkpoint trained (nominally) on it."""
+    """A private copy of the tiny data set and an untrained tiny checkpoint."""
     source_path, data_name = tiny_precomp
     data_path = tmp_path / "data"
     shutil.copytree(os.path.join(source_path, data_name), data_path / data_name)
-    model = save_model(tmp_path / "M.pth", tiny_bert_dir, str(data_path), data_name, seed=0)
+    model, _ = _checkpoint(tmp_path, tiny_bert_dir, tiny_precomp, seed=0)
     return {"folder": tmp_path, "data_path": str(data_path), "data_name": data_name, "model": model,
-            "split": data_path / data_name, "bert": tiny_bert_dir}
-
-
-def error_line(run):
-    """The message of a run that failed with one `error:` line (exit 2)."""
-    assert run.code == 2 and run.err.startswith("error: ") and run.err.count("\n") == 1, run.err
-    return run.err[len("error: "):-1]
+            "split": data_path / data_name, "bert": tiny_bert_dir, "data": tiny_precomp}
 
 
 def file_bytes(*paths):
@@ -71,7 +58,7 @@ def test_eval_refuses_an_output_that_is_one_of_its_inputs(run_folder, option, in
     inputs = {"--model_path": run_folder["model"], "--split images": split / "test_ims.npy",
               "--split captions": split / "test_caps.txt"}
     before = file_bytes(*inputs.values())
-    message = error_line(evaluate(run_folder, option, str(inputs[input_name])))
+    message = one_error_line(evaluate(run_folder, option, str(inputs[input_name])))
     shown = input_name.split()[0]
     assert message.startswith(f"{option} {inputs[input_name]}: is the same file as {shown} ")
     assert message.endswith(", an input of this command, which writing would replace; give another file "
@@ -110,7 +97,7 @@ def test_retrieve_query_refuses_a_json_inside_its_index(run_folder):
     run_main(retrieve.main, ["build", "--model_path", run_folder["model"], "--images",
                              str(run_folder["split"] / "test_ims.npy"), "--index", str(index), "--no_progress"])
     before = file_bytes(*(index / name for name in os.listdir(index)))
-    message = error_line(run_main(retrieve.main, ["query", "--index", str(index), "--query", "a dog",
+    message = one_error_line(run_main(retrieve.main, ["query", "--index", str(index), "--query", "a dog",
                                                   "--json", str(index / "manifest.json")], expect=None))
     assert message.startswith(f"--json {index / 'manifest.json'}: is the same file as --index {index} "
                               f"(its file {index / 'manifest.json'}), an input of this command")
@@ -121,17 +108,16 @@ def test_a_build_after_an_interrupted_swap_puts_the_index_back_and_never_replace
     folder, images = run_folder["folder"], str(run_folder["split"] / "test_ims.npy")
     build = ["build", "--model_path", run_folder["model"], "--images", images, "--no_progress"]
     run_main(retrieve.main, build + ["--index", str(folder / "idx")])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    orphan = folder / f"idx.xdim-old-{dead.pid}"
+    dead = dead_pid()
+    orphan = folder / f"idx.xdim-old-{dead}"
     os.rename(folder / "idx", orphan)  # a build killed between the two renames of its swap
     before = file_bytes(*(orphan / name for name in os.listdir(orphan)))
-    message = error_line(run_main(retrieve.main, build + ["--index", str(folder / "idx")], expect=None))
+    message = one_error_line(run_main(retrieve.main, build + ["--index", str(folder / "idx")], expect=None))
     assert message == (f"{folder / 'idx'}: put back from {orphan}, where an interrupted replacement (process "
-                       f"{dead.pid}) had moved it; nothing was written, run the command again to replace it")
+                       f"{dead}) had moved it; nothing was written, run the command again to replace it")
     assert file_bytes(*(folder / "idx" / name for name in os.listdir(folder / "idx"))) == {
         path.replace(orphan.name, "idx"): data for path, data in before.items()}
-    again = error_line(run_main(retrieve.main, build + ["--index", str(folder / "idx")], expect=None))
+    again = one_error_line(run_main(retrieve.main, build + ["--index", str(folder / "idx")], expect=None))
     assert again == f"{folder / 'idx'}: already exists (pass --overwrite to rebuild it)"
 
 
@@ -139,7 +125,7 @@ def test_distill_refuses_an_out_that_is_the_checkpoint_before_training(run_folde
     from lib.retrieval import shortlist
     monkeypatch.setattr(shortlist, "distill_head", lambda *a, **k: pytest.fail("distilled before refusing"))
     before = file_bytes(run_folder["model"])
-    message = error_line(run_main(retrieve.main, ["distill", "--model_path", run_folder["model"], "--epochs", "1",
+    message = one_error_line(run_main(retrieve.main, ["distill", "--model_path", run_folder["model"], "--epochs", "1",
                                                   "--out", run_folder["model"], "--device", "cpu"], expect=None))
     assert message.startswith(f"--out {run_folder['model']}: is the same file as --model_path ")
     assert file_bytes(run_folder["model"]) == before
@@ -150,7 +136,7 @@ def test_distill_refuses_an_out_that_is_the_checkpoint_before_training(run_folde
 def records(n, seed, prefix):
     rng = np.random.default_rng(seed)
     return [(f"{prefix}{i}", 640, 480, rng.random((5, 4), dtype=np.float32),
-             rng.standard_normal((5, IMG_DIM)).astype(np.float32)) for i in range(n)]
+             rng.standard_normal((5, TINY_IMG_DIM)).astype(np.float32)) for i in range(n)]
 
 
 def convert(tsv, out, *extra, expect=0):
@@ -161,7 +147,7 @@ def convert(tsv, out, *extra, expect=0):
 def test_a_split_name_that_leaves_out_is_refused(tmp_path):
     tsv = write_tsv(tmp_path / "f.tsv", records(2, 0, "img"))
     out = tmp_path / "out"
-    message = error_line(run_main(convert_features.main, ["--tsv", tsv, "--out", str(out), "--split", "../escaped",
+    message = one_error_line(run_main(convert_features.main, ["--tsv", tsv, "--out", str(out), "--split", "../escaped",
                                                           "--no_progress"], expect=None))
     assert message == (f"--split '../escaped': must be a plain name (no '/', not '.' or '..'): the files named "
                        f"after it are written inside {out} and nowhere else")
@@ -189,7 +175,7 @@ def test_a_conversion_killed_between_its_renames_is_refused_by_readers_then_comp
     killed = run_command([sys.executable, "-c", KILLED_AFTER_FEATURES, "--tsv", new_tsv, "--out", str(out),
                           "--split", "g", "--overwrite", "--no_progress"], expect=9, timeout=300)
     assert killed.code == 9
-    message = error_line(run_main(retrieve.main, ["build", "--model_path", run_folder["model"], "--images",
+    message = one_error_line(run_main(retrieve.main, ["build", "--model_path", run_folder["model"], "--images",
                                                   str(out / "g_ims.npy"), "--index", str(folder / "idx"),
                                                   "--no_progress"], expect=None))
     assert message == (f"{out}: the files of g may not belong together: replacing them was interrupted "
@@ -199,7 +185,7 @@ def test_a_conversion_killed_between_its_renames_is_refused_by_readers_then_comp
     assert message in inspect_split(str(out), "g").errors  # check_data.py says the same
     again = convert(new_tsv, out, "--overwrite")
     assert f"put {out / 'g_ids.txt'} into place, completing an interrupted write\n" in again.err
-    _, ids, _ = load_gallery_images(str(out / "g_ims.npy"), IMG_DIM)
+    _, ids, _ = load_gallery_images(str(out / "g_ims.npy"), TINY_IMG_DIM)
     assert ids == ["new0", "new1", "new2"]
     assert sorted(os.listdir(out)) == ["g_boxes.npy", "g_ids.txt", "g_image_info.npy", "g_ims.npy"]
 
@@ -212,24 +198,19 @@ def analyze_run(run_folder, model, out, expect=0):
                                    "--no_progress"], expect=expect)
 
 
-def folder_files(folder):
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
-
-
 def test_analyze_interrupted_halfway_leaves_the_previous_report_whole(run_folder, monkeypatch):
     from lib.analysis import figures
     out = run_folder["folder"] / "analysis"
     analyze_run(run_folder, run_folder["model"], out)
-    before = folder_files(out)
-    other = save_model(run_folder["folder"] / "B.pth", run_folder["bert"], run_folder["data_path"],
-                       run_folder["data_name"], seed=1)
+    before = folder_state(out)
+    other, _ = _checkpoint(run_folder["folder"], run_folder["bert"], run_folder["data"], seed=1)
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(figures, "pair_attention", killed)  # the last figure: the mask figures are written
     with pytest.raises(KeyboardInterrupt):
         analyze_run(run_folder, other, out)
-    assert folder_files(out) == before
+    assert folder_state(out) == before
     assert not [name for name in os.listdir(run_folder["folder"]) if "xdim" in name or name.endswith(".lock")]
 
 
@@ -240,7 +221,7 @@ def test_a_second_analyze_into_the_same_out_is_refused(run_folder):
         lock = run_folder["folder"] / "analysis.analyze.lock"
         lock.write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename, "started": "now"}),
                         encoding="utf-8")
-        message = error_line(analyze_run(run_folder, run_folder["model"], out, expect=None))
+        message = one_error_line(analyze_run(run_folder, run_folder["model"], out, expect=None))
     finally:
         other.kill()
         other.wait()

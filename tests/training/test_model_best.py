@@ -5,11 +5,10 @@ import os
 
 import pytest
 import torch
+from helpers import train_argv
 
 import train as train_script
 from lib.training import trainer
-
-TINY_IMG_DIM = 32
 
 
 @pytest.fixture
@@ -26,12 +25,7 @@ def scripted_rsums(monkeypatch):
 
 def train(tmp_path, tiny_precomp, tiny_bert_dir, epochs, *extra):
     """train.py's main on the tiny data, no mid-epoch validation -> exit code."""
-    data_path, data_name = tiny_precomp
-    return train_script.main(["--data_path", data_path, "--data_name", data_name, "--img_dim", str(TINY_IMG_DIM),
-                              "--bert_path", tiny_bert_dir, "--embed_size", "16", "--batch_size", "32",
-                              "--workers", "0", "--device", "cpu", "--num_epochs", str(epochs),
-                              "--val_step", "1000000", "--logger_name", str(tmp_path / "log"),
-                              "--model_name", str(tmp_path / "ckpt"), *extra])
+    return train_script.main(train_argv(tmp_path, *tiny_precomp, tiny_bert_dir, "--num_epochs", str(epochs), *extra))
 
 
 def stored(path):
