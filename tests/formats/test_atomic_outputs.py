@@ -134,31 +134,22 @@ print(stat.S_ISCHR(os.lstat(os.path.join(folder, "null")).st_mode), sorted(os.li
 """
 
 
-def test_a_character_device_is_written_through_not_replaced(tmp_path):
-    """As root only, inside a private mount namespace on a tmpfs of its own: nothing real is at stake."""
+def run_on_private_tmpfs(folder, code, size=None):
+    """python -c `code` FOLDER with a fresh tmpfs (of `size`, e.g. '64k') mounted on `folder` in a
+    private mount namespace: root only (skipped otherwise), nothing outside the test is at stake."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a private mount namespace")
-    folder = tmp_path / "dev"
     folder.mkdir()
-    script = f'mount -t tmpfs tmpfs "{folder}" && exec "{sys.executable}" -c "$0" "{folder}"'
-    run = subprocess.run(["unshare", "-m", "sh", "-c", script, CHARACTER_DEVICE], capture_output=True,
-                         text=True, timeout=120, cwd=os.getcwd())
-    if run.returncode != 0 and "unshare" in run.stderr:
-        pytest.skip(f"no private mount namespace here: {run.stderr.strip()}")
+    options = f"-o size={size} " if size else ""
+    script = f'mount -t tmpfs {options}tmpfs "{folder}" && exec "{sys.executable}" -c "$0" "{folder}"'
+    run = subprocess.run(["unshare", "-m", "sh", "-c", script, code], capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "True ['null']"
+    return run.stdout.strip()
 
 
-def test_an_ordinary_output_costs_one_lstat(tmp_path, monkeypatch):
-    calls = []
-    for name in ("lstat", "stat"):
-        real = getattr(os, name)
-        monkeypatch.setattr(os, name, lambda path, *a, _real=real, _name=name, **k: (calls.append(_name),
-                                                                                        _real(path, *a, **k))[1])
-    atomic.output_target(str(tmp_path / "x.json"))
-    (tmp_path / "x.json").write_text("old", encoding="utf-8")
-    atomic.output_target(str(tmp_path / "x.json"))
-    assert calls == ["lstat", "lstat"]
+def test_a_character_device_is_written_through_not_replaced(tmp_path):
+    assert run_on_private_tmpfs(tmp_path / "dev", CHARACTER_DEVICE) == "True ['null']"
 
 
 # ---------------------------------------------------------------- 2. outputs that are inputs
@@ -340,13 +331,7 @@ except Exception as error:
 
 
 def test_a_real_full_disk_inside_torch_save(tmp_path):
-    """As root only: a 64 KiB tmpfs in a private mount namespace, filled by a 400 KB checkpoint."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    """A 64 KiB tmpfs, filled by a 400 KB checkpoint."""
     folder = tmp_path / "small"
-    folder.mkdir()
-    script = f'mount -t tmpfs -o size=64k tmpfs "{folder}" && exec "{sys.executable}" -c "$0" "{folder}"'
-    run = subprocess.run(["unshare", "-m", "sh", "-c", script, FILL_A_SMALL_DISK], capture_output=True,
-                         text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == f"XDimError {folder}/checkpoint.pth: not written, disk full"
+    assert run_on_private_tmpfs(folder, FILL_A_SMALL_DISK, size="64k") == (
+        f"XDimError {folder}/checkpoint.pth: not written, disk full")
