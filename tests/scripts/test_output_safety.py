@@ -4,6 +4,7 @@ analysis report is replaced whole, two analyze.py runs never share one --out."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -219,7 +220,7 @@ def test_a_second_analyze_into_the_same_out_is_refused(run_folder):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         lock = run_folder["folder"] / "analysis.analyze.lock"
-        lock.write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename, "started": "now"}),
+        lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": "now"}),
                         encoding="utf-8")
         message = one_error_line(analyze_run(run_folder, run_folder["model"], out, expect=None))
     finally:
