@@ -137,7 +137,8 @@ print(stat.S_ISCHR(os.lstat(os.path.join(folder, "null")).st_mode), sorted(os.li
 def run_on_private_tmpfs(folder, code, size=None):
     """python -c `code` FOLDER with a fresh tmpfs (of `size`, e.g. '64k') mounted on `folder` in a
     private mount namespace: root only (skipped otherwise), nothing outside the test is at stake."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
+    if (os.geteuid() != 0 or shutil.which("unshare") is None
+            or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0):
         pytest.skip("needs root and unshare(1) for a private mount namespace")
     folder.mkdir()
     options = f"-o size={size} " if size else ""

@@ -79,7 +79,7 @@ def with_private_dev(args):
     only that copy); as another user, as it is (/dev is not writable then)."""
     if os.geteuid() != 0:
         return args
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("running as root without a private mount namespace: /dev/stdout itself would be at stake")
     return ["unshare", "-m", "sh", "-c", PRIVATE_DEV, "private-dev", *args]
 
