@@ -22,7 +22,7 @@ import time
 from lib.cli.entry import entry_point
 from lib.cli.options import add_runtime_options, check_output_file, check_output_folder, runtime_config
 from lib.errors import XDimError
-from lib.formats.atomic import write_json
+from lib.formats.atomic import check_outputs, write_json
 
 
 def _add_model_options(parser, required=True):
@@ -128,8 +128,10 @@ def run_distill(args):
             raise XDimError(f"--{name} must be at least 1")
     out = args.out or shortlist.default_head_path(args.model_path)
     check_output_file("--out", out)
+    check_outputs([("--out", out)], [("--model_path", args.model_path), ("--bert_path", args.bert_path)])
     model = _load_model(args, args.model_path)
     split, encoder, _ = open_model_split(model, args.data_path, args.data_name, args.split)
+    check_outputs([("--out", out)], [("--split", split.images_path), ("--split", split.captions_path)])
     start = time.time()
     head, loss = shortlist.distill_head(model, split, encoder, args.epochs, args.batch_images, args.learning_rate,
                                         args.temperature, args.size, group=args.group, seed=args.seed)
@@ -208,6 +210,9 @@ def run_query(args):
     model_path = args.model_path or manifest["model"].get("path")
     if not model_path:
         raise XDimError(f"{args.index}: the manifest names no checkpoint; give --model_path")
+    check_outputs([("--json", args.json)],
+                  [("--index", args.index), ("--queries", args.queries), ("--images", args.images),
+                   ("--model_path", model_path), ("--head", args.head), ("--bert_path", args.bert_path)])
     model, _, encoder = _load(args, model_path)
     gallery = retrieval.GalleryIndex.open(args.index, model, encoder)
     shortlist_size = max(args.shortlist, args.top_k)

@@ -303,20 +303,19 @@ def test_index_naming_a_file_is_refused_not_renamed(gallery, tmp_path, no_model_
 def test_overwrite_replaces_an_index_and_removes_a_stale_staging_folder(gallery, tmp_path):
     index = tmp_path / "idx"
     dead = dead_pid()
-    for name in (f"idx.staging-{dead}", f"idx.tmp-{dead}"):  # this version's and the previous one's names
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "regions.npy").write_bytes(b"partial" * 100)
-    (tmp_path / f"other.staging-{dead}").mkdir()
+    (tmp_path / f"idx.xdim-staging-{dead}").mkdir()
+    (tmp_path / f"idx.xdim-staging-{dead}" / "regions.npy").write_bytes(b"partial" * 100)
+    (tmp_path / f"other.xdim-staging-{dead}").mkdir()
     assert build(gallery, index).code == 0
     run = build(gallery, index, "--overwrite")
     assert run.code == 0, run.err
-    assert sorted(os.listdir(tmp_path)) == ["idx", f"other.staging-{dead}"]
+    assert sorted(os.listdir(tmp_path)) == ["idx", f"other.xdim-staging-{dead}"]
     manifest = json.load(open(index / "manifest.json"))
     assert manifest["format"] == retrieval.INDEX_FORMAT and manifest["count"] == gallery["split"].n_images
 
 
 def test_stale_staging_folder_removal_is_reported(gallery, tmp_path):
-    stale = tmp_path / f"idx.staging-{dead_pid()}"
+    stale = tmp_path / f"idx.xdim-staging-{dead_pid()}"
     stale.mkdir()
     run = build(gallery, tmp_path / "idx")
     assert run.code == 0 and f"removed {stale}, left by an interrupted run\n" in run.err

@@ -41,7 +41,7 @@ from lib.training import trainer as training
 def test_training_start_removes_stale_temp_files(tmp_path, tiny_precomp, tiny_bert_dir, capsys):
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    stale = folder / f"checkpoint.pth.tmp-{dead_pid()}"
+    stale = folder / f"checkpoint.pth.xdim-tmp-{dead_pid()}"
     stale.write_bytes(b"partial")
     finished = tmp_path / "finished.pth"
     torch.save({"format": "xdim", "model": {}, "epoch": 4}, finished)
