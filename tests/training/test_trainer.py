@@ -6,6 +6,7 @@ import pytest
 from lib.cli.options import check_training_options, default_options, train_configs
 from lib.model.loss import ContrastiveLoss
 from lib.training import trainer
+from lib.training.config import TrainConfig
 
 MARGIN = 0.2  # the recipe's (docs/training.md), left at its default in the run below
 TINY_IMG_DIM = 32  # the feature size of the tiny_precomp fixture
@@ -71,3 +72,10 @@ def test_summed_violations_during_the_warm_up_then_hardest_negatives(tmp_path, t
         summed, hardest = summed_loss(scores), hardest_loss(scores)
         assert summed > 1.5 * hardest  # the two losses differ on these batches, so the check below can fail
         assert loss == pytest.approx(summed if epoch < 2 else hardest, rel=1e-5)
+
+
+@pytest.mark.parametrize("warmup, max_violation, hardest_from", [(1, False, 1), (2, False, 2), (0, False, 0),
+                                                                 (3, True, 0)])
+def test_the_epoch_where_hardest_negatives_start(warmup, max_violation, hardest_from):
+    config = TrainConfig(vse_mean_warmup_epochs=warmup, max_violation=max_violation)
+    assert [config.uses_max_violation(epoch) for epoch in range(5)] == [epoch >= hardest_from for epoch in range(5)]
