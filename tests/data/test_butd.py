@@ -1,14 +1,13 @@
-"""convert_features.py / lib.data.butd: BUTD TSV and npz inputs -> precomp files, and their errors."""
+"""lib/data/butd.py and convert_features.py: extractor output to the precomp layout, its errors and atomic writes."""
 import base64
 import os
 
 import numpy as np
 import pytest
-from butd_files import tsv_line, write_npz, write_tsv
-from script_runs import run_main
+from helpers import dead_pid, folder_state, one_error_line, run_main, tsv_line, write_npz, write_tsv
 
 import convert_features
-from lib.data import butd as features
+from lib.data import butd
 from lib.data.precomp import open_split
 from lib.errors import XDimError
 
@@ -82,8 +81,8 @@ def test_npz_folder_converts_in_file_name_order_with_other_region_count(tmp_path
 def test_count_tsv_records_skips_blank_lines(tmp_path):
     path = tmp_path / "x.tsv"
     path.write_text(tsv_line(*_image(1, 2)) + "\n" + tsv_line(*_image(2, 2)) + "\n\n", encoding="utf-8")
-    assert features.count_tsv_records([str(path)]) == 2
-    assert [r.image_id for r in features.read_tsv([str(path)])] == ["img1", "img2"]
+    assert butd.count_tsv_records([str(path)]) == 2
+    assert [r.image_id for r in butd.read_tsv([str(path)])] == ["img1", "img2"]
 
 
 def _bad_line(kind):
@@ -135,7 +134,7 @@ def test_existing_split_is_kept_without_overwrite(tmp_path):
     tsv = write_tsv(tmp_path / "f.tsv", [_image(1, 3)])
     (tmp_path / "s_ids.txt").write_text("mine\n", encoding="utf-8")
     with pytest.raises(XDimError, match=r"s_ids\.txt: already exists \(pass --overwrite"):
-        features.convert(features.read_tsv([tsv]), 1, str(tmp_path), "s", progress=False)
+        butd.convert(butd.read_tsv([tsv]), 1, str(tmp_path), "s", progress=False)
     assert (tmp_path / "s_ids.txt").read_text(encoding="utf-8") == "mine\n"
 
 
@@ -144,24 +143,94 @@ def test_npz_errors_name_the_file(tmp_path):
     path = write_npz(folder, _image(1, 4))
     np.savez(os.path.join(folder, "broken.npz"), x=np.zeros((4, DIM), np.float32))
     with pytest.raises(XDimError, match=r"broken\.npz: missing bbox, num_bbox, image_w, image_h"):
-        list(features.read_npz(features.list_npz(str(folder))))
+        list(butd.read_npz(butd.list_npz(str(folder))))
     np.savez(os.path.join(folder, "broken.npz"), x=np.zeros((DIM, 4), np.float32), bbox=np.zeros((4, 4)),
              num_bbox=4, image_w=1, image_h=1)
     with pytest.raises(XDimError, match=r"broken\.npz: x has shape \(8, 4\), expected \(num_bbox = 4"):
-        list(features.read_npz([os.path.join(folder, "broken.npz")]))
+        list(butd.read_npz([os.path.join(folder, "broken.npz")]))
     with open(os.path.join(folder, "broken.npz"), "wb") as f:
         f.write(b"PK not a zip")
     with pytest.raises(XDimError, match=r"broken\.npz: not a readable \.npz file"):
-        list(features.read_npz([os.path.join(folder, "broken.npz")]))
-    assert [r.image_id for r in features.read_npz([path])] == ["img1"]
+        list(butd.read_npz([os.path.join(folder, "broken.npz")]))
+    assert [r.image_id for r in butd.read_npz([path])] == ["img1"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(XDimError, match="empty: holds no .npz files"):
-        features.list_npz(str(tmp_path / "empty"))
+        butd.list_npz(str(tmp_path / "empty"))
 
 
 def test_fewer_records_than_counted_is_an_error_and_writes_nothing(tmp_path):
     tsv = write_tsv(tmp_path / "f.tsv", [_image(1, 3), _image(2, 3)])
     out = tmp_path / "out"
     with pytest.raises(XDimError, match="read 2 image records, expected 3"):
-        features.convert(features.read_tsv([tsv]), 3, str(out), "s", progress=False)
+        butd.convert(butd.read_tsv([tsv]), 3, str(out), "s", progress=False)
     assert os.listdir(out) == []
+
+
+def region_record(image_id, n_boxes, dim=4):
+    rng = np.random.default_rng(n_boxes)
+    return butd.RegionRecord(image_id, 640, 480, rng.uniform(0, 9, (n_boxes, 4)).astype(np.float32),
+                             rng.standard_normal((n_boxes, dim)).astype(np.float32), f"record {image_id}")
+
+
+def test_converter_counts_an_image_of_exactly_36_boxes_as_neither_padded_nor_cut(tmp_path):
+    # catches: `padded += len(features) <= regions` (or `truncated += ... >= regions`).
+    records = [region_record("exact", 36), region_record("short", 35), region_record("long", 37)]
+    summary = butd.convert(records, 3, str(tmp_path), "s", regions=36, progress=False)
+    assert (summary.padded, summary.truncated) == (1, 1)
+    info = np.load(tmp_path / "s_image_info.npy")
+    assert info[:, 2].tolist() == [36, 35, 36]
+
+
+def _records(n, regions=5, dim=8):
+    rng = np.random.default_rng(0)
+    return [(f"img{i}", 640, 480, rng.random((regions, 4), dtype=np.float32),
+             rng.standard_normal((regions, dim)).astype(np.float32)) for i in range(n)]
+
+
+def test_conversion_writes_through_visible_names_and_cleans_up_on_failure(tmp_path):
+    seen = []
+
+    def records():
+        for number, (image_id, width, height, boxes, features) in enumerate(_records(3)):
+            if number == 2:
+                seen.extend(sorted(os.listdir(tmp_path / "out")))
+                raise XDimError("f.tsv line 3: bad")
+            yield butd.RegionRecord(image_id, width, height, boxes, features, f"f.tsv line {number + 1}")
+
+    with pytest.raises(XDimError, match="line 3: bad"):
+        butd.convert(records(), 3, str(tmp_path / "out"), "g", progress=False)
+    pid = os.getpid()
+    assert seen == [f"g_boxes.npy.tmp-{pid}", f"g_ids.txt.tmp-{pid}", f"g_image_info.npy.tmp-{pid}",
+                    f"g_ims.npy.tmp-{pid}"]
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_conversion_removes_leftovers_of_a_killed_run(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = dead_pid()
+    leftovers = [f".g_ims.npy.{dead}.tmp", f"g_ims.npy.tmp-{dead}", f".g_boxes.npy.{dead}.tmp"]
+    for name in leftovers:
+        (out / name).write_bytes(b"269 MB of partial features")
+    (out / f"h_ims.npy.tmp-{dead}").write_bytes(b"another split's")
+    tsv = write_tsv(tmp_path / "f.tsv", _records(2))
+    run = run_main(convert_features.main, ["--tsv", tsv, "--out", str(out), "--split", "g", "--no_progress"])
+    for name in leftovers:
+        assert f"removed {out / name}, left by an interrupted run\n" in run.err
+    assert sorted(os.listdir(out)) == ["g_boxes.npy", "g_ids.txt", "g_image_info.npy", "g_ims.npy",
+                                       f"h_ims.npy.tmp-{dead}"]
+
+
+def test_conversion_on_a_full_disk_names_the_file_and_keeps_the_old_split(tmp_path, full_disk):
+    out = tmp_path / "out"
+    tsv = write_tsv(tmp_path / "f.tsv", _records(2))
+    run_main(convert_features.main, ["--tsv", tsv, "--out", str(out), "--split", "g", "--no_progress"])
+    before = folder_state(out)
+    full_disk("g_ims.npy", 300)
+    tsv = write_tsv(tmp_path / "f.tsv", _records(4))
+    run = run_main(convert_features.main, ["--tsv", tsv, "--out", str(out), "--split", "g", "--overwrite",
+                                           "--no_progress"], expect=None)
+    ims_bytes = 128 + 4 * 36 * 8 * 4
+    assert one_error_line(run).startswith(f"{out / 'g_ims.npy'}: not written, disk full ({ims_bytes:,} bytes "
+                                          f"to write, ")
+    assert folder_state(out) == before

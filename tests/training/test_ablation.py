@@ -1,10 +1,9 @@
-"""ablate.py / lib/training/ablation.py on the tiny fixtures: 2 variants, 1 epoch each."""
+"""lib/training/ablation.py and ablate.py: variants, seeds and their table."""
 import json
 import os
 
 import pytest
-from conftest import TINY_IMG_DIM
-from script_runs import run_main
+from helpers import TINY_IMG_DIM, run_main
 
 import ablate
 import eval as eval_cli

@@ -1,4 +1,4 @@
-"""One training per --model_name / --logger_name folder: lib.training.run_lock and train()."""
+"""lib/training/run_lock.py: the training lock."""
 import json
 import logging
 import os
@@ -7,9 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from test_distributed import join_group, spawn
-from test_pins import run_training
-from test_training import make_opt
+from helpers import join_group, make_opt, run_training, spawn
 
 import train as train_script
 from lib.errors import XDimError

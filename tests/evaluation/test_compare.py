@@ -1,9 +1,9 @@
-"""lib/evaluation/compare.py and eval.py --compare: per-image scores, the paired bootstrap, the CLI."""
+"""lib/evaluation/compare.py and eval.py --compare: per-image scores and the paired bootstrap."""
 import json
 
 import numpy as np
 import pytest
-from conftest import TINY_IMG_DIM
+from helpers import TINY_IMG_DIM
 
 import eval as eval_cli
 import train as train_cli
@@ -100,8 +100,6 @@ def test_matrices_of_two_splits_are_refused():
     with pytest.raises(compare.XDimError, match=r"shapes \(4, 20\) and \(5, 25\) cannot be compared"):
         compare.compare_sims(random_sims(4, 5), random_sims(5, 5), 5)
 
-
-# ---------------------------------------------------------------- eval.py --compare
 
 def read_json(path):
     with open(path, encoding="utf-8") as f:

@@ -1,4 +1,4 @@
-"""check_data.py / lib/data/check.py on small precomp folders, each with one planted defect."""
+"""lib/data/check.py and check_data.py: one planted defect per folder, each reported."""
 import os
 
 import numpy as np
@@ -8,6 +8,8 @@ import check_data
 from lib.data import check
 
 REGIONS, FEATURES = check.PAPER_REGIONS_FEATURES
+
+
 SPLITS = {"train": 4, "test": 3}
 
 

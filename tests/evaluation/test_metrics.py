@@ -1,16 +1,16 @@
-"""Metrics, fold protocol, ragged storage, sharded scoring and score files."""
-import os
-import pickle
+"""lib/evaluation/metrics.py: ranks, recalls and 5-fold averages against hand-computed and torchmetrics references."""
+import json
 
 import numpy as np
 import pytest
 import torch
+from helpers import one_caption_scores, reference_fold_metrics
+from torchmetrics.retrieval import RetrievalHitRate
 
+import eval as eval_cli
 from lib.errors import XDimError
-from lib.evaluation import encoding, metrics, score_files, scoring
-from lib.model.similarity import Similarity
+from lib.evaluation import metrics, score_files
 
-# ---------------------------------------------------------------- metrics
 
 def test_recall_metrics_hand_computed():
     r1, r5, r10, medr, meanr = metrics.recall_metrics(np.array([0, 0, 3, 7, 12]))
@@ -95,8 +95,6 @@ def test_evaluate_sims_rejects_bad_matrices():
         metrics.evaluate_sims(bad, 5)
 
 
-# ---------------------------------------------------------------- 5-fold protocol
-
 def _fold_expected(bad):
     """Fold of 4 images x 20 captions with `bad` images whose true captions score
     below every wrong one (i2t rank 15, t2i rank 3), the others ranked first."""
@@ -154,154 +152,45 @@ def test_table_labels_each_figure():
     assert values[5].split() == ["9.0", "10.0"]
 
 
-# ---------------------------------------------------------------- ragged storage
-
-def _padded_batch(seed, n, max_len, d):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, max_len + 1, (n,), generator=g)
-    emb = torch.randn(n, max_len, d, generator=g)
-    return emb, lengths
-
-
-def test_ragged_round_trip_and_gather():
-    emb, lengths = _padded_batch(0, 7, 9, 5)
-    ragged = encoding.RaggedCaptions.from_padded(emb, lengths)
-    assert len(ragged) == 7
-    assert ragged.tokens.shape == (int(lengths.sum()), 5)
-    assert ragged.offsets.tolist() == [0] + torch.cumsum(lengths, 0).tolist()
-    assert ragged.nbytes == int(lengths.sum()) * 5 * 4 + 8 * 8
-    padded, lens = ragged.block(2, 6)
-    assert lens.tolist() == lengths[2:6].tolist()
-    assert padded.shape == (4, int(lengths[2:6].max()), 5)
-    for row, c in enumerate(range(2, 6)):
-        n = int(lengths[c])
-        assert torch.equal(padded[row, :n], emb[c, :n])
-        assert not padded[row, n:].any()
-    picked, picked_lens = ragged.gather(torch.tensor([6, 0, 3]))
-    for row, c in enumerate([6, 0, 3]):
-        assert torch.equal(picked[row, :int(lengths[c])], emb[c, :int(lengths[c])])
-    assert picked_lens.tolist() == lengths[[6, 0, 3]].tolist()
+def hit_rate(scores, relevant, k):
+    """torchmetrics' hit rate in percent. scores, relevant: (n_queries, n_items) float / bool."""
+    queries = torch.arange(scores.shape[0])[:, None].expand(scores.shape)
+    metric = RetrievalHitRate(top_k=k)
+    return 100 * float(metric(torch.as_tensor(scores).flatten(), torch.as_tensor(relevant).flatten(),
+                              indexes=queries.flatten()))
 
 
-def test_ragged_append_batches_of_different_widths_and_half_storage():
-    first, first_len = _padded_batch(1, 3, 4, 6)
-    second, second_len = _padded_batch(2, 5, 11, 6)
-    ragged = encoding.RaggedCaptions(6, torch.float16)
-    ragged.append(first, first_len)
-    ragged.append(second, second_len)
-    assert len(ragged) == 8 and ragged.tokens.dtype == torch.float16
-    assert ragged.nbytes == int(first_len.sum() + second_len.sum()) * 6 * 2 + 9 * 8
-    padded, lens = ragged.block(3, 8)
-    assert padded.dtype == torch.float32
-    for row in range(5):
-        n = int(second_len[row])
-        torch.testing.assert_close(padded[row, :n], second[row, :n], rtol=1e-3, atol=1e-3)
+@pytest.mark.parametrize("cpi", [1, 5])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_recall_at_k_equals_torchmetrics_hit_rate(cpi, seed):
+    n_images = 40
+    rng = np.random.default_rng(seed)
+    # A permutation of distinct values: no ties. Raising the true pairs a little gives every K some hits.
+    sims = rng.permutation(n_images * cpi * n_images).reshape(n_images, cpi * n_images).astype(np.float64)
+    truth = np.arange(cpi * n_images)[None, :] // cpi == np.arange(n_images)[:, None]  # (n_img, n_cap)
+    sims += truth * rng.integers(0, 2, size=(n_images, 1)) * sims.size * rng.random((n_images, 1))
+    assert len(np.unique(sims)) == sims.size
+    ours = metrics.evaluate_sims(sims, cpi)[0]
+    for k in (1, 5, 10):
+        assert ours[f"i2t_r{k}"] == pytest.approx(hit_rate(sims, truth, k), abs=1e-4)  # float32 means; one query is 2.5 points
+        assert ours[f"t2i_r{k}"] == pytest.approx(hit_rate(sims.T, truth.T, k), abs=1e-4)  # float32 means; one query is 2.5 points
+    # The matrices are not trivial: some queries hit at K = 1 and some miss at K = 10.
+    assert 0 < ours["i2t_r1"] and ours["t2i_r10"] < 100
 
 
-def test_ragged_rejects_bad_lengths():
-    with pytest.raises(ValueError):
-        encoding.RaggedCaptions.from_padded(torch.zeros(2, 3, 4), torch.tensor([3, 4]))
-
-
-# ---------------------------------------------------------------- sharded scoring
-
-class ToySimilarity(Similarity):
-    """Mean over real words of the best region dot product; records the caption shapes it gets."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def score(self, img, cap, cap_lens, img_lens, prepared):
-        self.calls.append(tuple(cap.shape))
-        dots = torch.einsum("ird,cld->iclr", img, cap).amax(-1)
-        mask = (torch.arange(cap.shape[1]) < cap_lens[:, None]).float()
-        return (dots * mask).sum(-1) / cap_lens
-
-
-def test_sharded_scores_equal_float64_reference():
-    g = torch.Generator().manual_seed(3)
-    img = torch.randn(11, 4, 6, generator=g)
-    emb, lengths = _padded_batch(4, 23, 8, 6)
-    ragged = encoding.RaggedCaptions.from_padded(emb, lengths)
-    toy = ToySimilarity()
-    sims = scoring.score_sharded(img, ragged, toy, rows_per_block=12, progress=False)
-    assert sims.dtype == np.float32 and sims.shape == (11, 23)
-    assert len(toy.calls) > 11 * 2  # really blocked in both directions
-    assert min(shape[1] for shape in toy.calls) < max(lengths)  # short captions not padded to the longest
-    reference = np.zeros((11, 23))
-    for i in range(11):
-        for c in range(23):
-            words = emb[c, :int(lengths[c])].double()
-            reference[i, c] = (words @ img[i].double().T).max(1).values.mean()
-    np.testing.assert_allclose(sims, reference, rtol=1e-5, atol=1e-6)
-    unsharded = scoring.score_sharded(img, ragged, ToySimilarity(), rows_per_block=10 ** 9, progress=False)
-    np.testing.assert_allclose(sims, unsharded, rtol=1e-6, atol=1e-7)
-
-
-# ---------------------------------------------------------------- score files
-
-def test_score_file_round_trip(tmp_path):
-    sims = np.random.default_rng(0).random((4, 20)).astype(np.float32)
-    path = tmp_path / "s.npy"
+def test_fold5_with_one_caption_per_image(tmp_path, capsys):
+    # catches: evaluate_folds slicing captions as if there were 5 per image (cpi dropped).
+    sims = one_caption_scores()
+    path = str(tmp_path / "sims.npy")
     score_files.save_score_file(sims, path)
-    assert np.array_equal(np.load(path, allow_pickle=False), sims)
-    assert np.array_equal(score_files.load_score_file(path), sims)
-
-
-def test_official_dict_score_file_is_read(tmp_path):
-    sims = np.random.default_rng(1).random((3, 15))
-    path = tmp_path / "official.npy"
-    np.save(path, {"npts": 3, "sims": sims}, allow_pickle=True)
-    loaded = score_files.load_score_file(path)
-    assert loaded.dtype == np.float32
-    np.testing.assert_allclose(loaded, sims, rtol=1e-6)
-
-
-def test_official_dict_written_by_numpy_1_is_read(tmp_path):
-    """Pickles from numpy 1.x name numpy.core.multiarray, not numpy._core."""
-    sims = np.arange(6, dtype=np.float64).reshape(1, 6)[:, :5]
-    obj = np.empty((), dtype=object)
-    obj[()] = {"npts": 1, "sims": np.ascontiguousarray(sims)}
-    path = tmp_path / "old.npy"
-    np.save(path, obj, allow_pickle=True)
-    raw = path.read_bytes()
-    if b"numpy._core.multiarray" in raw:  # rewrite as numpy 1 would have written it
-        header_end = raw.index(b"\n") + 1
-        body = pickle.loads(raw[header_end:])  # our own file, just written
-        data = pickle.dumps(body, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-        path.write_bytes(raw[:header_end] + data)
-    np.testing.assert_allclose(score_files.load_score_file(path), sims)
-
-
-class _Sneaky:
-    def __reduce__(self):
-        return (os.getcwd, ())
-
-
-def test_score_file_with_foreign_objects_is_refused(tmp_path):
-    path = tmp_path / "evil.npy"
-    np.save(path, {"npts": 1, "sims": _Sneaky()}, allow_pickle=True)
-    with pytest.raises(XDimError, match="evil.npy"):
-        score_files.load_score_file(path)
-    other = tmp_path / "list.npy"
-    np.save(other, np.array([[1, 2]], dtype=object), allow_pickle=True)
-    with pytest.raises(XDimError, match="list.npy"):
-        score_files.load_score_file(other)
-    with pytest.raises(XDimError, match="missing.npy"):
-        score_files.load_score_file(tmp_path / "missing.npy")
-    mismatch = tmp_path / "npts.npy"
-    np.save(mismatch, {"npts": 7, "sims": np.zeros((2, 10))}, allow_pickle=True)
-    with pytest.raises(XDimError, match="npts"):
-        score_files.load_score_file(mismatch)
-
-
-def test_ensemble_averages_and_checks_shapes():
-    a = np.ones((2, 10), np.float32)
-    b = 3 * np.ones((2, 10), np.float32)
-    assert np.array_equal(score_files.ensemble_sims([a, b]), 2 * a)
-    with pytest.raises(XDimError, match="shape"):
-        score_files.ensemble_sims([a, np.ones((2, 5), np.float32)])
-    assert score_files.infer_captions_per_image(a, "x") == 5
-    with pytest.raises(XDimError, match="x:"):
-        score_files.infer_captions_per_image(np.ones((2, 7)), "x")
+    out = str(tmp_path / "m.json")
+    assert eval_cli.main(["--ensemble", path, "--fold5", "--fold_images", "12", "--json", out,
+                          "--device", "cpu"]) == 0
+    capsys.readouterr()
+    with open(out, encoding="utf-8") as f:
+        results = json.load(f)
+    assert results["captions_per_image"] == 1 and len(results["folds"]) == 5
+    for k, fold in enumerate(results["folds"]):
+        for key, value in reference_fold_metrics(sims[12 * k:12 * k + 12, 12 * k:12 * k + 12]).items():
+            assert fold[key] == pytest.approx(value, abs=1e-3), (k, key)
+    assert 0 < results["fold_mean"]["rsum"] < 600

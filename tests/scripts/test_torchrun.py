@@ -1,9 +1,4 @@
-"""eval.py, validation and retrieve.py build shared by two CPU processes (gloo) against one process.
-
-Every worker joins a file-rendezvous group (test_distributed.join_group) and runs the
-script's own main() as a torchrun process would; its exit code, stdout and stderr are
-saved for the test to compare with a run in this one process.
-"""
+"""eval.py, validation and retrieve.py build on two processes equal one process."""
 import contextlib
 import io
 import json
@@ -13,8 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from builders import checkpoint_of
-from test_distributed import join_group, spawn
+from helpers import checkpoint_of, join_group, spawn
 
 import eval as eval_cli
 import retrieve
@@ -114,48 +108,6 @@ def one_process(main, argv):
         torch.set_num_threads(threads)
 
 
-# ---------------------------------------------------------------- shares
-
-def test_shares_are_whole_batches_in_rank_order(monkeypatch):
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    # 10 images in batches of 4: 3 batches, rank 0 takes 1 (4 rows), rank 1 two (6 rows).
-    assert distributed.shard_sizes(10, 4) == [4, 6]
-    # 50 captions: 13 batches -> 6 and 7 batches, the last one short.
-    assert distributed.shard_sizes(50, 4) == [24, 26]
-    # Fewer batches than processes: single items.
-    assert distributed.shard_sizes(3, 128) == [1, 2]
-    monkeypatch.setattr(distributed, "rank", lambda: 1)
-    assert distributed.shard(10, 4) == range(4, 10)
-    with pytest.raises(XDimError, match=r"^1 images of x cannot be shared by 2 processes; launch at most 1$"):
-        distributed.shard(1, 4, "images of x")
-
-
-def test_one_process_shares_and_gathers_are_identities():
-    assert distributed.shard(7, 3) == range(7)
-    tokens, lengths = torch.ones(5, 2), torch.tensor([2, 3])
-    assert distributed.all_gather_ragged(tokens, lengths) == (tokens, lengths)
-    assert distributed.gather_to_main(tokens, [5]) is tokens
-    with pytest.raises(ValueError, match="kept"):  # together() re-raises in one process
-        with distributed.together():
-            raise ValueError("kept")
-
-
-@pytest.mark.parametrize("value", ["0", "-3", "soon"])
-def test_bad_timeout_setting_is_one_line(monkeypatch, value):
-    monkeypatch.setenv("XDIM_TIMEOUT_MINUTES", value)
-    with pytest.raises(XDimError, match=rf"^XDIM_TIMEOUT_MINUTES='{value}': give a positive number of minutes$"):
-        distributed.collective_timeout()
-
-
-def test_timeout_setting(monkeypatch):
-    monkeypatch.delenv("XDIM_TIMEOUT_MINUTES", raising=False)
-    assert distributed.collective_timeout().total_seconds() == 30 * 60
-    monkeypatch.setenv("XDIM_TIMEOUT_MINUTES", "0.5")
-    assert distributed.collective_timeout().total_seconds() == 30
-
-
-# ---------------------------------------------------------------- the runs
-
 def eval_argv(checkpoint, data, out, *extra):
     return ["--model_path", checkpoint, "--data_path", data[0], "--data_name", data[1],
             "--split", "dev", "--device", "cpu", "--batch_size", "4", "--workers", "0", "--threads", "1",
@@ -210,8 +162,6 @@ def failed(tmp_path_factory, checkpoint, tiny_precomp):
     return folder, two_processes(folder, jobs), ims
 
 
-# ---------------------------------------------------------------- eval.py and validation
-
 def test_eval_on_two_processes_equals_one(tmp_path, shared, checkpoint, tiny_precomp):
     folder, results = shared
     reference = one_process(eval_cli.main, eval_argv(checkpoint, tiny_precomp, tmp_path, "--shortlist", "3"))
@@ -251,8 +201,6 @@ def test_exception_in_rank_1_while_scoring_stops_both_processes(failed):
     assert ranks[0]["err"] == "error: injected failure of rank 1 (in process 1)\n"
     assert not (folder / "sims.npy").exists() and not (folder / "metrics.json").exists()
 
-
-# ---------------------------------------------------------------- retrieve.py build
 
 GALLERY_FILES = {"images": ("regions.npy", "lengths.npy", "global.npy", "faiss.index", "items.txt", "manifest.json"),
                  "captions": ("tokens.npy", "offsets.npy", "global.npy", "faiss.index", "items.txt", "manifest.json")}

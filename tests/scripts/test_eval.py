@@ -1,25 +1,38 @@
-"""eval.py / test.py / testall.py end to end on the tiny synthetic data, with a
-briefly trained checkpoint of ours and the same weights in the official layout."""
+"""eval.py, test.py and testall.py: scores against references, ensembles, errors before work."""
 import argparse
 import json
+import logging
 import os
 import sys
 
 import numpy as np
 import pytest
 import torch
-from builders import checkpoint_of, model_from_options, trainer_for
-from official_format import write_official_checkpoint
-from script_runs import run_command, run_main
+from helpers import (
+    ROOT,
+    _reference_scores,
+    checkpoint_of,
+    copy_data,
+    help_text,
+    model_from_options,
+    one_error_line,
+    poison,
+    run_command,
+    run_eval,
+    run_main,
+    trainer_for,
+    write_official_checkpoint,
+)
 
 import eval as eval_cli
 from lib.cli.options import default_options
 from lib.data.precomp import CaptionEncoder, open_split, train_loader
-from lib.evaluation import scoring
-from lib.formats.checkpoint import save_checkpoint
+from lib.evaluation import metrics, score_files, scoring
+from lib.formats.checkpoint import (
+    save_checkpoint,
+)
 from lib.model.bert import load_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBED = 32
 
 
@@ -47,18 +60,6 @@ def _run(argv, capsys):
     code = eval_cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _reference_scores(model, tokenizer, split):
-    """All images and captions in one batch, one forward_sim call: (n_img, n_cap)."""
-    ids = [torch.tensor(tokenizer(c)["input_ids"]) for c in split.captions]
-    lengths = torch.tensor([len(x) for x in ids])
-    captions = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True)
-    model.val_start()
-    with torch.no_grad():
-        img_emb, cap_emb, cap_lens = model.forward_emb(torch.from_numpy(np.array(split.images)),
-                                                       captions, lengths)
-        return model.forward_sim(img_emb, cap_emb, cap_lens).numpy()
 
 
 def _loop_metrics(sims, cpi):
@@ -120,7 +121,7 @@ def test_ensemble_of_copies_equals_one(trained, tiny_precomp, tmp_path, capsys):
 
 
 def _official_checkpoint(model, path):
-    """The same weights in the official release's layout (key names as in tests/official_format.py)."""
+    """The same weights in the official release's layout (key names as in official_parts in tests/helpers.py)."""
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     d = EMBED
     image = {"fc.weight": sd["img_enc.fc.weight"], "fc.bias": sd["img_enc.fc.bias"],
@@ -218,3 +219,133 @@ def test_scripts_run_as_commands(trained, tiny_precomp):
     result = run_command([sys.executable, os.path.join(ROOT, "test.py"), "--model_path", path,
                           "--data_path", os.path.dirname(path), "--device", "cpu"], expect=2, cwd=ROOT, timeout=300)
     assert result.err.startswith("error: ") and "f30k_precomp" in result.err
+
+
+@pytest.fixture
+def no_scoring(monkeypatch):
+    """Make any encoding of a split fail the test: the error must come before the work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the split was encoded before the error")
+    monkeypatch.setattr(scoring, "encode_split", refuse)
+
+
+@pytest.mark.parametrize("option", ["--json", "--save_sims"])
+def test_eval_output_in_missing_folder_fails_before_scoring(checkpoint, tiny_precomp, tmp_path, capsys,
+                                                            no_scoring, option):
+    target = tmp_path / "no-such-folder" / "out.file"
+    code, out, err = run_eval(["--model_path", checkpoint, "--data_path", tiny_precomp[0],
+                               "--data_name", tiny_precomp[1], "--device", "cpu", option, str(target)], capsys)
+    assert code == 2 and err == f"error: {option} {target}: folder {target.parent} does not exist\n"
+
+
+def test_fold_count_checked_before_scoring_and_writing(checkpoint, tiny_precomp, tmp_path, capsys, no_scoring):
+    sims = tmp_path / "sims.npy"
+    code, _, err = run_eval(["--model_path", checkpoint, "--data_path", tiny_precomp[0],
+                             "--data_name", tiny_precomp[1], "--split", "testall", "--device", "cpu",
+                             "--fold5", "--save_sims", str(sims), "--json", str(tmp_path / "m.json")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "5 folds of 1000 images need at least 5000 images, the scores hold 10" in err
+    assert "--fold_images (at most 2)" in err and "--no-fold5" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_nan_evaluation_features_name_the_file_and_image(checkpoint, tiny_precomp, tmp_path, capsys):
+    data_path, data_name, folder = copy_data(tiny_precomp, tmp_path)
+    poison(folder, "test", 4)
+    code, _, err = run_eval(["--model_path", checkpoint, "--data_path", data_path, "--data_name", data_name,
+                             "--device", "cpu", "--workers", "0", "--batch_size", "3", "--no_progress"], capsys)
+    assert code == 2 and err == (f"error: {folder / 'test_ims.npy'}: image 4 holds NaN or infinite region features; "
+                                 f"python check_data.py --data_path {data_path} --data_name {data_name} "
+                                 "checks every split\n")
+
+
+@pytest.mark.parametrize("option, value", [("--batch_size", "0"), ("--workers", "-1"), ("--fold_images", "0"),
+                                           ("--rows_per_block", "-1")])
+def test_bad_evaluation_numbers_fail_in_one_line(checkpoint, capsys, no_scoring, option, value):
+    code, _, err = run_eval(["--model_path", checkpoint, "--device", "cpu", option, value], capsys)
+    assert code == 2 and err.startswith(f"error: {option} {value}: must be ") and err.count("\n") == 1
+
+
+def test_ensemble_messages_name_the_file(tmp_path, capsys):
+    good, short, broken = tmp_path / "good.npy", tmp_path / "short.npy", tmp_path / "broken.npy"
+    np.save(good, np.ones((2, 10), np.float32))
+    np.save(short, np.ones((2, 5), np.float32))
+    with_nan = np.ones((2, 10), np.float32)
+    with_nan[1, 6] = np.nan
+    np.save(broken, with_nan)
+    code, _, err = run_eval(["--ensemble", str(good), str(short)], capsys)
+    assert code == 2
+    assert err == f"error: {short}: score matrix of shape (2, 5) cannot be ensembled with {good} of shape (2, 10)\n"
+    code, _, err = run_eval(["--ensemble", str(good), str(broken)], capsys)
+    assert code == 2
+    assert err == f"error: {broken}: score matrix holds NaN or infinite values (first at image 1, caption 6)\n"
+
+
+def test_testall_folds_can_be_turned_off():
+    parser = eval_cli.build_parser(fold5=True)
+    assert parser.parse_args([]).fold5 is True and parser.parse_args(["--no-fold5"]).fold5 is False
+    assert "--fold5, --no-fold5" in help_text(parser) and "(default: True)" in help_text(parser)
+
+
+def test_metrics_are_rounded_in_json(tmp_path, capsys):
+    assert metrics.rounded({"a": [90.60000000000001, {"b": 1 / 3}], "n": 7, "s": "x"}) == \
+        {"a": [90.6, {"b": 0.333}], "n": 7, "s": "x"}
+    sims = np.random.default_rng(0).standard_normal((3, 15)).astype(np.float32)
+    np.save(tmp_path / "s.npy", sims)
+    run_main(eval_cli.main, ["--ensemble", str(tmp_path / "s.npy"), "--json", str(tmp_path / "m.json")])
+    saved = json.loads((tmp_path / "m.json").read_text())["all"]
+    exact = metrics.evaluate_sims(sims, 5)[0]
+    assert any(round(v, 3) != v for v in exact.values())  # something needed rounding
+    assert saved == {key: round(value, 3) for key, value in exact.items()}
+
+
+def test_ensemble_of_one_file_twice_warns(tmp_path, caplog, capsys):
+    sims = np.eye(4, 20, dtype=np.float32)
+    path = str(tmp_path / "a.npy")
+    score_files.save_score_file(sims, path)
+    other_spelling = os.path.join(str(tmp_path), ".", "a.npy")
+    with caplog.at_level(logging.WARNING):
+        assert eval_cli.main(["--ensemble", path, other_spelling, "--device", "cpu"]) == 0
+    assert caplog.messages == [(f"warning: --ensemble names {path} 2 times: it counts that many times in the "
+                               "average")]
+    capsys.readouterr()
+    caplog.clear()
+    score_files.save_score_file(sims, str(tmp_path / "b.npy"))
+    with caplog.at_level(logging.WARNING):
+        assert eval_cli.main(["--ensemble", path, str(tmp_path / "b.npy"), "--device", "cpu"]) == 0
+    assert caplog.messages == []
+
+
+def test_eval_shortlist_of_the_whole_gallery_equals_exhaustive(setup, tiny_precomp, tmp_path, capsys):
+    data_path, data_name = tiny_precomp
+    common = ["--model_path", setup["path"], "--data_path", data_path, "--data_name", data_name,
+              "--device", "cpu", "--workers", "0", "--no_progress"]
+    out = tmp_path / "all.json"
+    printed = run_main(eval_cli.main, common + ["--split", "test", "--shortlist", "50", "--json", str(out)]).out
+    results = json.load(open(out))
+    assert results["shortlist"]["all"] == results["all"] and results["shortlist"]["pair_fraction"] == 1.0
+    assert results["shortlist"]["k"] == 50 and results["shortlist"]["vectors"]["kind"] == "pooling"
+    assert "shortlist 50 all" in printed and "100.00% of the pair scores" in printed
+    # K = the image count: text-to-image is exhaustive, image-to-text sees 10 of 50 captions.
+    run_main(eval_cli.main, common + ["--split", "test", "--shortlist", "10", "--json", str(out)])
+    results = json.load(open(out))
+    for key in ("t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr"):
+        assert results["shortlist"]["all"][key] == results["all"][key]
+    # 5 folds of 2 images x 10 captions: K = 10 covers every fold in both directions.
+    run_main(eval_cli.main, common + ["--split", "testall", "--fold5", "--fold_images", "2", "--shortlist", "10",
+                                      "--json", str(out)])
+    results = json.load(open(out))
+    assert results["shortlist"]["folds"] == results["folds"]
+    assert results["shortlist"]["fold_mean"] == results["fold_mean"]
+    assert results["shortlist"]["fold_pair_fraction"] == 1.0
+    assert eval_cli.main(["--ensemble", str(tmp_path / "x.npy"), "--shortlist", "5"]) == 2
+    assert "--shortlist 5: needs K >= 1 and --model_path" in capsys.readouterr().err
+
+
+def test_eval_json_on_a_full_disk_leaves_no_partial_file(tmp_path, full_disk):
+    np.save(tmp_path / "in.npy", np.eye(10, 50, dtype=np.float32))
+    full_disk("m.json", 64)
+    run = run_main(eval_cli.main, ["--ensemble", str(tmp_path / "in.npy"), "--json", str(tmp_path / "m.json")],
+                   expect=None)
+    assert one_error_line(run).startswith(f"{tmp_path / 'm.json'}: not written, disk full (")
+    assert os.listdir(tmp_path) == ["in.npy"]

@@ -1,77 +1,10 @@
-"""The X-Dim similarity against a float64, one-pair-at-a-time numpy transcription of
-docs/method.md's equations, and the fast kernel against the readable reference in lib.
-
-The transcription's switches (`masked`, `weighted`, `word_score`) give the equations of
-the ablation variants too (tests/test_similarity.py uses them).
-"""
-import numpy as np
+"""lib/model/similarity/xdim.py against a float64, one-pair-at-a-time transcription of the equations."""
 import pytest
 import torch
+from helpers import random_inputs, reference_scores, relative_error
 
 from lib.model.similarity import reference
 from lib.model.similarity.xdim import XDimSimilarity
-
-
-def l2n(x, axis):
-    return x / (np.sqrt((x ** 2).sum(axis=axis, keepdims=True)) + 1e-8)
-
-
-def reference_weights(E, lam, log_t_mask, masked=True):
-    """The dependency weights W (d, d) and delta (d,), float64 numpy; masked=False: W = row-l2n(P)."""
-    P = 1.0 / (1.0 + np.exp(-E))
-    theta = P.mean(axis=1) + lam * P.std(axis=1, ddof=1)
-    M = np.tanh(np.exp(np.exp(log_t_mask) * (P - theta[:, None]))) if masked else 1.0
-    W = l2n(M * P, axis=1)
-    return W, W.sum(axis=0)
-
-
-def reference_pair(v, w, W, delta, log_t_attn, word_score="xdim"):
-    """One image (R, d) and one caption's real tokens (L, d) -> score, steps 1-6.
-
-    delta None: no dimension weights in step 1; word_score "cosine": g = cos(u, w) in step 5.
-    """
-    a = np.tanh((w if delta is None else w * delta[None, :]) @ v.T)  # (L, R)
-    a = np.where(a > 0, a, 0.1 * a)
-    a = l2n(a, axis=0)
-    logits = np.exp(log_t_attn) * a
-    alpha = np.exp(logits - logits.max(axis=1, keepdims=True))
-    alpha = alpha / alpha.sum(axis=1, keepdims=True)
-    u = l2n(alpha @ v, axis=1)
-    if word_score == "cosine":
-        g = (u * l2n(w, axis=1)).sum(axis=1)
-    else:
-        s = (u * w) @ W.T
-        g = s.sum(axis=1) / (np.sqrt((s ** 2).sum(axis=1)) + 1e-8)
-    return g.mean()
-
-
-def reference_scores(sim, img, cap, lens, masked=True, weighted=True, word_score="xdim"):
-    """(n_img, n_cap) float64 scores of `sim`'s parameters (E, lam, log_t_mask, log_t_attn; only
-    log_t_attn for word_score "cosine") by the transcription, pair by pair."""
-    as64 = lambda t: t.detach().double().numpy()
-    W = delta = None
-    if word_score != "cosine":
-        W, delta = reference_weights(as64(sim.E), as64(sim.lam), float(sim.log_t_mask.detach()), masked)
-    out = np.zeros((img.shape[0], cap.shape[0]))
-    for i in range(img.shape[0]):
-        for c in range(cap.shape[0]):
-            out[i, c] = reference_pair(as64(img[i]), as64(cap[c, :lens[c]]), W, delta if weighted else None,
-                                       float(sim.log_t_attn.detach()), word_score)
-    return out
-
-
-def random_inputs(d, n_img=3, n_cap=5, regions=7, max_len=9, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    img = torch.nn.functional.normalize(torch.randn(n_img, regions, d, generator=gen), dim=-1)
-    cap = torch.nn.functional.normalize(torch.randn(n_cap, max_len, d, generator=gen), dim=-1)
-    lens = torch.randint(2, max_len + 1, (n_cap,), generator=gen)
-    lens[0] = max_len
-    return img, cap, lens
-
-
-def relative_error(ours, ref):
-    """max |ours - ref| over max |ref|: scores can sit near zero, so normalise by the largest."""
-    return np.abs(ours - ref).max() / np.abs(ref).max()
 
 
 @pytest.mark.parametrize("d", [8, 33, 64, 256])

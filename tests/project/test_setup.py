@@ -1,18 +1,18 @@
-"""The set-up a new user follows: the README's commands, CI, the requirements files, the docs' links.
-
-CI (`.ci/run`) must run the very test command the README gives, and the requirements files
-must declare every third-party package the code and the tests import, so that the README's
-command passes on a fresh machine and not only on CI's.
-"""
+"""The set-up: README commands, CI, requirements and links between the docs pages."""
 import ast
 import importlib.metadata
 import os
 import re
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
+
 SKIPPED_FOLDERS = {".git", ".venv", "__pycache__", "runs", "bert-base-uncased"}
+
+
 FIRST_SCREEN_LINES = 40
+
+
 README_MAX_LINES = 300
 
 
@@ -152,8 +152,6 @@ def test_the_import_scan_sees_the_optional_libraries():
     assert {"torch", "numpy", "transformers", "matplotlib", "faiss", "pytest"} <= set(imports)
     assert not {"lib", "conftest", "os", "train"} & set(imports)
 
-
-# ---------------------------------------------------------------- links between the pages
 
 def heading_anchor(heading):
     """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces to hyphens."""

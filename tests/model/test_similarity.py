@@ -1,6 +1,4 @@
-"""The similarity contract: registry and --sim, the block scheduler, every variant against a
-float64 transcription of its own equation, training, checkpoints and eval.py per variant,
-and the worked example of a new variant in docs/similarity.md."""
+"""lib/model/similarity: the registry, the block scheduler and every variant."""
 import os
 import re
 import types
@@ -8,12 +6,22 @@ import types
 import numpy as np
 import pytest
 import torch
-from builders import checkpoint_of, model_from_options, trainer_for
-from legacy_format import save_v1_checkpoint
-from official_format import official_opt, official_parts, write_official_checkpoint
-from test_eval_cli import _reference_scores
-from test_model import tiny_batch, tiny_opt
-from test_xdim import random_inputs, reference_scores, relative_error
+from helpers import (
+    ROOT,
+    _reference_scores,
+    checkpoint_of,
+    model_from_options,
+    official_opt,
+    official_parts,
+    random_inputs,
+    reference_scores,
+    relative_error,
+    save_v1_checkpoint,
+    tiny_batch,
+    tiny_opt,
+    trainer_for,
+    write_official_checkpoint,
+)
 
 import eval as eval_cli
 from lib.analysis.statistics import check_xdim_equations
@@ -37,8 +45,7 @@ from lib.model.xdim_model import XDimModel
 from lib.training import trainer as training
 from lib.training.ablation import DEFAULT_VARIANTS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Each variant's equation as switches of the numpy transcription in tests/test_xdim.py.
+# Each variant's equation as switches of the numpy transcription in tests/helpers.py (reference_scores).
 TRANSCRIPTIONS = {
     "xdim": {},
     "reference": {},
@@ -48,8 +55,6 @@ TRANSCRIPTIONS = {
     "cosine": {"word_score": "cosine"},
 }
 
-
-# ---------------------------------------------------------------- registry and --sim
 
 def test_every_variant_is_a_sim_choice_with_its_help_line(capsys):
     assert set(TRANSCRIPTIONS) == set(SIMILARITIES)
@@ -101,8 +106,6 @@ def test_a_plain_pair_is_an_entry_with_the_default_traits(monkeypatch):
     assert similarity_help().endswith("\n  pair                  given as (class, help)")
     assert "pair" in ablation_variants() and "pair" not in xdim_equation_similarities()
 
-
-# ---------------------------------------------------------------- the scheduler
 
 class Recorder(Similarity):
     """Scores pair (i, c) as 1000 * i + c, read from img[i, 0, 0] = i and cap[c, 0, 0] = c,
@@ -175,8 +178,6 @@ def test_scheduler_edge_cases():
     assert len(runs) == 1 and runs[0].columns.tolist() == [1, 2, 0] and runs[0].images == [(0, 5)]
 
 
-# ---------------------------------------------------------------- variants vs their equations
-
 @pytest.mark.parametrize("name", list(TRANSCRIPTIONS))
 def test_variant_matches_float64_transcription_of_its_equation(name):
     torch.manual_seed(7)
@@ -235,8 +236,6 @@ def test_masked_regions_take_no_part_in_every_variant():
             masked = sim(padded, cap, lens, torch.tensor([4, 6]))
             assert torch.allclose(masked[0], sim(img[:1, :4], cap, lens)[0], atol=1e-6), name
 
-
-# ---------------------------------------------------------------- training, checkpoints, eval.py
 
 def eval_scores(path, tiny_precomp, tmp_path, capsys):
     """eval.py on the tiny test split: -> (exit code, saved scores or None, stderr)."""
@@ -314,8 +313,6 @@ def test_resume_refuses_another_variant(tiny_bert_dir, tmp_path):
     assert trainer.best_rsum == 0.0 and trainer.iterations == 0
     assert torch.equal(nomask.sim.E, model.sim.E)
 
-
-# ---------------------------------------------------------------- the documented worked example
 
 def documented_example():
     """docs/similarity.md's section "Adding a similarity": -> (its module, run; its registry name; its

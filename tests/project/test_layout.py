@@ -1,15 +1,11 @@
-"""The package's layering: every import inside lib/ points down (docs/development.md, "Import rules").
-
-Each folder of lib/ is one concern; the order below is the direction imports may take.
-A module imports from its own folder and from folders of a lower rank only, so there
-is no import cycle between folders and a reader knows where each thing can be used.
-"""
+"""The package layout: every lib folder has a rank and imports point down."""
 import ast
 import os
+import sys
 
 import pytest
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RANKS = {"errors": 0, "runtime": 1, "formats": 1, "model": 2, "data": 3, "evaluation": 4, "retrieval": 5,
          "training": 6, "analysis": 6, "cli": 7}
 
@@ -58,6 +54,6 @@ def test_a_planted_upward_import_is_caught(tmp_path, monkeypatch):
     planted = tmp_path / "lib" / "model" / "bad.py"
     planted.parent.mkdir(parents=True)
     planted.write_text("from lib.training.trainer import train\n")
-    monkeypatch.setattr(__import__(__name__), "ROOT", str(tmp_path))
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
     with pytest.raises(AssertionError, match="training is not below model"):
         test_imports_point_down(os.path.join("lib", "model", "bad.py"))
