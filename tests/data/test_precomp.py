@@ -256,18 +256,36 @@ def is_ordered_subset(rows, image):
     return positions == sorted(set(positions))
 
 
+def kept_regions(image, raw):
+    """(R,) bool: which rows of raw (R, img_dim) the dropped image (R', img_dim) kept."""
+    rows = {row.tobytes() for row in image}
+    return np.array([row.tobytes() in rows for row in raw])
+
+
 def test_region_dropping_rate_and_reproducibility(tiny_precomp, encoder):
     files = open_split(*tiny_precomp, "train")
     raw = np.load(os.path.join(*tiny_precomp, "train_ims.npy"))
     dataset = PrecompDataset(files, encoder, train=True, seed=3)
-    kept, total = 0, 0
+    kept, total, masks = 0, 0, []
     for epoch in range(3):
         dataset.set_epoch(epoch)
         for index in range(len(dataset)):
             image = dataset[index][0].numpy()
             assert is_ordered_subset(image, raw[index // 5])
             kept, total = kept + image.shape[0], total + TINY_REGIONS
+            if epoch == 0:
+                masks.append(kept_regions(image, raw[index // 5]))
     assert abs(kept / total - 0.8) < 4.5 * np.sqrt(0.8 * 0.2 / total)
+
+    # The five captions of an image drop regions independently (catches: drops drawn from the image
+    # index). Independent draws agree on a region with probability p^2 + (1 - p)^2 = 0.68 (p = 0.8),
+    # and two of the 320 pairs of captions of one image repeat a pattern with chance about 3e-4.
+    agree, compared = 0, 0
+    for image in range(files.n_images):
+        for a, b in itertools.combinations(masks[5 * image:5 * image + 5], 2):
+            assert not np.array_equal(a, b)
+            agree, compared = agree + int((a == b).sum()), compared + len(a)
+    assert abs(agree / compared - (REGION_KEEP_PROB ** 2 + (1 - REGION_KEEP_PROB) ** 2)) < 0.03
 
     dataset.set_epoch(1)
     first = [dataset[i] for i in (0, 17)]
@@ -477,29 +495,3 @@ def test_half_and_double_features_are_read_as_float32(tmp_path, tiny_precomp, ca
     image, index = ImageDataset(split)[2]
     assert index == 2 and image.dtype == torch.float32
     assert torch.equal(image, torch.from_numpy(stored[2].astype(np.float32)))
-
-
-def kept_regions(image, raw):
-    """(R,) bool: which rows of raw (R, img_dim) the dropped image (R', img_dim) kept."""
-    rows = {row.tobytes() for row in image}
-    return np.array([row.tobytes() in rows for row in raw])
-
-
-def test_the_captions_of_one_image_drop_regions_independently(tiny_precomp, encoder):
-    # catches: the drops drawn from the image index (or the five captions of an image otherwise sharing
-    # them), which the rate and reproducibility alone do not see.
-    files = open_split(*tiny_precomp, "train")
-    dataset = PrecompDataset(files, encoder, train=True, seed=3)
-    dataset.set_epoch(0)
-    raw = np.asarray(files.images)
-    agree, total = 0, 0
-    for image in range(files.n_images):
-        cpi = files.captions_per_image
-        captions = range(cpi * image, cpi * image + cpi)
-        masks = [kept_regions(dataset[c][0].numpy(), raw[image]) for c in captions]
-        for a, b in itertools.combinations(masks, 2):
-            assert not np.array_equal(a, b)  # chance of a repeat among 320 pairs: about 3e-4
-            agree, total = agree + int((a == b).sum()), total + len(a)
-    # Independent draws agree on a region with probability p^2 + (1 - p)^2 = 0.68 (p = 0.8).
-    expected = REGION_KEEP_PROB ** 2 + (1 - REGION_KEEP_PROB) ** 2
-    assert abs(agree / total - expected) < 0.03
