@@ -20,9 +20,20 @@ import sys
 import time
 
 from lib.cli.entry import entry_point
-from lib.cli.options import add_runtime_options, check_output_file, check_output_folder, runtime_config
+from lib.cli.options import (
+    AT_LEAST_1,
+    POSITIVE,
+    add_runtime_options,
+    check_output_file,
+    check_output_folder,
+    check_ranges,
+    runtime_config,
+)
 from lib.errors import XDimError
 from lib.formats.atomic import check_outputs, write_json
+
+DISTILL_RANGES = {"epochs": AT_LEAST_1, "batch_images": AT_LEAST_1, "learning_rate": POSITIVE, "size": AT_LEAST_1,
+                  "group": AT_LEAST_1}
 
 
 def _add_model_options(parser, required=True):
@@ -123,9 +134,7 @@ def run_distill(args):
     from lib.evaluation.scoring import open_model_split
     from lib.formats.checkpoint import weights_fingerprint
     from lib.retrieval import shortlist
-    for name in ("epochs", "batch_images", "size", "group"):
-        if getattr(args, name) < 1:
-            raise XDimError(f"--{name} must be at least 1")
+    check_ranges(args, DISTILL_RANGES)
     out = args.out or shortlist.default_head_path(args.model_path)
     check_output_file("--out", out)
     check_outputs([("--out", out)], [("--model_path", args.model_path), ("--bert_path", args.bert_path)])
@@ -147,6 +156,7 @@ def run_build(args):
     """Build an index; under torchrun every process encodes a share and rank 0 reports."""
     from lib.retrieval import index as retrieval
     from lib.runtime import distributed
+    check_ranges(args, {"batch_size": AT_LEAST_1})
     check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)))
     retrieval.check_index_target(args.index, args.overwrite,
                                  [(f"--{name}", getattr(args, name))
@@ -199,8 +209,7 @@ def read_queries(path):
 
 def run_query(args):
     from lib.retrieval import index as retrieval
-    if args.top_k < 1 or args.shortlist < 1:
-        raise XDimError("--top_k and --shortlist must be at least 1")
+    check_ranges(args, {"top_k": AT_LEAST_1, "shortlist": AT_LEAST_1})
     queries = read_queries(args.queries) if args.queries is not None else [args.query]
     if args.json:
         check_output_file("--json", args.json)

@@ -1,7 +1,8 @@
-"""lib/formats/checkpoint.py: round trips, old formats, refusals and atomic saves."""
+"""lib/formats/checkpoint.py: round trips, old formats, refusals and atomic saves and copies."""
 import errno
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from helpers import (
 import eval as eval_cli
 import train as train_script
 from lib.errors import XDimError
+from lib.formats import checkpoint
 from lib.formats.checkpoint import (
     LEGACY_BUFFERS,
     load_checkpoint,
@@ -249,3 +251,25 @@ def test_folder_as_model_path_says_so_and_suggests_model_best(trained, tmp_path,
     assert eval_cli.main(["--model_path", folder, "--device", "cpu"]) == 2
     assert last_error(capsys) == (f"error: {folder}: is a folder, not a checkpoint file; "
                                   f"did you mean {os.path.join(folder, 'model_best.pth')}?")
+
+
+def test_a_copy_that_fails_midway_leaves_the_previous_best_intact(tmp_path, monkeypatch):
+    # catches: copy_checkpoint writing model_best.pth in place (`open(dst, "wb")`), which truncates
+    # the previous best model before the copy can fail.
+    source, best = tmp_path / "checkpoint.pth", tmp_path / "model_best.pth"
+    source.write_bytes(b"new weights " * 1000)
+    best.write_bytes(b"previous best weights")
+    copy = shutil.copyfileobj
+
+    def half_then_full_disk(src, dst, *args):
+        dst.write(src.read(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", half_then_full_disk)
+    with pytest.raises((XDimError, OSError)):
+        checkpoint.copy_checkpoint(str(source), str(best))
+    assert best.read_bytes() == b"previous best weights"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pth", "model_best.pth"]
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    checkpoint.copy_checkpoint(str(source), str(best))
+    assert best.read_bytes() == source.read_bytes()
