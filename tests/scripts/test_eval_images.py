@@ -9,9 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from builders import checkpoint_of
-from image_layout import write_image_layout
-from script_runs import run_command
+from helpers import checkpoint_of, join_group, run_command, spawn, write_image_layout
 
 import eval as eval_cli
 from lib.cli.options import default_options, train_configs
@@ -108,7 +106,6 @@ def test_test_py_on_a_raw_image_checkpoint(checkpoint, data):
 
 
 def eval_worker(rank, world, out_dir, argv):
-    from test_distributed import join_group
     join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     try:
         torch.save(run_captured(argv), os.path.join(out_dir, f"rank{rank}.pt"))
@@ -117,7 +114,6 @@ def eval_worker(rank, world, out_dir, argv):
 
 
 def test_eval_on_two_processes_equals_one(tmp_path, checkpoint):
-    from test_distributed import spawn
     (tmp_path / "two").mkdir()
     spawn(eval_worker, (2, str(tmp_path), eval_argv(checkpoint, tmp_path / "two", "--batch_size", "2")))
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
