@@ -16,6 +16,7 @@ import sys
 
 from lib.cli.entry import entry_point
 from lib.cli.options import add_runtime_options, check_output_folder
+from lib.errors import XDimError
 from lib.runtime.device import apply_threads, resolve_device
 
 
@@ -76,6 +77,9 @@ def run(args, device):
     model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
     split = encoder = None
     if args.words or args.pair is not None:
+        if model.config.uses_backbone:
+            raise XDimError(f"{args.model_path}: a raw-image (backbone) checkpoint; --words and --pair read "
+                            "region features (the mask figures work without them)")
         split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
     previous = previous_figures(args.out)
     summary = analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
