@@ -127,8 +127,8 @@ def evaluate(args, device):
         score_files.check_same_shape(shapes, sources)
         if args.fold5:
             metrics.check_fold_count(shapes[0][0], 5, args.fold_images)
-        prepared = args.protocols and protocols.prepare(args.protocols, args.pm_dir, shapes[0], protocols.ids_file(
-            split.images_path if args.model_path else None, args.data_path, args.data_name, args.split))
+        prepared = args.protocols and protocols.prepare(args.protocols, args.pm_dir, shapes[0],
+                                                        split_ids_file(args, split if args.model_path else None))
     global_vectors = None
     if args.model_path:
         sims, global_vectors = model_scores(args, model, split, encoder)
@@ -137,6 +137,15 @@ def evaluate(args, device):
         if not distributed.is_main():
             return None, label
         return report(args, matrices, sources, cpi, global_vectors, prepared), label
+
+
+def split_ids_file(args, split):
+    """The image-id file of the evaluated split: a raw-image split's own (S_ids.txt beside its
+    captions), else the one beside the region features or under --data_path/--data_name."""
+    if split is not None and hasattr(split, "ids_path"):
+        return split.ids_path
+    return protocols.ids_file(split.images_path if split is not None else None, args.data_path, args.data_name,
+                              args.split)
 
 
 def report(args, matrices, sources, cpi, global_vectors, prepared=None):
