@@ -22,6 +22,7 @@ import os
 from dataclasses import fields
 
 from lib.errors import XDimError
+from lib.model.backbone import NO_BACKBONE_WEIGHTS, output_channels
 from lib.model.bert import DEFAULT_BERT
 from lib.model.config import ModelConfig
 from lib.model.loss import loss_help
@@ -31,11 +32,7 @@ from lib.training.config import TrainConfig
 
 # Options of the official parser that nothing uses: accepted with their type and default, so
 # that old command lines run, and hidden from --help.
-OFFICIAL_UNUSED = {
-    "vocab_path": (str, "./vocab/"), "word_dim": (int, 300), "backbone_path": (str, ""),
-    "backbone_source": (str, "detector"), "backbone_warmup_epochs": (int, 5), "embedding_warmup_epochs": (int, 2),
-    "backbone_lr_factor": (float, 0.01), "input_scale_factor": (float, 1),
-}
+OFFICIAL_UNUSED = {"vocab_path": (str, "./vocab/"), "word_dim": (int, 300)}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -80,7 +77,8 @@ def get_argument_parser(with_sim=True):
     """train.py's options: one per field of TrainConfig, ModelConfig and RuntimeConfig, plus the
     official parser's unused ones (hidden); with_sim=False leaves --sim out (for scripts that set it)."""
     parser = argparse.ArgumentParser(
-        description="Train X-Dim on precomputed region features (precomp layout).",
+        description="Train X-Dim on precomputed region features (precomp layout), or on image files "
+                    "with a CNN backbone (--precomp_enc_type backbone).",
         epilog=similarity_help() + "\n\n" + loss_help(), formatter_class=HelpFormatter)
     add_config_options(parser.add_argument_group("training"), TrainConfig)
     add_config_options(parser.add_argument_group("model"), ModelConfig, skip=() if with_sim else ("sim",))
@@ -114,10 +112,13 @@ def runtime_config(args):
 def train_configs(args):
     """train.py's parsed options -> (ModelConfig, TrainConfig, RuntimeConfig).
 
-    --bert_path (default bert-base-uncased) becomes ModelConfig.bert.
+    --bert_path (default bert-base-uncased) becomes ModelConfig.bert; in the backbone mode
+    --img_dim left at its default becomes the backbone's channel count.
     """
     model = _fields_of(ModelConfig, args)
     model["bert"] = args.bert_path or DEFAULT_BERT
+    if args.precomp_enc_type == "backbone" and args.img_dim == 2048:
+        model["img_dim"] = output_channels(args.backbone_width)
     return ModelConfig(**model), TrainConfig(**_fields_of(TrainConfig, args)), runtime_config(args)
 
 
@@ -136,6 +137,8 @@ TRAINING_RANGES = {
     "learning_rate": POSITIVE, "margin": NON_NEGATIVE, "grad_clip": CLIP, "num_epochs": AT_LEAST_1,
     "lr_update": COUNT, "vse_mean_warmup_epochs": COUNT, "batch_size": AT_LEAST_1, "embed_size": AT_LEAST_1,
     "img_dim": AT_LEAST_1, "workers": WORKERS, "log_step": AT_LEAST_1, "seed": COUNT, "threads": THREADS,
+    "embedding_warmup_epochs": COUNT, "backbone_warmup_epochs": COUNT, "backbone_lr_factor": NON_NEGATIVE,
+    "backbone_width": AT_LEAST_1, "input_scale_factor": POSITIVE,
 }
 EVALUATION_RANGES = {
     "batch_size": AT_LEAST_1, "workers": WORKERS, "fold_images": AT_LEAST_1, "rows_per_block": COUNT,
@@ -177,6 +180,17 @@ def check_output_file(option, path):
         raise XDimError(f"{option} {path}: not writable")
 
 
+def check_backbone_path(path, source):
+    """XDimError unless --backbone_path names a file (or 'none'); its content is checked when it loads."""
+    from lib.model.backbone import WEIGHT_FILES
+    if not path:
+        raise XDimError(f"--backbone_path: the backbone mode needs the weight file of --backbone_source "
+                        f"{source}: {WEIGHT_FILES[source]} ('{NO_BACKBONE_WEIGHTS}': random weights)")
+    if path != NO_BACKBONE_WEIGHTS and not os.path.isfile(path):
+        raise XDimError(f"--backbone_path {path}: no such file; --backbone_source {source} expects "
+                        f"{WEIGHT_FILES[source]}")
+
+
 def check_training_options(opt):
     """Check train.py's options before any work -> the torch.device that --device names.
 
@@ -185,6 +199,8 @@ def check_training_options(opt):
     first bad option.
     """
     check_ranges(opt, TRAINING_RANGES)
+    if opt.precomp_enc_type == "backbone":
+        check_backbone_path(opt.backbone_path, opt.backbone_source)
     check_output_folder("--logger_name", opt.logger_name)
     check_output_folder("--model_name", opt.model_name)
     return resolve_device(opt.device)

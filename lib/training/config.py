@@ -20,10 +20,16 @@ class TrainConfig:
     The defaults are the official code's: 30 epochs of AdamW at 5e-4 (BERT x0.1),
     lr x0.1 at epoch 15, the VSE hinge loss (`loss`, lib.model.loss) with margin 0.2
     summing violations for one warm-up epoch, then hardest negatives; gradient norm clipped at 2.
+    The raw-image mode adds the backbone's schedule (`fixed_blocks`, `ramps_loss`), its lr
+    factor and the image folder (`image_root`, '' for the dataset folder's own).
     """
 
-    data_path: str = field(default="../Flickr30K/", metadata={"help": "folder that holds {data_name}/"})
-    data_name: str = field(default="f30k_precomp", metadata={"help": "{coco,f30k}_precomp"})
+    data_path: str = field(default="../Flickr30K/", metadata={
+        "help": "folder that holds {data_name}/ (backbone mode: the dataset folder itself, holding precomp/, "
+                "id_mapping.json and the images)"})
+    data_name: str = field(default="f30k_precomp", metadata={
+        "help": "{coco,f30k}_precomp (backbone mode: a name containing 'coco' reads images/, any other "
+                "flickr30k-images/)"})
     margin: float = field(default=0.2, metadata={"help": "rank loss margin"})
     num_epochs: int = field(default=30, metadata={"help": "number of training epochs"})
     batch_size: int = field(default=128, metadata={
@@ -51,6 +57,17 @@ class TrainConfig:
         "help": "exclude zero-padded (dropped) regions from attention; off reproduces the official code"})
     loss: str = field(default=DEFAULT_LOSS, metadata={
         "help": "training loss (listed below), recorded with the recipe", "choices": LOSSES, "metavar": "NAME"})
+    image_root: str = field(default="", metadata={
+        "help": "backbone mode: the image folder, when not inside --data_path "
+                "(images/ for COCO, flickr30k-images/ otherwise)"})
+    embedding_warmup_epochs: int = field(default=2, metadata={
+        "help": "backbone mode: first epochs with the whole backbone frozen; the next one ramps the "
+                "loss up linearly from 0"})
+    backbone_warmup_epochs: int = field(default=5, metadata={
+        "help": "backbone mode: epochs with 3, then 2, then 1 fixed blocks after the embedding warm-up, "
+                "before the whole backbone trains"})
+    backbone_lr_factor: float = field(default=0.01, metadata={
+        "help": "backbone mode: the backbone's learning rate is --learning_rate times this"})
 
     def as_dict(self):
         """A plain dict (stored in checkpoints)."""
@@ -65,3 +82,18 @@ class TrainConfig:
     def lr_factor(self, epoch):
         """All learning rates x0.1 from epoch `lr_update` on."""
         return 0.1 if epoch >= self.lr_update else 1.0
+
+    def fixed_blocks(self, epoch):
+        """How many parts of the backbone stay frozen in `epoch` (lib.model.backbone.set_fixed_blocks):
+        4 (all) for the first embedding_warmup_epochs epochs, then 3, 2 and 1 for
+        backbone_warmup_epochs epochs each, then 0 (everything trains)."""
+        if epoch < self.embedding_warmup_epochs:
+            return 4
+        if self.backbone_warmup_epochs <= 0:
+            return 0
+        return max(0, 3 - (epoch - self.embedding_warmup_epochs) // self.backbone_warmup_epochs)
+
+    def ramps_loss(self, epoch):
+        """True in the first epoch the backbone trains: its batch i's loss is scaled by
+        i / (batches per epoch + 1), a linear ramp from 0."""
+        return epoch == self.embedding_warmup_epochs
