@@ -5,11 +5,16 @@
     # once per gallery: an image gallery (text queries) or a caption gallery (image queries)
     python retrieve.py build --model_path CKPT --images data/mine/gallery_ims.npy --index idx/gallery
     python retrieve.py build --model_path CKPT --captions data/mine/gallery_caps.txt --index idx/caps
+    # a folder of photos, with a raw-image (backbone-mode) checkpoint; --update later adds what changed
+    python retrieve.py build --model_path CKPT --image_folder ~/Pictures --index idx/photos
     # queries
     python retrieve.py query --index idx/gallery --query "a man riding a horse" --top_k 10
     python retrieve.py query --index idx/gallery --queries questions.txt --json hits.json
     python retrieve.py query --index idx/caps --image_index 7       # an image of the split beside the captions
     python retrieve.py query --index idx/caps --images other_ims.npy --image_id 391895
+    python retrieve.py query --index idx/photos --queries questions.txt --html results.html
+    python retrieve.py query --index idx/photos --query "a dog on a beach" --explain figures/
+    python retrieve.py query --index idx/caps --query_image holiday.jpg   # a photo: its best captions
 
 Bad input prints one `error: ...` line and exits 2; an existing index is never damaged, and
 --overwrite replaces only a folder that is an index. Outputs are written atomically.
@@ -73,11 +78,20 @@ def build_parser():
     gallery.add_argument("--images", metavar="FILE", help="{split}_ims.npy: an image gallery, for text queries")
     gallery.add_argument("--captions", metavar="FILE",
                          help="a text file, one caption per line: a caption gallery, for image queries")
+    gallery.add_argument("--image_folder", metavar="DIR",
+                         help="a folder of photos (JPEG, PNG, WebP, searched recursively; never written): an "
+                              "image gallery of a raw-image checkpoint, items are paths relative to DIR")
     build.add_argument("--index", required=True, metavar="DIR", help="index folder to create")
     build.add_argument("--index_type", default="auto", choices=retrieval.INDEX_TYPES,
                        help=f"stage-one index: exact inner product (flat), HNSW, or auto (flat below "
                             f"{retrieval.APPROXIMATE_FROM:,} items; default %(default)s)")
-    build.add_argument("--batch_size", type=int, default=128, help="items per encoder batch (default %(default)s)")
+    build.add_argument("--batch_size", type=int, default=None,
+                       help="items per encoder batch (default 128, and 32 photos for --image_folder)")
+    build.add_argument("--update", action="store_true",
+                       help="with --image_folder: refresh an existing index, encoding only the new or changed "
+                            "files and dropping removed ones; the old index answers queries until the swap")
+    build.add_argument("--workers", type=int, default=0,
+                       help="processes decoding photos for --image_folder (default %(default)s: in this one)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index (only a folder whose manifest says it is one)")
     build.add_argument("--no_progress", action="store_true", help="hide the progress bars")
 
@@ -89,6 +103,8 @@ def build_parser():
     asked.add_argument("--image_index", type=int, metavar="N", help="row N of --images: search captions for it")
     asked.add_argument("--image_id", metavar="ID",
                        help="the image with this id in the {split}_ids.txt beside --images")
+    asked.add_argument("--query_image", metavar="FILE",
+                       help="a photo (JPEG, PNG, WebP): search a caption gallery for it (raw-image checkpoint)")
     query.add_argument("--images", metavar="FILE", default=None,
                        help="{split}_ims.npy holding the query image (default: the one beside the "
                             "caption file the index was built from)")
@@ -97,6 +113,14 @@ def build_parser():
     query.add_argument("--shortlist", type=int, default=retrieval.DEFAULT_SHORTLIST,
                        help="stage-one candidates that X-Dim scores per query (default %(default)s)")
     query.add_argument("--json", metavar="FILE", default=None, help="also write the results to this JSON file")
+    query.add_argument("--html", metavar="FILE", default=None,
+                       help="also write a page of the results with thumbnails, one self-contained file")
+    query.add_argument("--explain", metavar="DIR", default=None,
+                       help="also draw, for each text query and each of its hits, what each word attended to "
+                            "(figures in DIR, see docs/analysis.md)")
+    query.add_argument("--image_folder", metavar="DIR", default=None,
+                       help="where the indexed photos are now, for --html and --explain (default: the folder "
+                            "the index was built from)")
     _add_model_options(query, required=False)
     return parser
 
