@@ -170,6 +170,10 @@ def run_build(args):
     from lib.retrieval import index as retrieval
     from lib.runtime import distributed
     check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)))
+    if args.image_folder is not None:
+        return build_folder(args)
+    if args.update:
+        raise XDimError("--update refreshes an index of an --image_folder; rebuild other indexes with --overwrite")
     retrieval.check_index_target(args.index, args.overwrite,
                                  [(f"--{name}", getattr(args, name))
                                   for name in ("images", "captions", "model_path", "head", "bert_path")])
@@ -178,7 +182,7 @@ def run_build(args):
         model, _, encoder = _load(args, args.model_path, device)
     start = time.time()
     manifest = retrieval.build_index(model, encoder, args.index, images=args.images, captions=args.captions,
-                                     model_path=args.model_path, batch_size=args.batch_size,
+                                     model_path=args.model_path, batch_size=args.batch_size or 128,
                                      index_type=args.index_type, overwrite=args.overwrite,
                                      progress=not args.no_progress)
     if manifest is None:
@@ -186,6 +190,25 @@ def run_build(args):
     print(f"indexed {manifest['count']} {manifest['gallery']} in {time.time() - start:.1f} s: "
           f"{manifest['index_type']} FAISS index of {manifest['global']['kind']} vectors "
           f"({manifest['global']['size']}-d) -> {args.index}")
+
+
+def build_folder(args):
+    """build --image_folder: check the folder and the target, load the model, index (or update)."""
+    from lib.retrieval import folder
+    folder.check_folder_build(args.index, args.image_folder, args.overwrite, args.update, args.model_path)
+    model, _, encoder = _load(args, args.model_path)
+    start = time.time()
+    built = folder.build_folder_index(model, encoder, args.index, args.image_folder, args.model_path,
+                                      args.batch_size or 32, args.index_type, args.overwrite, args.update,
+                                      args.workers, progress=not args.no_progress)
+    if built is None:
+        print(f"{args.index}: up to date with {args.image_folder} (no file added, changed or removed)")
+        return
+    manifest = built.manifest
+    print(f"indexed {manifest['count']} photos of {args.image_folder} in {time.time() - start:.1f} s "
+          f"({built.encoded} encoded, {built.kept} kept from the previous index, {built.dropped} removed, "
+          f"{built.unreadable} unreadable skipped): {manifest['index_type']} FAISS index of "
+          f"{manifest['global']['kind']} vectors ({manifest['global']['size']}-d) -> {args.index}")
 
 
 def _query_image(args, manifest, img_dim):
@@ -219,16 +242,34 @@ def read_queries(path):
     return read_captions(path)
 
 
+def _check_query_outputs(args):
+    """--json, --html and --explain: writable, checked before any work."""
+    for option in ("json", "html"):
+        if getattr(args, option):
+            check_output_file(f"--{option}", getattr(args, option))
+    if args.explain:
+        check_output_folder("--explain", args.explain)
+
+
+def _photo_folder(args, manifest):
+    """Where the indexed photos are (--image_folder, else the folder the index was built from), or None."""
+    return args.image_folder or manifest["source"].get("image_folder")
+
+
 def run_query(args):
     from lib.retrieval import index as retrieval
     if args.top_k < 1 or args.shortlist < 1:
         raise XDimError("--top_k and --shortlist must be at least 1")
     queries = read_queries(args.queries) if args.queries is not None else [args.query]
-    if args.json:
-        check_output_file("--json", args.json)
+    _check_query_outputs(args)
     manifest = retrieval.read_manifest(args.index)
     text_query = args.query is not None or args.queries is not None
     retrieval.expect_gallery(manifest, args.index, "images" if text_query else "captions")
+    if args.explain and not text_query:
+        raise XDimError("--explain draws what the words of a text query looked at; give --query or --queries")
+    if args.query_image is not None:
+        from lib.retrieval.folder import check_photo_file
+        check_photo_file(args.query_image)
     model_path = args.model_path or manifest["model"].get("path")
     if not model_path:
         raise XDimError(f"{args.index}: the manifest names no checkpoint; give --model_path")
@@ -244,6 +285,12 @@ def run_query(args):
             start = time.time()
             hits = gallery.search_text(text, args.top_k, shortlist_size)
             results.append((text, hits, time.time() - start))
+    elif args.query_image is not None:
+        from lib.retrieval.folder import encode_photo
+        img_emb, count = encode_photo(model, model_path, args.query_image)
+        start = time.time()
+        hits = gallery.search_encoded_image(img_emb, count, args.top_k, shortlist_size)
+        results.append((f"photo {args.query_image}", hits, time.time() - start))
     else:
         label, regions, count = _query_image(args, manifest, model.config.img_dim)
         start = time.time()
@@ -256,6 +303,26 @@ def run_query(args):
     if args.json:
         write_json(args.json, [{"query": label, "seconds": seconds, "hits": retrieval.hits_as_dicts(hits)}
                                for label, hits, seconds in results])
+    if args.html:
+        _write_page(args, gallery, results)
+    if args.explain:
+        from lib.analysis.attention import explain_hits
+        for text, hits, _ in results:
+            for path in explain_hits(gallery, text, hits, _photo_folder(args, manifest), args.explain):
+                print(f"wrote {path}")
+
+
+def _write_page(args, gallery, results):
+    """--html: the results with thumbnails of the photos (a folder gallery) and of the query photo."""
+    from lib.retrieval import html
+    folder = _photo_folder(args, gallery.manifest)
+    sections = [html.PageSection(label, args.query_image,
+                                 [html.PageHit(hit.rank, hit.score, hit.item,
+                                               html.photo_path(folder, hit.item) if folder else None)
+                                  for hit in hits], seconds)
+                for label, hits, seconds in results]
+    html.write_results_page(args.html, sections, f"X-Dim search of {args.index}", len(gallery))
+    print(f"wrote {args.html}")
 
 
 @entry_point

@@ -102,22 +102,45 @@ def scan_image_folder(root):
 def pixel_config(model_config):
     """The evaluation pixel settings (lib.data.images.PixelConfig) of a backbone-mode model."""
     from lib.data.images import PixelConfig
-    return PixelConfig(model_config.input_size, model_config.pixel_normalization)
+    return PixelConfig.for_backbone(model_config.backbone_source, model_config.input_scale_factor)
 
 
 def load_pixels(path, pixels):
     """One image file through the evaluation pipeline -> (3, T, T) float32; XDimError when it cannot be read."""
-    from lib.data.images import evaluation_pixels
-    return evaluation_pixels(path, pixels)
+    from lib.data.images import pixel_tensor, read_rgb
+    return pixel_tensor(read_rgb(path)[0], pixels)
 
 
-def check_backbone_model(model, model_path):
-    """XDimError unless `model` encodes pixels (the raw-image mode); a region model cannot read a folder."""
-    if not getattr(model.config, "uses_backbone", False):
-        raise XDimError(f"--image_folder: {model_path} is a region-feature model (precomp_enc_type "
+def check_backbone_model(model, model_path, option="--image_folder"):
+    """XDimError unless `model` encodes pixels (the raw-image mode); a region model cannot read photos."""
+    if not model.config.uses_backbone:
+        raise XDimError(f"{option}: {model_path} is a region-feature model (precomp_enc_type "
                         f"{model.config.precomp_enc_type!r}), which reads detector features, not image files; "
-                        f"use a raw-image checkpoint (trained with --precomp_enc_type backbone), or build "
-                        f"from --images {{split}}_ims.npy")
+                        f"photos need a raw-image checkpoint, one trained with --precomp_enc_type backbone")
+
+
+def check_photo_file(path, option="--query_image"):
+    """XDimError unless `path` is a file (whether it decodes is known when it is read)."""
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "no such file"
+        raise XDimError(f"{option} {path}: {what}; give a photo (JPEG, PNG or WebP)")
+
+
+def encode_photo(model, model_path, path, option="--query_image"):
+    """One photo file through a backbone-mode model -> (img_emb (1, R, d), real cells (1,) int64).
+
+    XDimError for a region-feature model and for a file that is not a readable image.
+    """
+    check_backbone_model(model, model_path, option)
+    check_photo_file(path, option)
+    try:
+        pixels = load_pixels(path, pixel_config(model.config))
+    except XDimError as err:
+        raise XDimError(f"{option} {err}; give a photo (JPEG, PNG or WebP)") from None
+    model.val_start()
+    with torch.no_grad():
+        img_emb = model.encode_images(pixels[None])
+    return img_emb, torch.tensor([img_emb.shape[1]])
 
 
 class FolderPixels(Dataset):
@@ -130,10 +153,11 @@ class FolderPixels(Dataset):
         return len(self.files)
 
     def __getitem__(self, k):
+        path = os.path.join(self.root, self.files[k].path)
         try:
-            return load_pixels(os.path.join(self.root, self.files[k].path), self.pixels), k, None
+            return load_pixels(path, self.pixels), k, None
         except (XDimError, OSError) as err:
-            return None, k, first_line(err)
+            return None, k, first_line(err).removeprefix(f"{path}: ")
 
 
 def collate_decoded(items):
@@ -268,6 +292,21 @@ def check_folder_target(index_dir, image_folder):
                         f"give an --index outside it")
 
 
+def check_folder_build(index_dir, image_folder, overwrite, update, model_path):
+    """Everything about a folder build that can be checked before the model loads -> the folder's files.
+
+    XDimError under torchrun, for an --index inside the folder or one that may not be
+    written (lib.retrieval.index.check_index_target; `update` may replace an index), and
+    for a folder without images (scan_image_folder).
+    """
+    if distributed.world_size() > 1:
+        raise XDimError("build --image_folder runs in one process; start it without torchrun")
+    check_folder_target(index_dir, image_folder)
+    retrieval.check_index_target(index_dir, overwrite or (update and os.path.isdir(index_dir)),
+                                 [("--image_folder", image_folder), ("--model_path", model_path)])
+    return scan_image_folder(image_folder)
+
+
 class FolderBuild(NamedTuple):
     """What build_folder_index did: the manifest, and how many files were encoded, kept, dropped, unreadable."""
     manifest: dict
@@ -284,14 +323,9 @@ def build_folder_index(model, encoder, index_dir, image_folder, model_path=None,
     model: a backbone-mode XDimModel; encoder: the global-vector encoder. -> FolderBuild,
     or None when an update finds nothing changed (the index is left as it was).
     """
-    if distributed.world_size() > 1:
-        raise XDimError("build --image_folder runs in one process; start it without torchrun")
+    files = check_folder_build(index_dir, image_folder, overwrite, update, model_path)
     check_backbone_model(model, model_path)
-    check_folder_target(index_dir, image_folder)
     update = update and os.path.isdir(index_dir)
-    retrieval.check_index_target(index_dir, overwrite or update,
-                                 [("--image_folder", image_folder), ("--model_path", model_path)])
-    files = scan_image_folder(image_folder)
     model.val_start()
     old = _open_previous(index_dir, model, encoder) if update else None
     files_by_path = {file.path: file for file in files}
