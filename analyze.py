@@ -3,6 +3,9 @@
     python analyze.py --model_path runs/demo/checkpoint/model_best.pth --out runs/demo/analysis
     python analyze.py --model_path runs/demo/checkpoint/model_best.pth --out runs/demo/analysis \\
         --data_path data/demo --data_name demo_precomp --split test --words dog cat --pair 0 0
+    # a raw-image checkpoint: what each word of a sentence looked at in a photo
+    python analyze.py --model_path runs/grid/checkpoint/model_best.pth --out runs/grid/analysis \
+        --image beach.jpg --caption "a dog running on the beach"
 
 Writes PNG figures and summary.json into --out (docs/analysis.md), each
 atomically; re-run into the same --out, the previous report's figures that the new
@@ -37,9 +40,32 @@ def build_parser():
              "of its correspondence vector (default: 5%% of the embedding size)")
     add("--pair", nargs=2, type=int, default=None, metavar=("IMAGE", "CAPTION"),
         help="draw the words x regions attention of this image and caption (indices in the split)")
+    add("--photo", default=None, metavar="FILE",
+        help="with --pair on region features: the pair image's file; its most attended detector boxes "
+             "({split}_boxes.npy) are drawn on it")
+    add("--image", default=None, metavar="FILE",
+        help="a photo, with --caption, for a raw-image (backbone-mode) checkpoint: each word's attention as a "
+             "heat map over it (only this figure is drawn)")
+    add("--caption", default=None, metavar="TEXT", help="the sentence for --image")
     add("--no_progress", action="store_true", help="hide the progress bars")
     add_runtime_options(parser)
     return parser
+
+
+def check_photo_options(args):
+    """--image goes with --caption (and nothing of a split), --photo with --pair; the files exist."""
+    from lib.errors import XDimError
+    from lib.retrieval.folder import check_photo_file
+    if (args.image is None) != (args.caption is None):
+        raise XDimError("--image and --caption go together: a photo and the sentence whose words to draw on it")
+    if args.image is not None:
+        if args.words or args.pair is not None:
+            raise XDimError("--image draws one photo and caption; run --words and --pair separately")
+        check_photo_file(args.image, "--image")
+    if args.photo is not None:
+        if args.pair is None:
+            raise XDimError("--photo is the image file of --pair's image; give --pair IMAGE CAPTION too")
+        check_photo_file(args.photo, "--photo")
 
 
 def previous_figures(out):
@@ -70,23 +96,46 @@ def run(args, device):
     A report already in --out is replaced: the figures its summary.json listed and
     the new one does not are removed once the new summary.json is written.
     """
-    from lib.analysis import statistics as analysis
-    from lib.evaluation import scoring
     from lib.model.xdim_model import XDimModel
     model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
-    split = encoder = None
-    if args.words or args.pair is not None:
-        split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
     previous = previous_figures(args.out)
-    summary = analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
-                                    progress=not args.no_progress)
+    if args.image is not None:
+        summary = photo_summary(model, args)
+    else:
+        summary = split_summary(model, args)
     for path in remove_unlisted_figures(args.out, previous, summary["figures"]):
         print(f"removed {path}, a figure of the previous report that this one does not list")
     return summary
 
 
+def photo_summary(model, args):
+    """--image and --caption: the one figure of the photo and summary.json -> the summary."""
+    from lib.analysis.attention import photo_report
+    from lib.formats.atomic import write_json
+    photo, name = photo_report(model, args.model_path, args.image, args.caption, args.out)
+    summary = {"photo": photo, "figures": [name]}
+    write_json(os.path.join(args.out, "summary.json"), summary, indent=1)
+    return summary
+
+
+def split_summary(model, args):
+    """The mask figures and, from a split, --words and --pair -> the summary."""
+    from lib.analysis import statistics as analysis
+    from lib.evaluation import scoring
+    split = encoder = None
+    if args.words or args.pair is not None:
+        split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+    return analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
+                                 progress=not args.no_progress, photo=args.photo)
+
+
 def describe(summary, out):
     """A few lines for the console."""
+    if "photo" in summary:
+        photo = summary["photo"]
+        words = ", ".join(f"{token} {100 * share:.0f}%" for token, share in zip(photo["tokens"], photo["shares"]))
+        return (f"{photo['image']} and '{photo['caption']}': score {photo['score']:.4f}; shares of the words: "
+                f"{words}\nwrote {summary['figures'][0]} and summary.json to {out}")
     mask = summary["mask"]
     deps = mask["dependencies_per_dimension"]
     lines = [f"d {summary['embed_size']}: mask density {mask['mask_density']:.4g}, mean threshold "
@@ -106,6 +155,7 @@ def describe(summary, out):
 @entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_photo_options(args)
     check_output_folder("--out", args.out)
     apply_threads(args.threads)
     summary = run(args, resolve_device(args.device))

@@ -10,8 +10,8 @@ from lib.cli.options import default_options
 from lib.formats.checkpoint import save_checkpoint
 from lib.model.xdim_model import XDimModel
 
-# T = int(256 * 0.5) = 128 pixels, a 4 x 4 grid of 32-channel cells (stem width 1), embeddings of 16.
-GRID_OPTIONS = {"precomp_enc_type": "backbone", "backbone_width": 1, "backbone_path": "none",
+# T = int(256 * 0.5) = 128 pixels, a 4 x 4 grid of 128-channel cells (stem width 4), embeddings of 16.
+GRID_OPTIONS = {"precomp_enc_type": "backbone", "backbone_width": 4, "backbone_path": "none",
                 "input_scale_factor": 0.5, "embed_size": 16}
 GRID_CELLS = 16
 FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -26,10 +26,12 @@ def backbone_checkpoint(path, bert_dir, seed=0):
 
 
 def write_photo(path, colour, size=(48, 64), seed=0):
-    """A photo of one colour (RGB 0..255) with a little noise, in the format its suffix names."""
+    """A photo of about one colour (RGB 0..255), shaded and noisy, in the format its suffix names."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour)[None, None] + rng.integers(-12, 13, (*size, 3)), 0, 255).astype(np.uint8)
+    shade = np.linspace(-40, 40, size[1])[None, :, None] * rng.choice([-1, 1], 3)  # a left-right gradient
+    noise = rng.integers(-12, 13, (*size, 3))
+    pixels = np.clip(np.array(colour)[None, None] + shade + noise, 0, 255).astype(np.uint8)
     suffix = os.path.splitext(path)[1].lower()
     Image.fromarray(pixels).save(path, format=FORMATS[suffix])
     return path

@@ -65,8 +65,8 @@ def cell_heat(attention, grid, photo_shape):
     """
     h, w = grid
     cells = np.asarray(attention, dtype=np.float64).reshape(h, w)
-    rows = np.minimum(np.arange(photo_shape[0]) * h // photo_shape[0], h - 1)
-    columns = np.minimum(np.arange(photo_shape[1]) * w // photo_shape[1], w - 1)
+    rows = (2 * np.arange(photo_shape[0]) + 1) * h // (2 * photo_shape[0])  # the cell under each pixel's centre
+    columns = (2 * np.arange(photo_shape[1]) + 1) * w // (2 * photo_shape[1])
     return cells[np.ix_(rows, columns)]
 
 
@@ -124,3 +124,63 @@ def explain_hits(gallery, text, hits, photo_folder, out):
             figures.pair_attention(tokens, pair["attention"], pair["shares"], pair["score"], title, path)
         written.append(path)
     return written
+
+
+def _pair_summary(tokens, pair):
+    return {"tokens": tokens, "score": pair["score"], "word_scores": pair["word_scores"].tolist(),
+            "shares": pair["shares"].tolist()}
+
+
+def photo_report(model, model_path, image_path, caption, out):
+    """analyze.py --image --caption (a raw-image model): the figure of each word's attention over the photo.
+
+    -> (summary dict, figure file name). XDimError for a region model, a file that is not
+    an image, an empty caption.
+    """
+    from lib.data.images import read_rgb
+    from lib.evaluation.scoring import caption_encoder
+    from lib.retrieval.folder import encode_photo
+    if not caption.strip():
+        raise XDimError("--caption: empty; give the sentence whose words to draw")
+    figures.require_matplotlib()
+    img_emb, _ = encode_photo(model, model_path, image_path, option="--image")
+    encoder = caption_encoder(model)
+    token_ids = encoder.encode(caption.strip())
+    pair = explain_pair(model, img_emb, token_ids)
+    tokens = tokens_of(encoder.tokenizer, token_ids)
+    name = f"words_{_file_stem(os.path.splitext(os.path.basename(image_path))[0])}.png"
+    os.makedirs(out, exist_ok=True)
+    draw_pair(os.path.join(out, name), read_rgb(image_path)[0], tokens, pair,
+              f"{caption[:70]} | {os.path.basename(image_path)}")
+    return {"image": image_path, "caption": caption, **_pair_summary(tokens, pair)}, name
+
+
+def boxes_path(split):
+    """The {split}_boxes.npy beside a split's {split}_ims.npy (convert_features.py writes it)."""
+    return split.images_path[:-len("_ims.npy")] + "_boxes.npy"
+
+
+def read_boxes(split, image):
+    """The detector boxes (R, 4) x1 y1 x2 y2 of image `image` of a region split; XDimError without the file."""
+    path = boxes_path(split)
+    if not os.path.isfile(path):
+        raise XDimError(f"--photo: no {os.path.basename(path)} beside {split.images_path}; the boxes come from "
+                        f"convert_features.py (which writes it from the detector's TSV files)")
+    boxes = np.load(path, mmap_mode="r", allow_pickle=False)
+    if boxes.shape[:2] != (split.n_images, split.images.shape[1]) or boxes.shape[2:] != (4,):
+        raise XDimError(f"{path}: holds {boxes.shape}, expected ({split.n_images}, {split.images.shape[1]}, 4) "
+                        f"for {split.images_path}; convert the features again")
+    return np.array(boxes[image], dtype=np.float64)
+
+
+def boxes_report(pair, tokens, split, image, caption, photo, out):
+    """analyze.py --pair I C --photo FILE (a region model): each word's most attended boxes on the photo.
+
+    pair: lib.analysis.statistics.pair_analysis's dict. -> the figure file name.
+    """
+    from lib.data.images import read_rgb
+    rgb, _ = read_rgb(photo)
+    name = f"pair_{image}_{caption}_boxes.png"
+    draw_pair(os.path.join(out, name), rgb, tokens, pair, f"image {image}, caption {caption}: "
+              f"{os.path.basename(photo)}", boxes=read_boxes(split, image))
+    return name

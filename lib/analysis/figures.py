@@ -173,8 +173,9 @@ def photo_attention(rgb, tokens, maps, shares, score, title, path):
     top = max(float(np.max(heat)) for heat in maps)
     for ax, token, heat, share in zip(panels, tokens, maps, shares):
         ax.imshow(rgb)
-        ax.imshow(heat, cmap="inferno", vmin=0.0, vmax=top, alpha=0.6, interpolation="nearest")
+        image = ax.imshow(heat, cmap="inferno", vmin=0.0, vmax=top, alpha=0.6, interpolation="nearest")
         ax.set_title(f"{token}  {100 * share:.1f}%", fontsize=9)
+    figure.colorbar(image, ax=panels, shrink=0.5, label="attention (each word's sums to 1)")
     _save(figure, path)
 
 
