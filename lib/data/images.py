@@ -95,14 +95,15 @@ def open_image_split(data_path, data_name, split, image_root=None):
     image file present (each folder is listed once); decoding happens later. XDimError on
     any problem, ending with the check_data.py command.
     """
+    keep = precomp.DEV_CAPTION_LIMIT if split == "dev" else None
     try:
-        return _read_image_split(data_path, data_name, split, image_root)
+        return read_image_split(data_path, data_name, split, image_root, keep)
     except XDimError as error:
         raise XDimError(f"{error}; {check_images_hint(data_path, data_name, image_root)}") from None
 
 
-def _read_image_split(data_path, data_name, split, image_root):
-    """open_image_split without the hint."""
+def read_image_split(data_path, data_name, split, image_root=None, keep_captions=None):
+    """open_image_split without the hint; `keep_captions` (None: all) keeps that many first captions."""
     if not os.path.isdir(data_path):
         raise XDimError(f"{data_path}: dataset folder not found (--data_path is the folder holding "
                         f"{CAPTIONS_FOLDER}/, {MAPPING_FILE} and the image folder)")
@@ -118,9 +119,9 @@ def _read_image_split(data_path, data_name, split, image_root):
                         "--image_root names another folder)")
     captions = precomp.read_captions(captions_path)
     image_ids, per_image = images_of_ids(read_ids(ids_path), len(captions), ids_path, captions_path)
-    if split == "dev" and len(captions) > precomp.DEV_CAPTION_LIMIT:
-        captions = captions[:precomp.DEV_CAPTION_LIMIT]
-        image_ids = image_ids[:precomp.DEV_CAPTION_LIMIT // per_image]
+    if keep_captions is not None and len(captions) > keep_captions:
+        captions = captions[:keep_captions]
+        image_ids = image_ids[:keep_captions // per_image]
     mapping = read_mapping(os.path.join(data_path, MAPPING_FILE))
     paths = mapped_paths(image_ids, mapping, folder, ids_path)
     missing = missing_files(paths)
