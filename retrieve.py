@@ -205,9 +205,9 @@ def build_folder(args):
         print(f"{args.index}: up to date with {args.image_folder} (no file added, changed or removed)")
         return
     manifest = built.manifest
+    changes = (f"{built.encoded} encoded, {built.kept} kept, {built.dropped} removed; " if args.update else "")
     print(f"indexed {manifest['count']} photos of {args.image_folder} in {time.time() - start:.1f} s "
-          f"({built.encoded} encoded, {built.kept} kept from the previous index, {built.dropped} removed, "
-          f"{built.unreadable} unreadable skipped): {manifest['index_type']} FAISS index of "
+          f"({changes}{built.unreadable} unreadable, skipped): {manifest['index_type']} FAISS index of "
           f"{manifest['global']['kind']} vectors ({manifest['global']['size']}-d) -> {args.index}")
 
 

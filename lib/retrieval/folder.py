@@ -203,7 +203,7 @@ def encode_files(model, encoder, root, files, scratch, batch_size, workers=0, pr
     with torch.no_grad():
         for pixels, decoded, bad in tqdm(loader, desc="encode images", disable=not progress):
             for k, reason in bad:
-                print(f"warning: {os.path.join(root, files[k].path)}: not a readable image ({reason}); skipped",
+                print(f"warning: {os.path.join(root, files[k].path)}: {reason}; skipped",
                       file=sys.stderr)
             failed += bad
             if pixels is None:
@@ -308,7 +308,8 @@ def check_folder_build(index_dir, image_folder, overwrite, update, model_path):
 
 
 class FolderBuild(NamedTuple):
-    """What build_folder_index did: the manifest, and how many files were encoded, kept, dropped, unreadable."""
+    """What build_folder_index did: the manifest, how many files it encoded, kept from the previous index
+    and dropped from it, and how many of the folder's files are skipped as unreadable."""
     manifest: dict
     encoded: int
     kept: int
@@ -356,7 +357,7 @@ def build_folder_index(model, encoder, index_dir, image_folder, model_path=None,
         manifest = _write_rest(staging, plan, model, encoder, model_path, image_folder, index_type,
                                sorted(skipped, key=lambda entry: entry["path"]))
     kept = sum(source == "old" for _, source, _ in plan)
-    return FolderBuild(manifest, len(plan) - kept, kept, dropped, len(failed))
+    return FolderBuild(manifest, len(plan) - kept, kept, dropped, len(manifest["source"]["skipped"]))
 
 
 def _write_rest(staging, plan, model, encoder, model_path, image_folder, index_type, skipped):

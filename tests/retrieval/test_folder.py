@@ -68,7 +68,7 @@ def test_build_indexes_every_readable_photo_and_lists_the_broken_one(built):
     reason = manifest["source"]["skipped"][0]["reason"]
     assert "runcated" in reason and built["album"] not in reason
     assert "warning:" in built["run"].err and "broken.jpg" in built["run"].err
-    assert "indexed 10 photos" in built["run"].out and "1 unreadable" in built["run"].out
+    assert "indexed 10 photos" in built["run"].out and "(1 unreadable, skipped)" in built["run"].out
 
 
 def test_nothing_in_the_folder_is_written(built):
@@ -189,7 +189,7 @@ def test_update_encodes_only_the_difference_and_equals_a_fresh_build(built, tmp_
     run = run_main(retrieve.main, ["build", "--image_folder", album, "--index", index, "--update", *common])
     assert sorted(encoded) == ["new/q.webp", "trips/p00.jpg"]  # not the unchanged ones, not broken.jpg again
     assert "home/p01.png" in answers[0]
-    assert "2 encoded, 8 kept from the previous index, 1 removed" in run.out
+    assert "(2 encoded, 8 kept, 1 removed; 1 unreadable, skipped)" in run.out
     monkeypatch.setattr(folders, "encode_files", original)
 
     fresh = str(tmp_path / "fresh")
