@@ -315,7 +315,7 @@ def run_query(args):
 def _write_page(args, gallery, results):
     """--html: the results with thumbnails of the photos (a folder gallery) and of the query photo."""
     from lib.retrieval import html
-    folder = _photo_folder(args, gallery.manifest)
+    folder = _photo_folder(args, gallery.manifest) if gallery.gallery == "images" else None
     sections = [html.PageSection(label, args.query_image,
                                  [html.PageHit(hit.rank, hit.score, hit.item,
                                                html.photo_path(folder, hit.item) if folder else None)

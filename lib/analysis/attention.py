@@ -17,6 +17,7 @@ hit of a query (retrieve.py query --explain); analyze.py --image/--caption one p
 """
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -117,8 +118,14 @@ def explain_hits(gallery, text, hits, photo_folder, out):
         pair = explain_pair(model, regions.rows([hit.index]), token_ids, int(lengths[hit.index]))
         path = os.path.join(out, f"explain_{_file_stem(text)}_{hit.rank}_{_file_stem(hit.item)}.png")
         title = f"{text[:60]} | rank {hit.rank}: {hit.item}"
+        rgb = None
         if photo_folder is not None:
-            rgb, _ = read_rgb(photo_path(photo_folder, hit.item))
+            try:
+                rgb, _ = read_rgb(photo_path(photo_folder, hit.item))
+            except XDimError as err:
+                print(f"warning: {err}; its figure shows the attention over the cell numbers "
+                      f"(query --image_folder says where the photos are now)", file=sys.stderr)
+        if rgb is not None:
             draw_pair(path, rgb, tokens, pair, title)
         else:
             figures.pair_attention(tokens, pair["attention"], pair["shares"], pair["score"], title, path)

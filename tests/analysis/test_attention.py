@@ -140,3 +140,17 @@ def test_query_explain_draws_one_figure_per_hit(grid_model, tmp_path):
     assert len(figures) == 3 and run.out.count("wrote ") == 3
     for rank, item in enumerate(hits, start=1):
         assert f"explain_a_red_car_near_a_blue_dog_{rank}_{item.replace('/', '_').replace('.', '_')}.png" in figures
+
+
+def test_explain_without_the_photos_warns_and_draws_the_cells(grid_model, tmp_path):
+    path, _ = grid_model
+    album = str(tmp_path / "album")
+    write_album(album, n=4)
+    index = str(tmp_path / "index")
+    run_main(retrieve.main, ["build", "--model_path", path, "--image_folder", album, "--index", index,
+                             "--no_progress"])
+    shutil.rmtree(album)
+    run = run_main(retrieve.main, ["query", "--index", index, "--query", CAPTION, "--top_k", "2",
+                                   "--explain", str(tmp_path / "why")])
+    assert run.err.count("warning: ") == 2 and "query --image_folder" in run.err
+    assert len(os.listdir(tmp_path / "why")) == 2
