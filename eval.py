@@ -32,8 +32,12 @@ def build_parser(description=None, **defaults):
         help="checkpoint to evaluate (ours or the official release's); may be left out when "
              "--ensemble gives score files")
     add("--data_path", default=None,
-        help="folder holding {data_name}/ (None: the checkpoint's data_path)")
+        help="folder holding {data_name}/, or for a raw-image checkpoint the dataset folder "
+             "(precomp/, id_mapping.json, images) (None: the checkpoint's data_path)")
     add("--data_name", default=None, help="f30k_precomp or coco_precomp (None: the checkpoint's)")
+    add("--image_root", default=None,
+        help="a raw-image checkpoint's image folder, when not inside --data_path (None: the one it was "
+             "trained with, else images/ for COCO, flickr30k-images/ otherwise)")
     add("--split", default="test", help="split to evaluate: test, testall, dev, ...")
     add("--fold5", action=argparse.BooleanOptionalAction, default=False,
         help="also report the 5-fold 1K protocol (COCO testall): each fold and their mean")
@@ -106,7 +110,8 @@ def evaluate(args, device):
         sources, shapes = list(args.ensemble), [m.shape for m in matrices]
         if args.model_path:
             model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
-            split, encoder, label = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+            split, encoder, label = scoring.open_model_split(model, args.data_path, args.data_name, args.split,
+                                                             args.image_root)
             sources, shapes = [args.model_path] + sources, [(split.n_images, split.n_captions)] + shapes
             cpi = split.captions_per_image
         else:
@@ -154,7 +159,8 @@ def compare_side(args, path, device):
         sims = score_files.load_score_file(path)
         return sims, score_files.infer_captions_per_image(sims, path)
     model = XDimModel.from_checkpoint(path, args.bert_path, device, args.amp)
-    split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+    split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split,
+                                                             args.image_root)
     sims, _ = model_scores(argparse.Namespace(**dict(vars(args), model_path=path)), model, split, encoder)
     return sims, split.captions_per_image
 

@@ -86,11 +86,6 @@ class ModelConfig:
         """The side T of the square pixel input, int(256 x input_scale_factor)."""
         return int(256 * self.input_scale_factor)
 
-    @property
-    def pixel_normalization(self):
-        """'detector' (BGR minus the BUTD means) or 'imagenet' (RGB / 255, ImageNet mean and std)."""
-        return "detector" if self.backbone_source == "detector" else "imagenet"
-
     def as_dict(self):
         """A plain dict (stored in checkpoints; loads with weights_only=True). The backbone's
         fields are left out for region features, so those checkpoints stay as they were."""
