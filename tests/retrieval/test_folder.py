@@ -37,7 +37,7 @@ def built(tmp_path_factory, tiny_bert_dir):
     before = tree_state(album)
     index = str(base / "index")
     run = run_main(retrieve.main, ["build", "--model_path", str(model_path), "--image_folder", album,
-                                   "--index", index, "--no_progress", "--batch_size", "4"])
+                                   "--index", index, "--no_progress", "--batch_size", "4", "--workers", "1"])
     return {"base": base, "model_path": str(model_path), "model": model, "album": album, "names": names,
             "index": index, "run": run, "before": before}
 
