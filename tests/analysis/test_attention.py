@@ -125,15 +125,19 @@ def test_a_region_model_with_boxes_draws_its_most_attended_boxes(tmp_path, tiny_
     assert (tmp_path / "out" / "pair_0_0_boxes.png").stat().st_size > 1000
 
 
-def test_query_explain_draws_one_figure_per_hit(grid_model, tmp_path):
-    path, _ = grid_model
-    album = str(tmp_path / "album")
+@pytest.fixture
+def album_index(grid_model, tmp_path):
+    """(album folder, its index) of 4 photos, built by the CLI with the grid model."""
+    album, index = str(tmp_path / "album"), str(tmp_path / "index")
     write_album(album, n=4)
-    index = str(tmp_path / "index")
-    run_main(retrieve.main, ["build", "--model_path", path, "--image_folder", album, "--index", index,
+    run_main(retrieve.main, ["build", "--model_path", grid_model[0], "--image_folder", album, "--index", index,
                              "--no_progress"])
+    return album, index
+
+
+def test_query_explain_draws_one_figure_per_hit(album_index, tmp_path):
     out = tmp_path / "why"
-    run = run_main(retrieve.main, ["query", "--index", index, "--query", CAPTION, "--top_k", "3",
+    run = run_main(retrieve.main, ["query", "--index", album_index[1], "--query", CAPTION, "--top_k", "3",
                                    "--explain", str(out)])
     hits = [line.split()[-1] for line in run.out.splitlines() if line.startswith("    ")]
     figures = sorted(os.listdir(out))
@@ -142,13 +146,8 @@ def test_query_explain_draws_one_figure_per_hit(grid_model, tmp_path):
         assert f"explain_a_red_car_near_a_blue_dog_{rank}_{item.replace('/', '_').replace('.', '_')}.png" in figures
 
 
-def test_explain_without_the_photos_warns_and_draws_the_cells(grid_model, tmp_path):
-    path, _ = grid_model
-    album = str(tmp_path / "album")
-    write_album(album, n=4)
-    index = str(tmp_path / "index")
-    run_main(retrieve.main, ["build", "--model_path", path, "--image_folder", album, "--index", index,
-                             "--no_progress"])
+def test_explain_without_the_photos_warns_and_draws_the_cells(album_index, tmp_path):
+    album, index = album_index
     shutil.rmtree(album)
     run = run_main(retrieve.main, ["query", "--index", index, "--query", CAPTION, "--top_k", "2",
                                    "--explain", str(tmp_path / "why")])
