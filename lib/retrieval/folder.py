@@ -31,6 +31,7 @@ from lib.data.butd import NpyWriter
 from lib.errors import XDimError, first_line
 from lib.formats.atomic import atomic_folder, write_json, write_text
 from lib.formats.checkpoint import weights_fingerprint
+from lib.formats.versioned import check_fields
 from lib.retrieval import index as retrieval
 from lib.runtime import distributed
 
@@ -241,9 +242,18 @@ def _open_previous(index_dir, model, encoder):
     stamps = retrieval.open_array(index_dir, STAMPS, (n, 2), np.int64)
     vectors = retrieval.open_array(index_dir, "global.npy", (n, encoder.size), np.float32)
     rows = {item: (row, tuple(int(v) for v in stamps[row])) for row, item in enumerate(gallery.items)}
-    skipped = {entry["path"]: (entry, (entry["size"], entry["mtime_ns"]))
-               for entry in gallery.manifest["source"].get("skipped", [])}
-    return OldRows(rows, gallery.embeddings[0], vectors, skipped)
+    return OldRows(rows, gallery.embeddings[0], vectors, _skipped_entries(index_dir, gallery.manifest["source"]))
+
+
+def _skipped_entries(index_dir, source):
+    """{path: (entry, (size, mtime_ns))} of a folder manifest's skipped files; XDimError when damaged."""
+    path = os.path.join(index_dir, "manifest.json")
+    check_fields(source, path, {"image_folder": str, "skipped": list}, retrieval.INDEX_FILE)
+    try:
+        return {entry["path"]: (entry, (int(entry["size"]), int(entry["mtime_ns"]))) for entry in source["skipped"]}
+    except (KeyError, TypeError, ValueError):
+        raise XDimError(f"{path}: damaged, an entry of source.skipped lacks path, size or mtime_ns; "
+                        f"{retrieval.INDEX_FILE.fix}") from None
 
 
 def _rows_to_write(files, old, encoded_rows):
@@ -266,11 +276,11 @@ def _assemble(staging, plan, old, new_regions, new_vectors, region_shape, size):
         part = plan[start:start + ASSEMBLY_ROWS]
         regions = np.empty((len(part), *region_shape), np.float16)
         vectors = np.empty((len(part), size), np.float32)
-        for slot, (_, source, row) in enumerate(part):
-            if source == "new":
-                regions[slot], vectors[slot] = new_regions[row], new_vectors[row]
-            else:
-                regions[slot], vectors[slot] = old.regions.rows([row])[0], old.vectors[row]
+        for source, rows_of in (("new", lambda rows: (new_regions[rows], new_vectors[rows])),
+                                ("old", lambda rows: (old.regions.rows(rows), old.vectors[rows]))):
+            slots = [slot for slot, (_, kind, _) in enumerate(part) if kind == source]
+            if slots:
+                regions[slots], vectors[slots] = rows_of([part[slot][2] for slot in slots])
         for writer, block in zip(writers, (regions, vectors)):
             writer.write(block)
     for writer in writers:

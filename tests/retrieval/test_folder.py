@@ -229,3 +229,16 @@ def test_a_moved_folder_still_answers_with_image_folder(built, tmp_path):
 def test_scan_refuses_what_it_cannot_index(tmp_path):
     with pytest.raises(XDimError, match="is a file"):
         folders.scan_image_folder(str(write_photo(str(tmp_path / "x.png"), (0, 0, 0))))
+
+
+def test_update_names_a_damaged_list_of_skipped_files(built, tmp_path):
+    index = str(tmp_path / "index")
+    shutil.copytree(built["index"], index)
+    manifest_path = os.path.join(index, "manifest.json")
+    manifest = json.loads(open(manifest_path).read())
+    del manifest["source"]["skipped"][0]["mtime_ns"]
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    run = run_main(retrieve.main, ["build", "--model_path", built["model_path"], "--image_folder", built["album"],
+                                   "--index", index, "--update", "--no_progress"], expect=2)
+    assert "manifest.json: damaged, an entry of source.skipped" in run.err and "rebuild the index" in run.err
