@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import torch
-from builders import checkpoint_of, model_from_options
+from helpers import checkpoint_of, model_from_options
 from PIL import Image
 
 from lib.cli.options import default_options

@@ -7,14 +7,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import checkpoint_of, model_from_options, run_main
 from photos import GRID_CELLS, backbone_checkpoint, write_album, write_photo
-from script_runs import run_main
 
 import analyze
 import retrieve
 from lib.analysis import attention
+from lib.cli.options import default_options
 from lib.data.precomp import CaptionEncoder
 from lib.errors import XDimError
+from lib.formats.checkpoint import save_checkpoint
 from lib.model.bert import load_tokenizer
 from lib.retrieval import folder as folders
 
@@ -100,10 +102,6 @@ def test_bad_photo_options_are_one_error_line(grid_model, tmp_path, argv, messag
 
 
 def test_a_region_model_with_boxes_draws_its_most_attended_boxes(tmp_path, tiny_precomp, tiny_bert_dir):
-    from builders import checkpoint_of, model_from_options
-
-    from lib.cli.options import default_options
-    from lib.formats.checkpoint import save_checkpoint
     data_path, data_name = tiny_precomp
     data = tmp_path / "data"
     shutil.copytree(os.path.join(data_path, data_name), data / data_name)

@@ -3,7 +3,7 @@
 `image_encoder.fc.*`. They load through the official key table and encode images as the
 official network would; saved again in our format they load to the same model."""
 import torch
-from official_format import official_opt, official_parts, write_official_checkpoint
+from helpers import official_opt, official_parts, write_official_checkpoint
 
 from lib.model.backbone import ResNet
 from lib.model.encoders import l2norm

@@ -8,9 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from builders import checkpoint_of, model_from_options
+from helpers import checkpoint_of, model_from_options, run_main
 from photos import GRID_CELLS, backbone_checkpoint, tree_state, write_album, write_photo
-from script_runs import run_main
 
 import retrieve
 from lib.cli.options import default_options

@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from builders import checkpoint_of
+from helpers import checkpoint_of, run_command
 from image_layout import write_image_layout
-from script_runs import run_command
 
 import eval as eval_cli
 from lib.cli.options import default_options, train_configs

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from builders import train_from_options
+from helpers import train_from_options
 from image_layout import write_image_layout
 
 from lib.cli.options import default_options
