@@ -163,3 +163,19 @@ def test_parameters_unfrozen_mid_run_are_averaged_over_two_processes(tmp_path, i
     assert changed_parts(start, ranks[0]) == set(PARTS)
     drift = {key: float((value.float() - ranks[1][key].float()).abs().max()) for key, value in ranks[0].items()}
     assert max(drift.values()) <= 1e-6, max(drift, key=drift.get)
+
+
+def test_bf16_step_trains_the_backbone(tmp_path, images, tiny_bert_dir):
+    """Under --amp bf16 the backbone runs in bfloat16 and its float32 weights still get gradients."""
+    from builders import model_from_options, trainer_for
+    opt = grid_opt(tmp_path, images, tiny_bert_dir, amp="bf16", embedding_warmup_epochs=0, backbone_warmup_epochs=0)
+    model = model_from_options(opt).train()
+    model.backbone.set_fixed_blocks(0)
+    trainer = trainer_for(model, opt)
+    seen = []
+    model.backbone.layer4.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    before = model.backbone.conv1.weight.detach().clone()
+    captions = torch.randint(1, 50, (4, 7))
+    loss = trainer.train_step(torch.randn(4, 3, 64, 64), captions, torch.full((4,), 7))
+    assert seen == [torch.bfloat16] and model.backbone.conv1.weight.dtype == torch.float32
+    assert loss > 0 and not torch.equal(before, model.backbone.conv1.weight)
