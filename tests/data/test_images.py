@@ -387,3 +387,13 @@ def test_eval_batches_decode_each_image_once_in_order(demo_images, monkeypatch):
     assert torch.equal(pixels[5], pixel_tensor(rgb, PixelConfig(32, "detector")))
     share = list(image_eval_batches(split, PixelConfig(32, "detector"), 4, rows=[4, 1]))
     assert share[0][1].tolist() == [4, 1] and torch.equal(share[0][0][1], pixels[1])
+
+
+def test_train_loader_ranks_read_disjoint_shares(demo_images, encoder):
+    split = open_image_split(*demo_images, "train")
+    shares = []
+    for rank in range(2):
+        loader = image_train_loader(split, encoder, 5, PixelConfig(32), seed=1, num_replicas=2, rank=rank)
+        set_loader_epoch(loader, 4)
+        shares.append(set(torch.cat([batch[4] for batch in loader]).tolist()))
+    assert len(shares[0]) == len(shares[1]) == 30 and not shares[0] & shares[1]
