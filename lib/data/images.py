@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lib.data import precomp
@@ -214,7 +215,6 @@ def read_rgb(path):
     no colour profile). XDimError naming the file for a truncated, damaged or unknown file
     and for 16-bit or float images. The EXIF orientation is not applied (nor is it officially).
     """
-    from PIL import Image
     try:
         with Image.open(path) as image:
             image.load()

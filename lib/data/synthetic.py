@@ -210,7 +210,7 @@ def paint_demo_image(objects, patterns, rng, size=DEMO_IMAGE_SIZE):
 
     size >= 32: a layout cell is size // 4 pixels, a pattern cell size // 16, a frame size // 32.
     """
-    image = rng.integers(100, 156, (size, size, 3)).astype(np.uint8)
+    image = rng.integers(112, 144, (size, size, 3)).astype(np.uint8)
     cell, pattern_pixels, frame = size // 4, size // 16, size // 32
     slots = rng.permutation(16)
     tile = TILE_CELLS * pattern_pixels
@@ -237,7 +237,7 @@ def write_demo_image_split(data_path, split, n_images, patterns, rng, first_id, 
         objects = [(int(obj), *_object_looks(rng)) for obj in _pick_objects(rng)]
         name = f"{image_id}.jpg"
         Image.fromarray(paint_demo_image(objects, patterns, rng, size)).save(
-            os.path.join(data_path, "flickr30k-images", name), quality=95)
+            os.path.join(data_path, "flickr30k-images", name), quality=95, subsampling=0)
         mapping[str(image_id)] = name
         captions += [_demo_caption(objects, rng) for _ in range(5)]
     with open(os.path.join(data_path, "precomp", f"{split}_caps.txt"), "w", encoding="utf-8") as f:
