@@ -167,7 +167,7 @@ def test_parameters_unfrozen_mid_run_are_averaged_over_two_processes(tmp_path, i
 
 def test_bf16_step_trains_the_backbone(tmp_path, images, tiny_bert_dir):
     """Under --amp bf16 the backbone runs in bfloat16 and its float32 weights still get gradients."""
-    from builders import model_from_options, trainer_for
+    from helpers import model_from_options, trainer_for
     opt = grid_opt(tmp_path, images, tiny_bert_dir, amp="bf16", embedding_warmup_epochs=0, backbone_warmup_epochs=0)
     model = model_from_options(opt).train()
     model.backbone.set_fixed_blocks(0)
