@@ -316,12 +316,8 @@ def _write_page(args, gallery, results):
     """--html: the results with thumbnails of the photos (a folder gallery) and of the query photo."""
     from lib.retrieval import html
     folder = _photo_folder(args, gallery.manifest) if gallery.gallery == "images" else None
-    sections = [html.PageSection(label, args.query_image,
-                                 [html.PageHit(hit.rank, hit.score, hit.item,
-                                               html.photo_path(folder, hit.item) if folder else None)
-                                  for hit in hits], seconds)
-                for label, hits, seconds in results]
-    html.write_results_page(args.html, sections, f"X-Dim search of {args.index}", len(gallery))
+    html.write_hits_page(args.html, results, folder, args.query_image, f"X-Dim search of {args.index}",
+                         len(gallery))
     print(f"wrote {args.html}")
 
 

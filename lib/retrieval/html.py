@@ -102,6 +102,17 @@ def write_results_page(path, sections, title, gallery_size):
     write_text(path, results_page(sections, title, gallery_size))
 
 
+def write_hits_page(path, results, photo_folder, query_photo, title, gallery_size):
+    """The page of retrieve.py query: results [(query label, Hits, seconds)]; a gallery item is the photo
+    `photo_folder`/item when `photo_folder` is given (None: items without pictures)."""
+    sections = [PageSection(label, query_photo,
+                            [PageHit(hit.rank, hit.score, hit.item,
+                                     photo_path(photo_folder, hit.item) if photo_folder else None) for hit in hits],
+                            seconds)
+                for label, hits, seconds in results]
+    write_results_page(path, sections, title, gallery_size)
+
+
 def photo_path(folder, item):
     """The file of a folder gallery's item (a '/'-separated relative path) under `folder`."""
     return os.path.join(folder, *item.split("/"))
