@@ -19,6 +19,7 @@ import sys
 
 from lib.cli.entry import entry_point
 from lib.cli.options import add_runtime_options, check_output_folder
+from lib.errors import XDimError
 from lib.runtime.device import apply_threads, resolve_device
 
 
@@ -54,7 +55,6 @@ def build_parser():
 
 def check_photo_options(args):
     """--image goes with --caption (and nothing of a split), --photo with --pair; the files exist."""
-    from lib.errors import XDimError
     from lib.retrieval.folder import check_photo_file
     if (args.image is None) != (args.caption is None):
         raise XDimError("--image and --caption go together: a photo and the sentence whose words to draw on it")
@@ -124,6 +124,10 @@ def split_summary(model, args):
     from lib.evaluation import scoring
     split = encoder = None
     if args.words or args.pair is not None:
+        if model.config.uses_backbone:
+            raise XDimError(f"{args.model_path}: a raw-image (backbone) checkpoint; --words and --pair read "
+                            "region features (the mask figures work without them; --image and --caption draw "
+                            "a photo)")
         split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
     return analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
                                  progress=not args.no_progress, photo=args.photo)

@@ -125,20 +125,27 @@ def build_parser():
     return parser
 
 
-def _load_model(args, model_path, device=None):
+def _load_model(args, model_path, device=None, photos=False):
     """The checkpoint at `model_path` with the threads and precision asked for, on `device`
-    (None: the one --device names)."""
+    (None: the one --device names). A raw-image checkpoint only where no region features are read
+    (`photos`: a photo folder, captions, text or photo queries)."""
     from lib.model.xdim_model import XDimModel
     runtime = runtime_config(args)
     runtime.apply_threads()
-    return XDimModel.from_checkpoint(model_path, args.bert_path, device or runtime.torch_device(), runtime.amp)
+    model = XDimModel.from_checkpoint(model_path, args.bert_path, device or runtime.torch_device(), runtime.amp)
+    if model.config.uses_backbone and not photos:
+        raise XDimError(f"{model_path}: a raw-image (backbone) checkpoint; retrieve.py takes region-feature "
+                        "checkpoints only for distill, --images, --image_index and --image_id (a raw-image "
+                        "checkpoint builds from --image_folder or --captions and queries with --query, --queries "
+                        "or --query_image)")
+    return model
 
 
-def _load(args, model_path, device=None):
+def _load(args, model_path, device=None, photos=False):
     """-> (model on `device`, its weights fingerprint, global-vector encoder)."""
     from lib.formats.checkpoint import weights_fingerprint
     from lib.retrieval import shortlist
-    model = _load_model(args, model_path, device)
+    model = _load_model(args, model_path, device, photos)
     fingerprint = weights_fingerprint(model.state_dict())
     return model, fingerprint, shortlist.global_encoder(model, fingerprint, model_path, getattr(args, "head", None))
 
@@ -179,7 +186,7 @@ def run_build(args):
                                   for name in ("images", "captions", "model_path", "head", "bert_path")])
     device = distributed.init_from_env(runtime_config(args).torch_device())
     with distributed.together():
-        model, _, encoder = _load(args, args.model_path, device)
+        model, _, encoder = _load(args, args.model_path, device, photos=args.captions is not None)
     start = time.time()
     manifest = retrieval.build_index(model, encoder, args.index, images=args.images, captions=args.captions,
                                      model_path=args.model_path, batch_size=args.batch_size or 128,
@@ -196,7 +203,7 @@ def build_folder(args):
     """build --image_folder: check the folder and the target, load the model, index (or update)."""
     from lib.retrieval import folder
     folder.check_folder_build(args.index, args.image_folder, args.overwrite, args.update, args.model_path)
-    model, _, encoder = _load(args, args.model_path)
+    model, _, encoder = _load(args, args.model_path, photos=True)
     start = time.time()
     built = folder.build_folder_index(model, encoder, args.index, args.image_folder, args.model_path,
                                       args.batch_size or 32, args.index_type, args.overwrite, args.update,
@@ -273,7 +280,7 @@ def run_query(args):
     model_path = args.model_path or manifest["model"].get("path")
     if not model_path:
         raise XDimError(f"{args.index}: the manifest names no checkpoint; give --model_path")
-    model, _, encoder = _load(args, model_path)
+    model, _, encoder = _load(args, model_path, photos=text_query or args.query_image is not None)
     gallery = retrieval.GalleryIndex.open(args.index, model, encoder)
     shortlist_size = max(args.shortlist, args.top_k)
     if shortlist_size > args.shortlist:

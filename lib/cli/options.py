@@ -62,11 +62,16 @@ def add_runtime_options(parser):
 def get_argument_parser(with_sim=True):
     """The training options; with_sim=False leaves --sim out (for scripts that set it themselves)."""
     parser = argparse.ArgumentParser(
-        description="Train X-Dim on precomputed region features (precomp layout).",
+        description="Train X-Dim on precomputed region features (precomp layout), or on image files "
+                    "with a CNN backbone (--precomp_enc_type backbone).",
         epilog=similarity_help(), formatter_class=HelpFormatter)
     add = parser.add_argument
-    add("--data_path", default="../Flickr30K/", help="folder that holds {data_name}/")
-    add("--data_name", default="f30k_precomp", help="{coco,f30k}_precomp")
+    add("--data_path", default="../Flickr30K/",
+        help="folder that holds {data_name}/ (backbone mode: the dataset folder itself, holding precomp/, "
+             "id_mapping.json and the images)")
+    add("--data_name", default="f30k_precomp",
+        help="{coco,f30k}_precomp (backbone mode: a name containing 'coco' reads images/, any other "
+             "flickr30k-images/)")
     add("--vocab_path", default="./vocab/", help=UNUSED)
     add("--margin", default=0.2, type=float, help="rank loss margin")
     add("--num_epochs", default=30, type=int, help="number of training epochs")

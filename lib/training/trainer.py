@@ -302,8 +302,10 @@ class Trainer:
 
     def validate(self, epoch):
         """Metrics on dev, scored by all ranks together; the main rank gets and logs them, the others None."""
+        # Image files are decoded by --workers processes; region features are read in this one.
+        workers = self.config.workers if self.model.backbone is not None else 0
         metrics = validate(self.model, self.dev_files, self.caption_encoder,
-                           batch_size=self.config.batch_size, workers=0, progress=True)
+                           batch_size=self.config.batch_size, workers=workers, progress=True)
         if distributed.is_main():
             self.last_metrics = metrics
             for key, tag in METRIC_TAGS.items():

@@ -17,7 +17,8 @@ On CUDA the peaks are torch's allocator peaks. On CPU they are the increase of t
 peak resident memory (`ru_maxrss`) over a baseline taken after the model and inputs exist;
 each batch size runs in a fresh process so the high-water marks do not mask one another.
 Memory grows linearly in the batch (activations), so two batch sizes give the slope and the
-intercept; `--extrapolate B` prints the line's value at B (say so when quoting it).
+intercept of the process total (weights, gradients, AdamW's state and the activations);
+`--extrapolate B` prints the line's value at B (say so when quoting it).
 
     python tests/benchmarks/bench_backbone.py --device cuda --train_batches 8 16 --eval_batch 128
     python tests/benchmarks/bench_backbone.py --device cpu --train_batches 1 2 --eval_batch 2 --extrapolate 16
@@ -147,9 +148,9 @@ def report(args):
         print(f"train step, {batch:3d} images/process: {result['ms']:9.1f} ms, peak +{result['peak_gib']:.2f} GiB "
               f"(process total {result['total_gib']:.2f} GiB); consumes {batch / result['ms'] * 1e3:.1f} images/s")
     if args.extrapolate and len(train) > 1:
-        value, slope = linear(sorted((b, r["peak_gib"]) for b, r in train.items()), args.extrapolate)
-        print(f"  linear in the batch ({slope:.2f} GiB per image): about {value:.1f} GiB at {args.extrapolate} "
-              f"images/process (extrapolated, not measured)")
+        value, slope = linear(sorted((b, r["total_gib"]) for b, r in train.items()), args.extrapolate)
+        print(f"  process total, linear in the batch ({slope:.2f} GiB per image): about {value:.1f} GiB at "
+              f"{args.extrapolate} images/process (extrapolated, not measured)")
     result = in_fresh_process(args, "eval", args.eval_batch)
     cells, d = result["cells"], result["d"]
     print(f"evaluation: encoding {args.eval_batch} images takes {result['ms']:.1f} ms, peak +{result['peak_gib']:.2f} GiB "

@@ -1,8 +1,7 @@
 """train.py's options of the raw-image mode: refused before any work, one line each."""
 import pytest
 import torch
-from helpers import run_main
-from image_layout import write_image_layout
+from helpers import run_main, write_image_layout
 
 import train as train_script
 from lib.cli.options import default_options, train_configs

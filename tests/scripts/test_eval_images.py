@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import checkpoint_of, run_command
-from image_layout import write_image_layout
+from helpers import checkpoint_of, join_group, run_command, run_main, spawn, write_image_layout
 
 import eval as eval_cli
 from lib.cli.options import default_options, train_configs
@@ -107,7 +106,6 @@ def test_test_py_on_a_raw_image_checkpoint(checkpoint, data):
 
 
 def eval_worker(rank, world, out_dir, argv):
-    from test_distributed import join_group
     join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     try:
         torch.save(run_captured(argv), os.path.join(out_dir, f"rank{rank}.pt"))
@@ -116,7 +114,6 @@ def eval_worker(rank, world, out_dir, argv):
 
 
 def test_eval_on_two_processes_equals_one(tmp_path, checkpoint):
-    from test_distributed import spawn
     (tmp_path / "two").mkdir()
     spawn(eval_worker, (2, str(tmp_path), eval_argv(checkpoint, tmp_path / "two", "--batch_size", "2")))
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
@@ -124,3 +121,14 @@ def test_eval_on_two_processes_equals_one(tmp_path, checkpoint):
     assert [r["code"] for r in ranks] == [0, 0] and ranks[0]["out"] == one["out"] and ranks[1]["out"] == ""
     np.testing.assert_allclose(np.load(tmp_path / "two" / "sims.npy"), np.load(tmp_path / "sims.npy"),
                                rtol=1e-6, atol=0)
+
+
+def test_scripts_that_read_region_features_refuse_a_raw_image_checkpoint(tmp_path, checkpoint):
+    import analyze
+    import retrieve
+    run = run_main(retrieve.main, ["distill", "--model_path", checkpoint, "--out", str(tmp_path / "head.pth"),
+                                   "--device", "cpu"], expect=2)
+    assert "a raw-image (backbone) checkpoint; retrieve.py takes region-feature checkpoints only" in run.err
+    run = run_main(analyze.main, ["--model_path", checkpoint, "--out", str(tmp_path / "report"), "--pair", "0", "0"],
+                   expect=2)
+    assert "a raw-image (backbone) checkpoint; --words and --pair read region features" in run.err

@@ -5,8 +5,7 @@ import os
 
 import pytest
 import torch
-from helpers import train_from_options
-from image_layout import write_image_layout
+from helpers import join_group, model_from_options, spawn, train_from_options, trainer_for, write_image_layout
 
 from lib.cli.options import default_options
 from lib.formats.checkpoint import load_checkpoint
@@ -132,8 +131,6 @@ def test_resume_across_a_stage_is_exact(tmp_path, images, tiny_bert_dir, staged_
 # ---------------------------------------------------------------- two processes
 
 def unfreezing_worker(rank, world, options, out_dir):
-    from test_distributed import join_group
-
     from lib.runtime import distributed
     join_group(rank, world, os.path.join(out_dir, "rendezvous"))
     original = training.Trainer.run
@@ -155,7 +152,6 @@ def test_parameters_unfrozen_mid_run_are_averaged_over_two_processes(tmp_path, i
     """Epoch 0 trains with the backbone frozen, epoch 1 with all of it: its gradients must be
     averaged like every other's, or each process steps with its own half-batch and the replicas
     drift apart (a DistributedDataParallel wrapper built in epoch 0 tracks no backbone parameter)."""
-    from test_distributed import spawn
     opt = grid_opt(tmp_path, images, tiny_bert_dir, num_epochs=2, backbone_warmup_epochs=0)
     spawn(unfreezing_worker, (2, vars(opt), str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
@@ -167,7 +163,6 @@ def test_parameters_unfrozen_mid_run_are_averaged_over_two_processes(tmp_path, i
 
 def test_bf16_step_trains_the_backbone(tmp_path, images, tiny_bert_dir):
     """Under --amp bf16 the backbone runs in bfloat16 and its float32 weights still get gradients."""
-    from helpers import model_from_options, trainer_for
     opt = grid_opt(tmp_path, images, tiny_bert_dir, amp="bf16", embedding_warmup_epochs=0, backbone_warmup_epochs=0)
     model = model_from_options(opt).train()
     model.backbone.set_fixed_blocks(0)
