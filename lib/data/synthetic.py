@@ -1,4 +1,4 @@
-"""Small stand-ins for the real inputs: a tiny BERT and a synthetic precomp dataset.
+"""Small stand-ins for the real inputs: a tiny BERT and a synthetic dataset (region features or image files).
 
 Used by the demo and by the tests, which must never touch the network.
 """
