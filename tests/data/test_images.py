@@ -397,3 +397,22 @@ def test_train_loader_ranks_read_disjoint_shares(demo_images, encoder):
         set_loader_epoch(loader, 4)
         shares.append(set(torch.cat([batch[4] for batch in loader]).tolist()))
     assert len(shares[0]) == len(shares[1]) == 30 and not shares[0] & shares[1]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_file_met_by_a_loader_worker_is_one_line(tmp_path, encoder, workers):
+    data_path, data_name, _ = write_demo_images(str(tmp_path), {"train": 4, "test": 4}, size=32, with_bert=False)
+    broken = os.path.join(data_path, "flickr30k-images", "5.jpg")  # test's second image
+    with open(broken, "wb") as f:
+        f.write(b"not a jpeg")
+    expected = f"{broken}: not an image file Pillow can read"
+    with pytest.raises(XDimError) as caught:
+        list(image_eval_batches(open_image_split(data_path, data_name, "test"), PixelConfig(32), 2, workers))
+    assert str(caught.value) == expected
+    os.replace(broken, os.path.join(data_path, "flickr30k-images", "1.jpg"))
+    loader = image_train_loader(open_image_split(data_path, data_name, "train"), encoder, 2, PixelConfig(32),
+                                workers=workers)
+    set_loader_epoch(loader, 0)
+    with pytest.raises(XDimError) as caught:
+        list(loader)
+    assert str(caught.value) == expected.replace("5.jpg", "1.jpg")
