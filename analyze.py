@@ -7,19 +7,22 @@
     python analyze.py --model_path runs/grid/checkpoint/model_best.pth --out runs/grid/analysis \
         --image beach.jpg --caption "a dog running on the beach"
 
-Writes PNG figures and summary.json into --out (docs/analysis.md), each
-atomically; re-run into the same --out, the previous report's figures that the new
-summary.json does not list are removed.
-Needs matplotlib and scipy (pip install matplotlib scipy).
+Writes PNG figures and summary.json into --out (docs/analysis.md) as one whole: the
+report is built in a staging folder beside --out and swapped into place when complete,
+so --out holds one report or the previous one, never a mix. An existing --out is
+replaced only when it is empty or a report of analyze.py; two runs into one --out at
+the same time are refused. Needs matplotlib and scipy (pip install matplotlib scipy).
 """
 import argparse
 import json
+import logging
 import os
 import sys
 
 from lib.cli.entry import entry_point
 from lib.cli.options import add_runtime_options, check_output_folder
 from lib.errors import XDimError
+from lib.formats.atomic import atomic_folder
 from lib.runtime.device import apply_threads, resolve_device
 
 
@@ -79,47 +82,57 @@ def previous_figures(out):
             and name == os.path.basename(name)]
 
 
-def remove_unlisted_figures(out, previous, current):
-    """Delete the figures of the previous report in `out` that the new one does not list. -> their paths."""
-    removed = []
-    for name in sorted(set(previous) - set(current)):
-        path = os.path.join(out, name)
-        if os.path.isfile(path):
-            os.remove(path)
-            removed.append(path)
-    return removed
+def check_replaceable(out):
+    """XDimError unless --out is missing, empty, or holds only a report (summary.json and the
+    figures it lists): the new report replaces the folder whole."""
+    if not os.path.isdir(out):
+        return
+    others = sorted(set(os.listdir(out)) - {"summary.json", *previous_figures(out)})
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise XDimError(f"--out {out}: holds {others[0]}{more}, not part of a report of analyze.py; the "
+                        f"report replaces the folder whole, so give a new or empty folder (nothing was changed)")
+
+
+def report_lock(out):
+    """The lock that keeps two analyze.py runs from writing one --out: `<out>.analyze.lock` beside it."""
+    from lib.training import run_lock
+    parent, name = os.path.split(os.path.abspath(out))
+    return run_lock.hold_locks([parent], logging.getLogger("xdim.analyze"), name=f"{name}.analyze.lock",
+                               use=run_lock.LockUse("analyze.py", "--out"))
 
 
 def run(args, device):
     """Load the model (and the split when needed), write the report; -> summary dict.
 
-    A report already in --out is replaced: the figures its summary.json listed and
-    the new one does not are removed once the new summary.json is written.
+    The report is built in a staging folder and replaces --out whole (lib.formats.atomic),
+    under a lock that refuses a second analyze.py into the same --out.
     """
     from lib.model.xdim_model import XDimModel
-    model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
-    previous = previous_figures(args.out)
-    if args.image is not None:
-        summary = photo_summary(model, args)
-    else:
-        summary = split_summary(model, args)
-    for path in remove_unlisted_figures(args.out, previous, summary["figures"]):
-        print(f"removed {path}, a figure of the previous report that this one does not list")
-    return summary
+    with report_lock(args.out):
+        check_replaceable(args.out)
+        model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
+        write = photo_writer(model, args) if args.image is not None else split_writer(model, args)
+        with atomic_folder(args.out) as staging:
+            return write(staging)
 
 
-def photo_summary(model, args):
-    """--image and --caption: the one figure of the photo and summary.json -> the summary."""
-    from lib.analysis.attention import photo_report
+def photo_writer(model, args):
+    """--image and --caption: a writer of the photo's one figure and summary.json into a folder."""
+    from lib.analysis import attention
     from lib.formats.atomic import write_json
-    photo, name = photo_report(model, args.model_path, args.image, args.caption, args.out)
-    summary = {"photo": photo, "figures": [name]}
-    write_json(os.path.join(args.out, "summary.json"), summary, indent=1)
-    return summary
+
+    def write(folder):
+        photo, name = attention.photo_report(model, args.model_path, args.image, args.caption, folder)
+        summary = {"photo": photo, "figures": [name]}
+        write_json(os.path.join(folder, "summary.json"), summary, indent=1)
+        return summary
+    return write
 
 
-def split_summary(model, args):
-    """The mask figures and, from a split, --words and --pair -> the summary."""
+def split_writer(model, args):
+    """The mask figures and, from a split (opened and checked here), --words and --pair: a writer of
+    the report into a folder."""
     from lib.analysis import statistics as analysis
     from lib.evaluation import scoring
     split = encoder = None
@@ -129,8 +142,8 @@ def split_summary(model, args):
                             "region features (the mask figures work without them; --image and --caption draw "
                             "a photo)")
         split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
-    return analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
-                                 progress=not args.no_progress, photo=args.photo)
+    return lambda folder: analysis.write_report(model, folder, split, encoder, args.words, args.top_k, args.pair,
+                                                progress=not args.no_progress, photo=args.photo)
 
 
 def describe(summary, out):

@@ -222,8 +222,16 @@ def _detector_state(held, path, source):
 
 
 def load_backbone_weights(resnet, path):
-    """Load the weight file `path` into `resnet` (a ResNet), checking every key and shape first."""
+    """Load the weight file `path` into `resnet` (a ResNet), checking every key and shape first.
+
+    Files written before PyTorch 0.4.1 (torchvision's 2017 ImageNet ResNets) hold no BatchNorm
+    `num_batches_tracked` counters; they are taken as 0 (the counter is unused: the backbone's
+    BatchNorms never update their statistics).
+    """
     state = read_weight_file(path, resnet.source)
+    for key, tensor in resnet.state_dict().items():
+        if key.endswith(".num_batches_tracked"):
+            state.setdefault(key, torch.zeros_like(tensor))
     try:
         check_state_dict(state, resnet.state_dict(), f"--backbone_path {path}")
     except XDimError as error:

@@ -125,6 +125,17 @@ def test_torchvision_file_loads_and_its_classifier_is_ignored(tmp_path):
     assert torch.equal(target.layer4[2].conv3.weight, source.layer4[2].conv3.weight)
 
 
+def test_files_from_before_batchnorm_counters_load(tmp_path):
+    # torchvision's 2017 ImageNet files hold no num_batches_tracked entries
+    source = randomised(ResNet("imagenet_res50", TINY))
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "resnet50-19c8e357.pth")
+    target = ResNet("imagenet_res50", TINY)
+    load_backbone_weights(target, str(tmp_path / "resnet50-19c8e357.pth"))
+    assert torch.equal(target.layer1[0].bn1.running_var, source.layer1[0].bn1.running_var)
+    assert int(target.bn1.num_batches_tracked) == 0
+
+
 def bad_file_message(tmp_path, source, write):
     path = tmp_path / "weights.pth"
     write(path)
