@@ -14,6 +14,7 @@ import sys
 from lib.cli.entry import entry_point
 from lib.cli.options import check_output_folder
 from lib.data import butd as features
+from lib.formats.atomic import check_outputs
 
 
 def build_parser():
@@ -40,6 +41,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_output_folder("--out", args.out)
+    check_outputs([("--out", path) for path in features.output_paths(args.out, args.split).values()],
+                  [("--tsv", path) for path in args.tsv or []] + [("--npz_dir", args.npz_dir)])
     if args.tsv:
         n_images, records = features.count_tsv_records(args.tsv), features.read_tsv(args.tsv)
     else:
