@@ -108,7 +108,7 @@ def check_outputs_spare_inputs(args, split=None, compared=()):
     inputs = [("--model_path", args.model_path), ("--bert_path", args.bert_path), ("--pm_dir", args.pm_dir)]
     inputs += [("--ensemble", path) for path in args.ensemble] + [("--compare", path) for path in compared]
     if split is not None:
-        inputs += [("--split", split.images_path), ("--split", split.captions_path)]
+        inputs += [("--split", getattr(split, "images_path", None) or split.ids_path), ("--split", split.captions_path)]
     save_sims = score_files.score_file_path(args.save_sims) if args.save_sims else None
     check_outputs([("--json", args.json), ("--save_sims", save_sims)], inputs)
 
