@@ -108,7 +108,7 @@ def check_outputs_spare_inputs(args, split=None, compared=()):
     inputs = [("--model_path", args.model_path), ("--bert_path", args.bert_path), ("--pm_dir", args.pm_dir)]
     inputs += [("--ensemble", path) for path in args.ensemble] + [("--compare", path) for path in compared]
     if split is not None:
-        inputs += [("--split", getattr(split, "images_path", None) or split.ids_path), ("--split", split.captions_path)]
+        inputs += [("--split", scoring.image_source(split)), ("--split", split.captions_path)]
     save_sims = score_files.score_file_path(args.save_sims) if args.save_sims else None
     check_outputs([("--json", args.json), ("--save_sims", save_sims)], inputs)
 
@@ -156,7 +156,7 @@ def split_ids_file(args, split):
     captions), else the one beside the region features or under --data_path/--data_name."""
     if split is not None and hasattr(split, "ids_path"):
         return split.ids_path
-    return protocols.ids_file(split.images_path if split is not None else None, args.data_path, args.data_name,
+    return protocols.ids_file(None if split is None else split.images_path, args.data_path, args.data_name,
                               args.split)
 
 

@@ -88,6 +88,12 @@ def open_model_split(model, data_path=None, data_name=None, split="test", image_
     return files, caption_encoder(model), f"{data_name} {split}"
 
 
+def image_source(split_files):
+    """The file naming a split's images: its region features (precomp.SplitFiles.images_path), or
+    for image files its ids file (images.ImageSplit.ids_path)."""
+    return getattr(split_files, "images_path", None) or split_files.ids_path
+
+
 def caption_encoder(model):
     """The CaptionEncoder of a model's BERT: its tokenizer, captions cut to its position limit."""
     from lib.data.precomp import CaptionEncoder
@@ -105,8 +111,7 @@ def encode_shares(model, split_files, caption_encoder, batch_size=128, workers=0
     process; a failure in any process (a NaN image in its share) raises in all of them.
     """
     with distributed.together():
-        images_of = getattr(split_files, "images_path", None) or split_files.ids_path  # regions or image files
-        image_rows = distributed.shard(split_files.n_images, batch_size, f"images of {images_of}")
+        image_rows = distributed.shard(split_files.n_images, batch_size, f"images of {image_source(split_files)}")
         caption_rows = distributed.shard(split_files.n_captions, batch_size,
                                          f"captions of {split_files.captions_path}")
         img_emb, captions = encode_split(model, split_files, caption_encoder, batch_size, workers, storage,

@@ -132,3 +132,11 @@ def test_scripts_that_read_region_features_refuse_a_raw_image_checkpoint(tmp_pat
     run = run_main(analyze.main, ["--model_path", checkpoint, "--out", str(tmp_path / "report"), "--pair", "0", "0"],
                    expect=2)
     assert "a raw-image (backbone) checkpoint; --words and --pair read region features" in run.err
+
+
+def test_outputs_may_not_replace_the_image_split_inputs(tmp_path, checkpoint, data):
+    ids = os.path.join(data[0], "precomp", "test_ids.txt")
+    before = open(ids).read()
+    run = run_main(eval_cli.main, ["--model_path", checkpoint, "--split", "test", "--device", "cpu", "--json", ids,
+                                   "--no_progress"], expect=2)
+    assert run.err.startswith("error: --json") and ids in run.err and open(ids).read() == before
