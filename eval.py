@@ -164,8 +164,7 @@ def check_compare_options(args):
     if args.model_path or args.ensemble or args.shortlist or args.save_sims:
         raise XDimError("--compare A B takes the two sides itself: leave out --model_path, --ensemble, "
                         "--shortlist and --save_sims")
-    if args.n_resamples < 1:
-        raise XDimError(f"--n_resamples {args.n_resamples}: must be at least 1")
+    compare.check_resamples("--n_resamples", args.n_resamples)
     for path in args.compare:
         if not os.path.isfile(path):
             raise XDimError(f"{path}: no such file (--compare takes two .npy score files or checkpoints)")

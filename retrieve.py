@@ -15,6 +15,7 @@ Bad input prints one `error: ...` line and exits 2; an existing index is never d
 --overwrite replaces only a folder that is an index. Outputs are written atomically.
 """
 import argparse
+import math
 import os
 import sys
 import time
@@ -126,6 +127,9 @@ def run_distill(args):
     for name in ("epochs", "batch_images", "size", "group"):
         if getattr(args, name) < 1:
             raise XDimError(f"--{name} must be at least 1")
+    for name in ("learning_rate", "temperature"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            raise XDimError(f"--{name} {getattr(args, name)}: must be a positive number")
     out = args.out or shortlist.default_head_path(args.model_path)
     check_output_file("--out", out)
     model = _load_model(args, args.model_path)
@@ -145,7 +149,7 @@ def run_build(args):
     """Build an index; under torchrun every process encodes a share and rank 0 reports."""
     from lib.retrieval import index as retrieval
     from lib.runtime import distributed
-    check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)))
+    check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)), shown=args.index)
     retrieval.check_index_target(args.index, args.overwrite,
                                  [(f"--{name}", getattr(args, name))
                                   for name in ("images", "captions", "model_path", "head", "bert_path")])

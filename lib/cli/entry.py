@@ -2,14 +2,17 @@
 
 An expected failure (XDimError, or an OSError such as a missing file, a folder in
 place of a file or a full disk) ends as one `error: ...` line on stderr and exit
-code 2, never a traceback; anything else is a bug and keeps its traceback. A
-torchrun process group that the script opened is closed in every case.
+code 2, never a traceback (Ctrl-C: one line, exit code 130); anything else is a bug and
+keeps its traceback. A torchrun process group that the script opened is closed in every case.
 """
 import functools
 import sys
 
-from lib.errors import XDimError
+from lib.errors import Interrupted, XDimError
 from lib.runtime import distributed
+
+# The exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 
 def describe_os_error(error):
@@ -25,8 +28,11 @@ def entry_point(main):
 
     @functools.wraps(main)
     def run(*args, **kwargs):
+        code = 2
         try:
             return main(*args, **kwargs) or 0
+        except (Interrupted, KeyboardInterrupt) as error:
+            message, code = str(error) or "interrupted", INTERRUPTED
         except XDimError as error:
             message = str(error)
         except OSError as error:
@@ -34,6 +40,6 @@ def entry_point(main):
         finally:
             distributed.close_launch_group()
         print(f"error: {message}", file=sys.stderr)
-        return 2
+        return code
 
     return run

@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from lib.data.butd import NpyWriter
-from lib.data.precomp import load_region_features, pad_images, read_captions
+from lib.data.precomp import check_features_finite, load_region_features, pad_images, read_captions
 from lib.errors import XDimError, first_line
 from lib.evaluation import metrics
 from lib.evaluation.encoding import TokenIds, encoded_captions, encoded_images
@@ -432,9 +432,12 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
     model.val_start()
     if images is not None:
         features, items, counts = load_gallery_images(images, model.config.img_dim)
+        check_features_finite(features, images)
         source = {"images": os.path.abspath(images)}
     else:
         items = read_captions(captions)
+        if not items:
+            raise XDimError(f"--captions {captions}: holds no captions; give a text file with one caption per line")
         token_ids = caption_token_ids(items, caption_encoder(model), progress)
         query_images = _companion(captions, "_ims.npy")
         source = {"captions": os.path.abspath(captions),
@@ -584,6 +587,9 @@ class GalleryIndex:
         manifest = read_manifest(index_dir)
         check_fingerprints(manifest, index_dir, model, encoder)
         n, d, g = manifest["count"], manifest["embed_size"], encoder.size
+        if n < 1:
+            raise XDimError(f"{index_dir}: the index holds no {manifest['gallery']}, there is nothing to search; "
+                            f"rebuild it from a gallery with at least one item")
         _open_array(index_dir, "global.npy", (n, g), np.float32)  # kept to rebuild stage one; checked here
         if manifest["gallery"] == "images":
             name, shape, counts = "regions.npy", (n, manifest["regions"], d), ("lengths.npy", (n,))
@@ -617,6 +623,9 @@ class GalleryIndex:
             index = faiss.read_index(path)
         except RuntimeError as err:
             raise XDimError(f"{path}: damaged ({first_line(err)[:160]}); rebuild the index") from None
+        except MemoryError:  # a damaged length field asks for more memory than there is
+            raise XDimError(f"{path}: damaged (a length field asks for more memory than the machine has); "
+                            f"rebuild the index") from None
         if index.ntotal != n or index.d != size:
             raise XDimError(f"{path}: damaged: {index.ntotal} vectors of {index.d}, the manifest says "
                             f"{n} of {size}; rebuild the index")
