@@ -16,6 +16,7 @@ iteration counter) continues exactly as the uninterrupted run would have.
 import logging
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -117,32 +118,40 @@ def open_text_log(logger):
             handler.open()
 
 
-class _HeldFileHandler(logging.Handler):
-    """A log file that holds its records in memory until `open()` creates (or appends to) it."""
+class _HeldFileHandler(logging.FileHandler):
+    """A log file that holds its records in memory until `open()` creates (or appends to) it.
+
+    A failed write (a full disk) stops the run with one line naming the file, instead of
+    logging's traceback on stderr for every line.
+    """
 
     def __init__(self, path):
-        super().__init__()
-        self.path = path
+        super().__init__(path, encoding="utf-8", delay=True)
         self.held = []
-        self.file = None
 
     def open(self):
-        self.file = logging.FileHandler(self.path, encoding="utf-8")
-        self.file.setFormatter(self.formatter)
-        for record in self.held:
-            self.file.emit(record)
-        self.held = []
+        held, self.held = self.held, None
+        for record in held:
+            super().emit(record)
 
     def emit(self, record):
-        if self.file is None:
+        if self.held is not None:
             self.held.append(record)
         else:
-            self.file.emit(record)
+            super().emit(record)
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise XDimError(f"{self.baseFilename}: cannot write the training log ({error.strerror or error}); "
+                            f"free some space, then --resume the last checkpoint") from None
+        super().handleError(record)
 
     def close(self):
-        if self.file is not None:
-            self.file.close()
-        super().close()
+        try:
+            super().close()
+        except OSError:  # the lines that could not be flushed were reported when written
+            pass
 
 
 class _TqdmHandler(logging.Handler):
