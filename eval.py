@@ -130,6 +130,7 @@ def report(args, matrices, sources, cpi, global_vectors):
     --save_sims and --json."""
     if args.model_path:
         score_files.check_finite_scores(matrices[0], args.model_path)
+        score_files.warn_constant_scores(matrices[0], args.model_path)
     sims = matrices[0] if len(matrices) == 1 else score_files.ensemble_sims(matrices, sources)
     results = metrics.run_protocol(sims, cpi, args.fold5, args.fold_images)
     if args.save_sims:

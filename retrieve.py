@@ -199,6 +199,15 @@ def read_queries(path):
     return read_captions(path)
 
 
+def warn_unknown_query(encoder, text):
+    """Say on stderr when no word of a text query is in the checkpoint's vocabulary (each becomes [UNK],
+    so the ranking answers nothing that was asked)."""
+    pieces = encoder.tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+    if pieces and all(piece == encoder.tokenizer.unk_token_id for piece in pieces):
+        print(f"warning: query {text.strip()!r}: none of its words is in the checkpoint's vocabulary, all read as "
+              f"[UNK]; the results below do not depend on what was asked", file=sys.stderr)
+
+
 def run_query(args):
     from lib.retrieval import index as retrieval
     if args.top_k < 1 or args.shortlist < 1:
@@ -221,6 +230,7 @@ def run_query(args):
     results = []
     if text_query:
         for text in queries:
+            warn_unknown_query(gallery.caption_encoder(), text)
             start = time.time()
             hits = gallery.search_text(text, args.top_k, shortlist_size)
             results.append((text, hits, time.time() - start))
