@@ -4,6 +4,7 @@ An expected failure (XDimError, or an OSError such as a missing file, a folder i
 place of a file or a full disk) ends as one `error: ...` line on stderr and exit
 code 2, never a traceback (Ctrl-C: one line, exit code 130); anything else is a bug and
 keeps its traceback. A torchrun process group that the script opened is closed in every case.
+Under torchrun each failure is printed once, naming the process (`report`).
 """
 import functools
 import sys
@@ -23,6 +24,19 @@ def describe_os_error(error):
     return reason
 
 
+def report(message):
+    """Print `error: message` on stderr. Under torchrun the line names the process, and a failure that
+    another process reported (the same line) or that `agree` copied from another process is not
+    repeated: each failure is printed once, by a process that met it."""
+    if message is None:
+        return
+    if distributed.launched_as_several():
+        if not distributed.first_to_report(message):
+            return
+        message = f"process {distributed.launch_rank()}: {message}"
+    print(f"error: {message}", file=sys.stderr)
+
+
 def entry_point(main):
     """Decorate a script's `main(argv=None, ...) -> exit code or None` (None means 0)."""
 
@@ -31,6 +45,8 @@ def entry_point(main):
         code = 2
         try:
             return main(*args, **kwargs) or 0
+        except distributed.OtherProcessFailed as error:
+            message = None if distributed.launched_as_several() else str(error)
         except (Interrupted, KeyboardInterrupt) as error:
             message, code = str(error) or "interrupted", INTERRUPTED
         except XDimError as error:
@@ -39,7 +55,7 @@ def entry_point(main):
             message = describe_os_error(error)
         finally:
             distributed.close_launch_group()
-        print(f"error: {message}", file=sys.stderr)
+        report(message)
         return code
 
     return run
