@@ -518,6 +518,15 @@ def _open_array(index_dir, name, shape, dtype):
     return array
 
 
+def _folder_identity(folder):
+    """(device, inode) of `folder`, None when it does not exist: a rebuild's swap changes it."""
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class RowReader:
     """Rows of a large .npy array read from disk with one `pread` per contiguous run.
 
@@ -584,6 +593,18 @@ class GalleryIndex:
 
     @classmethod
     def open(cls, index_dir, model, encoder):
+        """Open and check an index. One replaced by a rebuild while it was being opened (its folder
+        swapped for the new one midway, so its files disagree) is opened again, once."""
+        before = _folder_identity(index_dir)
+        try:
+            return cls._open(index_dir, model, encoder)
+        except XDimError:
+            if _folder_identity(index_dir) == before:
+                raise
+        return cls._open(index_dir, model, encoder)  # the folder was swapped midway: open the new index
+
+    @classmethod
+    def _open(cls, index_dir, model, encoder):
         manifest = read_manifest(index_dir)
         check_fingerprints(manifest, index_dir, model, encoder)
         n, d, g = manifest["count"], manifest["embed_size"], encoder.size

@@ -138,3 +138,30 @@ def test_query_of_only_unknown_words_warns(built):
     known = run_main(retrieve.main, ["query", "--index", built["images_index"], "--query", "a red dog",
                                      "--top_k", "2", "--device", "cpu"])
     assert "warning" not in known.err
+
+
+def test_query_while_a_rebuild_swaps_the_index_opens_the_new_one(built, tmp_path, monkeypatch):
+    from lib.retrieval import index as retrieval
+    index = _copy_index(built["images_index"], tmp_path / "idx")
+    rebuilt = _copy_index(built["images_index"], tmp_path / "rebuilt")
+    manifest = json.load(open(os.path.join(rebuilt, "manifest.json")))
+    manifest["regions"] += 1  # the rebuilt gallery differs: its regions.npy disagrees with the old manifest
+    json.dump(manifest, open(os.path.join(rebuilt, "manifest.json"), "w"))
+    np.save(os.path.join(rebuilt, "regions.npy"),
+            np.zeros((manifest["count"], manifest["regions"], manifest["embed_size"]), np.float16))
+    read_manifest = retrieval.read_manifest
+    reads, swaps = [], []
+
+    def swapped_after_reading(folder):
+        result = read_manifest(folder)
+        reads.append(folder)
+        if len(reads) == 2:  # a rebuild's swap while the index is opened, right after its manifest was read
+            os.rename(index, str(tmp_path / "old"))
+            os.rename(rebuilt, index)
+            swaps.append(folder)
+        return result
+
+    monkeypatch.setattr(retrieval, "read_manifest", swapped_after_reading)
+    run = run_main(retrieve.main, ["query", "--index", index, "--query", "a red dog", "--top_k", "2",
+                                   "--device", "cpu"])
+    assert swaps and "damaged" not in run.err and "top 2 of" in run.out
