@@ -479,7 +479,9 @@ def run_interruptible(trainer, start_epoch):
     except KeyboardInterrupt:
         last = os.path.join(trainer.config.model_name, CHECKPOINT)
         where = f"interrupted at iteration {trainer.iterations}"
-        if distributed.is_main() and os.path.isfile(last):
+        if not distributed.is_main():  # only rank 0 writes checkpoints
+            raise Interrupted(f"{where} (process 0 says how to resume)") from None
+        if os.path.isfile(last):
             raise Interrupted(f"{where}; continue with the same command plus --resume {last} (it restarts "
                               f"from the end of the last finished epoch exactly)") from None
         raise Interrupted(f"{where}, before the first epoch ended: no checkpoint to resume from, "
