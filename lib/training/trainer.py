@@ -440,7 +440,8 @@ def train(model_config, config, runtime, augment=True):
     lib.model.bert.resolve_bert_path); config: lib.training.config.TrainConfig; runtime:
     lib.runtime.device.RuntimeConfig, its device already checked. Under torchrun every
     process runs this; all validate together, only rank 0 logs and writes checkpoints. Raises
-    XDimError for bad input and for a non-finite loss.
+    XDimError for bad input and for a non-finite loss (train.log is written only once the checks
+    before work have passed), Interrupted on Ctrl-C.
     """
     device = distributed.init_from_env(runtime.torch_device())
     threads = runtime.apply_threads()
