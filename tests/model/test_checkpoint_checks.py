@@ -1,8 +1,7 @@
 """Checkpoints refused before any work: a cut vocabulary, an embed size out of bounds."""
 import pytest
 import torch
-from builders import checkpoint_of, model_from_options
-from script_runs import run_main
+from helpers import checkpoint_of, model_from_options, run_main
 
 import eval as eval_cli
 from lib.cli.options import default_options

@@ -8,8 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from builders import checkpoint_of, model_from_options
-from script_runs import run_main
+from helpers import checkpoint_of, model_from_options, run_main
 
 import retrieve
 from lib.cli.options import default_options

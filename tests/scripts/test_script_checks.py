@@ -4,8 +4,7 @@ empty --out."""
 import numpy as np
 import pytest
 import torch
-from builders import checkpoint_of, model_from_options
-from script_runs import run_main
+from helpers import checkpoint_of, model_from_options, run_main
 
 import ablate
 import convert_features

@@ -5,8 +5,7 @@ import os
 
 import pytest
 import torch
-from builders import model_from_options, trainer_for
-from script_runs import run_main
+from helpers import model_from_options, run_main, trainer_for
 
 import train
 from lib.cli.options import default_options
