@@ -5,6 +5,7 @@
         --split testall --fold5 --save_sims coco_a.npy --json coco_a.json
     python eval.py --ensemble coco_a.npy coco_b.npy --fold5       # no model needed
     python eval.py --compare coco_a.npy coco_b.npy --fold5        # B - A with 95% bootstrap intervals
+    python testall.py --ensemble coco_a.npy --data_path DATA --protocols coco,cxc,eccv  # needs eccv_caption
 
 test.py (Flickr30K 1K test) and testall.py (COCO 5-fold 1K and 5K) are this
 script with other defaults.
@@ -16,7 +17,7 @@ import sys
 from lib.cli.entry import entry_point
 from lib.cli.options import HelpFormatter, add_runtime_options, check_evaluation_options, check_output_file
 from lib.errors import XDimError
-from lib.evaluation import compare, encoding, metrics, score_files, scoring
+from lib.evaluation import compare, encoding, metrics, protocols, score_files, scoring
 from lib.formats.atomic import write_json
 from lib.model.xdim_model import XDimModel
 from lib.runtime import distributed
@@ -61,6 +62,12 @@ def build_parser(description=None, **defaults):
              "over the images (needs scipy); replaces --model_path and --ensemble")
     add("--n_resamples", type=int, default=10000, help="bootstrap resamples for --compare")
     add("--seed", type=int, default=0, help="seed of the --compare bootstrap")
+    add("--protocols", metavar="LIST", default=None,
+        help="COCO 5K (testall) only: also report these benchmarks, comma-separated: coco (1K, 5K), "
+             "cxc, eccv (ECCV Caption R@K, R-Precision, mAP@R), pmrp (with --pm_dir); all but coco "
+             "need eccv_caption and the split's image ids (S_ids.txt); see docs/evaluation.md")
+    add("--pm_dir", metavar="DIR", default=None,
+        help="folder holding pm_image_to_caption.json and pm_caption_to_image.json, for --protocols pmrp")
     add("--no_progress", action="store_true", help="hide the progress bars")
     add_runtime_options(parser)
     parser.set_defaults(**defaults)
@@ -115,6 +122,8 @@ def evaluate(args, device):
         score_files.check_same_shape(shapes, sources)
         if args.fold5:
             metrics.check_fold_count(shapes[0][0], 5, args.fold_images)
+        prepared = args.protocols and protocols.prepare(args.protocols, args.pm_dir, shapes[0], protocols.ids_file(
+            split.images_path if args.model_path else None, args.data_path, args.data_name, args.split))
     global_vectors = None
     if args.model_path:
         sims, global_vectors = model_scores(args, model, split, encoder)
@@ -122,12 +131,12 @@ def evaluate(args, device):
     with distributed.together():
         if not distributed.is_main():
             return None, label
-        return report(args, matrices, sources, cpi, global_vectors), label
+        return report(args, matrices, sources, cpi, global_vectors, prepared), label
 
 
-def report(args, matrices, sources, cpi, global_vectors):
-    """The protocol's results of the (ensembled) scores, the model's checked finite; writes
-    --save_sims and --json."""
+def report(args, matrices, sources, cpi, global_vectors, prepared=None):
+    """The protocol's results of the (ensembled) scores, the model's checked finite, with
+    --protocols the benchmarks (`prepared`: protocols.prepare's); writes --save_sims and --json."""
     if args.model_path:
         score_files.check_finite_scores(matrices[0], args.model_path)
         score_files.warn_constant_scores(matrices[0], args.model_path)
@@ -143,6 +152,8 @@ def report(args, matrices, sources, cpi, global_vectors):
         results["shortlist"] = two_stage_protocol(sims, img_global, cap_global, args.shortlist, cpi,
                                                   args.fold5, args.fold_images)
         results["shortlist"]["vectors"] = description
+    if args.protocols:
+        results["protocols"] = protocols.evaluate(sims, results, args.protocols, prepared, not args.no_progress)
     if args.json:
         write_json(args.json, metrics.rounded(results))
     return results
@@ -199,9 +210,13 @@ def run_compare(args):
 @entry_point
 def main(argv=None, description=None, **defaults):
     args = build_parser(description, **defaults).parse_args(argv)
+    if args.compare and (args.protocols or args.pm_dir):
+        raise XDimError("--compare reports this codebase's metrics only: leave out --protocols and --pm_dir")
     if args.compare:
         return run_compare(args)
     device = check_evaluation_options(args)
+    if args.protocols or args.pm_dir:
+        args.protocols = protocols.parse_protocols(args.protocols or "", args.pm_dir, args.fold_images)
     apply_threads(args.threads)
     results, label = evaluate(args, device)
     if results is None:  # another process of a torchrun launch reports
@@ -212,6 +227,9 @@ def main(argv=None, description=None, **defaults):
         print(f"\ntwo stages: X-Dim on the {two_stage['k']} best by {two_stage['vectors']['kind']} "
               f"global vectors per query, {100 * two_stage['pair_fraction']:.2f}% of the pair scores")
         print(metrics.results_table(two_stage, f"{label} shortlist {two_stage['k']}"))
+    if "protocols" in results:
+        print(f"\nbenchmarks on COCO 5K{protocols.checked_note(results['protocols'])}:")
+        print(protocols.protocols_table(results["protocols"]))
 
 
 if __name__ == "__main__":

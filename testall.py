@@ -2,6 +2,7 @@
 as five 1K folds (each fold and their mean, "COCO 1K") and as one 5K matrix ("COCO 5K").
 
     python testall.py --model_path runs/coco/model_best.pth --data_path DATA
+    python testall.py --ensemble coco_a.npy --data_path DATA --protocols coco,cxc,eccv   # CxC, ECCV Caption
 
 Every eval.py option applies (--bert_path, --device, --amp, --save_sims, --json, ...).
 """
