@@ -149,3 +149,12 @@ def test_the_training_code_still_gives_the_recorded_first_loss(tmp_path, log_lin
         torch.set_num_threads(threads)
     # 4 decimals in the log; 1e-4 relative leaves room for another CPU's float kernels
     assert loss == pytest.approx(recorded, rel=1e-4)
+
+
+def test_the_ablation_tables_xdim_row_is_the_quick_starts(log_lines):
+    """ablate.py trains its xdim variant with the quick start's options: docs/similarity.md's row
+    must show the recorded test recalls and the recorded run's best dev rSum."""
+    test_row = [cell.split() for cell in _read("docs", "figures", "demo_eval.txt").splitlines()[-1].split("|")]
+    best_dev = float(re.search(r"^done: best rsum ([0-9.]+)$", "\n".join(log_lines), re.M).group(1))
+    row = re.search(r"^xdim +\|(.*)$", _read("docs", "similarity.md"), re.M).group(1).split("|")
+    assert [cell.strip() for cell in row[:4]] == [test_row[1][0], test_row[2][0], test_row[3][0], f"{best_dev:.1f}"]
