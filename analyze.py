@@ -4,18 +4,22 @@
     python analyze.py --model_path runs/demo/checkpoint/model_best.pth --out runs/demo/analysis \\
         --data_path data/demo --data_name demo_precomp --split test --words dog cat --pair 0 0
 
-Writes PNG figures and summary.json into --out (docs/analysis.md), each
-atomically; re-run into the same --out, the previous report's figures that the new
-summary.json does not list are removed.
-Needs matplotlib and scipy (pip install matplotlib scipy).
+Writes PNG figures and summary.json into --out (docs/analysis.md) as one whole: the
+report is built in a staging folder beside --out and swapped into place when complete,
+so --out holds one report or the previous one, never a mix. An existing --out is
+replaced only when it is empty or a report of analyze.py; two runs into one --out at
+the same time are refused. Needs matplotlib and scipy (pip install matplotlib scipy).
 """
 import argparse
 import json
+import logging
 import os
 import sys
 
 from lib.cli.entry import entry_point
 from lib.cli.options import add_runtime_options, check_output_folder
+from lib.errors import XDimError
+from lib.formats.atomic import atomic_folder
 from lib.runtime.device import apply_threads, resolve_device
 
 
@@ -53,36 +57,44 @@ def previous_figures(out):
             and name == os.path.basename(name)]
 
 
-def remove_unlisted_figures(out, previous, current):
-    """Delete the figures of the previous report in `out` that the new one does not list. -> their paths."""
-    removed = []
-    for name in sorted(set(previous) - set(current)):
-        path = os.path.join(out, name)
-        if os.path.isfile(path):
-            os.remove(path)
-            removed.append(path)
-    return removed
+def check_replaceable(out):
+    """XDimError unless --out is missing, empty, or holds only a report (summary.json and the
+    figures it lists): the new report replaces the folder whole."""
+    if not os.path.isdir(out):
+        return
+    others = sorted(set(os.listdir(out)) - {"summary.json", *previous_figures(out)})
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise XDimError(f"--out {out}: holds {others[0]}{more}, not part of a report of analyze.py; the "
+                        f"report replaces the folder whole, so give a new or empty folder (nothing was changed)")
+
+
+def report_lock(out):
+    """The lock that keeps two analyze.py runs from writing one --out: `<out>.analyze.lock` beside it."""
+    from lib.training import run_lock
+    parent, name = os.path.split(os.path.abspath(out))
+    return run_lock.hold_locks([parent], logging.getLogger("xdim.analyze"), name=f"{name}.analyze.lock",
+                               use=run_lock.LockUse("analyze.py", "--out"))
 
 
 def run(args, device):
     """Load the model (and the split when needed), write the report; -> summary dict.
 
-    A report already in --out is replaced: the figures its summary.json listed and
-    the new one does not are removed once the new summary.json is written.
+    The report is built in a staging folder and replaces --out whole (lib.formats.atomic),
+    under a lock that refuses a second analyze.py into the same --out.
     """
     from lib.analysis import statistics as analysis
     from lib.evaluation import scoring
     from lib.model.xdim_model import XDimModel
-    model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
-    split = encoder = None
-    if args.words or args.pair is not None:
-        split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
-    previous = previous_figures(args.out)
-    summary = analysis.write_report(model, args.out, split, encoder, args.words, args.top_k, args.pair,
-                                    progress=not args.no_progress)
-    for path in remove_unlisted_figures(args.out, previous, summary["figures"]):
-        print(f"removed {path}, a figure of the previous report that this one does not list")
-    return summary
+    with report_lock(args.out):
+        check_replaceable(args.out)
+        model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
+        split = encoder = None
+        if args.words or args.pair is not None:
+            split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+        with atomic_folder(args.out) as staging:
+            return analysis.write_report(model, staging, split, encoder, args.words, args.top_k, args.pair,
+                                         progress=not args.no_progress)
 
 
 def describe(summary, out):

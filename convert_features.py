@@ -15,6 +15,7 @@ import sys
 from lib.cli.entry import entry_point
 from lib.cli.options import check_output_folder, nearest_existing
 from lib.data import butd as features
+from lib.formats.atomic import check_outputs
 
 
 def build_parser():
@@ -48,6 +49,8 @@ def remove_empty_folders(folder, stop):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_output_folder("--out", args.out)
+    check_outputs([("--out", path) for path in features.output_paths(args.out, args.split).values()],
+                  [("--tsv", path) for path in args.tsv or []] + [("--npz_dir", args.npz_dir)])
     existing = nearest_existing(os.path.abspath(args.out))
     try:
         if args.tsv:

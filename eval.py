@@ -18,7 +18,7 @@ from lib.cli.entry import entry_point
 from lib.cli.options import HelpFormatter, add_runtime_options, check_evaluation_options, check_output_file
 from lib.errors import XDimError
 from lib.evaluation import compare, encoding, metrics, protocols, score_files, scoring
-from lib.formats.atomic import write_json
+from lib.formats.atomic import check_outputs, write_json
 from lib.model.xdim_model import XDimModel
 from lib.runtime import distributed
 from lib.runtime.device import apply_threads
@@ -98,6 +98,17 @@ def model_scores(args, model, split, encoder):
     return sims, global_vectors
 
 
+def check_outputs_spare_inputs(args, split=None, compared=()):
+    """XDimError, before any scoring, when --json or --save_sims would replace a file the command
+    reads (the checkpoint, a score file, the split's features or captions, the BERT or --pm_dir folder)."""
+    inputs = [("--model_path", args.model_path), ("--bert_path", args.bert_path), ("--pm_dir", args.pm_dir)]
+    inputs += [("--ensemble", path) for path in args.ensemble] + [("--compare", path) for path in compared]
+    if split is not None:
+        inputs += [("--split", split.images_path), ("--split", split.captions_path)]
+    save_sims = score_files.score_file_path(args.save_sims) if args.save_sims else None
+    check_outputs([("--json", args.json), ("--save_sims", save_sims)], inputs)
+
+
 def evaluate(args, device):
     """Scores from the model and/or files -> (results of metrics.run_protocol, table label),
     --save_sims and --json written.
@@ -117,8 +128,9 @@ def evaluate(args, device):
             sources, shapes = [args.model_path] + sources, [(split.n_images, split.n_captions)] + shapes
             cpi = split.captions_per_image
         else:
-            label = "ensemble"
+            split, label = None, "ensemble"
             cpi = score_files.infer_captions_per_image(matrices[0], args.ensemble[0])
+        check_outputs_spare_inputs(args, split)
         score_files.check_same_shape(shapes, sources)
         if args.fold5:
             metrics.check_fold_count(shapes[0][0], 5, args.fold_images)
@@ -182,6 +194,7 @@ def check_compare_options(args):
             raise XDimError(f"{path}: no such file (--compare takes two .npy score files or checkpoints)")
     if args.json:
         check_output_file("--json", args.json)
+    check_outputs_spare_inputs(args, compared=args.compare)
     compare.check_scipy()
 
 

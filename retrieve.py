@@ -15,15 +15,26 @@ Bad input prints one `error: ...` line and exits 2; an existing index is never d
 --overwrite replaces only a folder that is an index. Outputs are written atomically.
 """
 import argparse
-import math
 import os
 import sys
 import time
 
 from lib.cli.entry import entry_point
-from lib.cli.options import add_runtime_options, check_output_file, check_output_folder, runtime_config
+from lib.cli.options import (
+    AT_LEAST_1,
+    POSITIVE,
+    add_runtime_options,
+    check_output_file,
+    check_output_folder,
+    check_ranges,
+    runtime_config,
+)
 from lib.errors import XDimError
-from lib.formats.atomic import write_json
+from lib.formats.atomic import check_outputs, write_json
+
+# A temperature of 0 divides by zero (an all-NaN head), a negative one inverts the ranking learned.
+DISTILL_RANGES = {"epochs": AT_LEAST_1, "batch_images": AT_LEAST_1, "learning_rate": POSITIVE, "size": AT_LEAST_1,
+                  "group": AT_LEAST_1, "temperature": POSITIVE}
 
 
 def _add_model_options(parser, required=True):
@@ -124,16 +135,13 @@ def run_distill(args):
     from lib.evaluation.scoring import open_model_split
     from lib.formats.checkpoint import weights_fingerprint
     from lib.retrieval import shortlist
-    for name in ("epochs", "batch_images", "size", "group"):
-        if getattr(args, name) < 1:
-            raise XDimError(f"--{name} must be at least 1")
-    for name in ("learning_rate", "temperature"):
-        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
-            raise XDimError(f"--{name} {getattr(args, name)}: must be a positive number")
+    check_ranges(args, DISTILL_RANGES)
     out = args.out or shortlist.default_head_path(args.model_path)
     check_output_file("--out", out)
+    check_outputs([("--out", out)], [("--model_path", args.model_path), ("--bert_path", args.bert_path)])
     model = _load_model(args, args.model_path)
     split, encoder, _ = open_model_split(model, args.data_path, args.data_name, args.split)
+    check_outputs([("--out", out)], [("--split", split.images_path), ("--split", split.captions_path)])
     start = time.time()
     head, loss = shortlist.distill_head(model, split, encoder, args.epochs, args.batch_images, args.learning_rate,
                                         args.temperature, args.size, group=args.group, seed=args.seed)
@@ -149,6 +157,7 @@ def run_build(args):
     """Build an index; under torchrun every process encodes a share and rank 0 reports."""
     from lib.retrieval import index as retrieval
     from lib.runtime import distributed
+    check_ranges(args, {"batch_size": AT_LEAST_1})
     check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)), shown=args.index)
     retrieval.check_index_target(args.index, args.overwrite,
                                  [(f"--{name}", getattr(args, name))
@@ -210,8 +219,7 @@ def warn_unknown_query(encoder, text):
 
 def run_query(args):
     from lib.retrieval import index as retrieval
-    if args.top_k < 1 or args.shortlist < 1:
-        raise XDimError("--top_k and --shortlist must be at least 1")
+    check_ranges(args, {"top_k": AT_LEAST_1, "shortlist": AT_LEAST_1})
     queries = read_queries(args.queries) if args.queries is not None else [args.query]
     if args.json:
         check_output_file("--json", args.json)
@@ -221,6 +229,9 @@ def run_query(args):
     model_path = args.model_path or manifest["model"].get("path")
     if not model_path:
         raise XDimError(f"{args.index}: the manifest names no checkpoint; give --model_path")
+    check_outputs([("--json", args.json)],
+                  [("--index", args.index), ("--queries", args.queries), ("--images", args.images),
+                   ("--model_path", model_path), ("--head", args.head), ("--bert_path", args.bert_path)])
     model, _, encoder = _load(args, model_path)
     gallery = retrieval.GalleryIndex.open(args.index, model, encoder)
     shortlist_size = max(args.shortlist, args.top_k)

@@ -559,3 +559,16 @@ def random_inputs(d, n_img=3, n_cap=5, regions=7, max_len=9, seed=0):
 def relative_error(ours, ref):
     """max |ours - ref| over max |ref|: scores can sit near zero, so normalise by the largest."""
     return np.abs(ours - ref).max() / np.abs(ref).max()
+
+
+def hinge_losses_by_hand(scores, margin):
+    """scores (B, B) float64 numpy, matching pairs on the diagonal -> (the sum of every margin violation,
+    the sum of each image row's and each caption column's hardest one), written out from the definition."""
+    n = len(scores)
+    captions, images = np.zeros((n, n)), np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                captions[i, j] = max(0.0, margin + scores[i, j] - scores[i, i])  # image i, wrong caption j
+                images[i, j] = max(0.0, margin + scores[i, j] - scores[j, j])  # caption j, wrong image i
+    return captions.sum() + images.sum(), captions.max(axis=1).sum() + images.max(axis=0).sum()

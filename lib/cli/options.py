@@ -163,7 +163,8 @@ EVALUATION_RANGES = {
 }
 
 
-def _check_ranges(opt, ranges):
+def check_ranges(opt, ranges):
+    """XDimError naming the first option of `ranges` ({name: (test, requirement)}) whose value fails its test."""
     for name, (test, requirement) in ranges.items():
         value = getattr(opt, name)
         if not test(value):
@@ -206,7 +207,7 @@ def check_training_options(opt):
     folders (or creatable), and the device must exist here. Raises XDimError naming the
     first bad option.
     """
-    _check_ranges(opt, TRAINING_RANGES)
+    check_ranges(opt, TRAINING_RANGES)
     check_output_folder("--logger_name", opt.logger_name)
     check_output_folder("--model_name", opt.model_name)
     return resolve_device(opt.device)
@@ -224,7 +225,7 @@ def check_evaluation_options(args):
     if args.shortlist is not None and (args.shortlist < 1 or not args.model_path):
         raise XDimError(f"--shortlist {args.shortlist}: needs K >= 1 and --model_path "
                         f"(the global vectors come from the model)")
-    _check_ranges(args, EVALUATION_RANGES)
+    check_ranges(args, EVALUATION_RANGES)
     for option, path in (("--json", args.json), ("--save_sims", args.save_sims)):
         if path:
             check_output_file(option, path)

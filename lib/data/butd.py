@@ -25,10 +25,13 @@ and its true count is kept in `S_image_info.npy` (retrieve.py masks the padding)
 Conversion streams: the records are counted first (a newline scan of the TSV
 files, a file listing for npz), then each record is decoded and appended to the
 outputs, so memory does not grow with the number of images.
-Outputs are written under visible temporary names (`S_ims.npy.tmp-<pid>`, ...,
-lib.formats.atomic) and renamed only when every record was read, so a malformed
-record (reported with its file and line) or a full disk leaves the folder as it
-was; the leftovers of a killed conversion are removed by the next one.
+Outputs are written under visible temporary names (`S_ims.npy.xdim-tmp-<pid>`, ...,
+lib.formats.atomic) and renamed only when every record was read, all four as one
+group (`S.xdim-commit` exists while they are renamed), so a malformed record
+(reported with its file and line) or a full disk leaves the folder as it was, and
+no reader takes features of one conversion with ids or boxes of another
+(`check_split_complete`); the leftovers of a killed conversion are removed or
+completed by the next one.
 """
 import base64
 import binascii
@@ -40,7 +43,14 @@ import numpy as np
 from tqdm import tqdm
 
 from lib.errors import XDimError, first_line
-from lib.formats.atomic import PendingFile
+from lib.formats.atomic import (
+    PendingFile,
+    check_group_complete,
+    check_plain_name,
+    commit_together,
+    complete_interrupted_group,
+    report_completed,
+)
 
 REGIONS = 36
 TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
@@ -173,8 +183,22 @@ def read_npz(paths):
 # ---------------------------------------------------------------- writer
 
 def output_paths(out_folder, split):
-    """{suffix: path} of the files `convert` writes for `split`."""
+    """{suffix: path} of the files `convert` writes for `split`; XDimError for a split name that
+    would put them outside `out_folder` (a '/' or '..')."""
+    check_plain_name("--split", split, out_folder)
     return {suffix: os.path.join(out_folder, split + suffix) for suffix in OUTPUT_SUFFIXES}
+
+
+def check_split_complete(images_path):
+    """XDimError when `images_path` ({split}_ims.npy) belongs to a group of converted files whose
+    renaming into place is under way or was interrupted (ids, boxes or image info may be of
+    another conversion). One lstat."""
+    folder, name = os.path.split(images_path)
+    if name.endswith(OUTPUT_SUFFIXES[0]):
+        split = name[:-len(OUTPUT_SUFFIXES[0])]
+        check_group_complete(folder or ".", split,
+                             f"convert the split again (convert_features.py --out {folder or '.'} --split {split} "
+                             f"--overwrite), which also completes the interrupted renames")
 
 
 def fit_regions(record, regions):
@@ -214,10 +238,14 @@ class NpyWriter:
         self.pending.write(block.tobytes())
         self.rows += len(block)
 
-    def close(self):
+    def check_complete(self):
+        """ValueError (removing the temporary file) unless exactly shape[0] rows were written."""
         if self.rows != self.shape[0]:
             self.pending.discard()
             raise ValueError(f"{self.path}: {self.rows} rows written, expected {self.shape[0]}")
+
+    def close(self):
+        self.check_complete()
         self.pending.commit()
 
     def discard(self):
@@ -226,10 +254,12 @@ class NpyWriter:
 
 
 class _SplitWriter:
-    """The four outputs, written under their temporary names; `commit` renames them into place."""
+    """The four outputs, written under their temporary names; `commit` renames them into place
+    as one group (lib.formats.atomic.commit_together)."""
 
     def __init__(self, out_folder, split, n_images, regions, feature_dim):
         final = output_paths(out_folder, split)
+        self.folder, self.split = out_folder, split
         self.feature_dim, self.arrays, self.ids = feature_dim, [], None
         shapes = {"_ims.npy": ((n_images, regions, feature_dim), np.float32),
                   "_boxes.npy": ((n_images, regions, 4), np.float32), "_image_info.npy": ((n_images, 3), np.int64)}
@@ -248,8 +278,8 @@ class _SplitWriter:
 
     def commit(self):
         for array in self.arrays:
-            array.close()
-        self.ids.commit()
+            array.check_complete()
+        commit_together([array.pending for array in self.arrays] + [self.ids], self.folder, self.split)
 
     def discard(self):
         for array in self.arrays:
@@ -297,6 +327,7 @@ def convert(records, n_images, out_folder, split, regions=REGIONS, overwrite=Fal
     if regions < 1:
         raise XDimError(f"--regions must be at least 1, got {regions}")
     final = output_paths(out_folder, split)
+    report_completed(complete_interrupted_group(out_folder, split))
     existing = [path for path in final.values() if os.path.exists(path)]
     if existing and not overwrite:
         raise XDimError(f"{existing[0]}: already exists (pass --overwrite to replace it)")

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from lib.data import precomp
+from lib.data.butd import check_split_complete
 from lib.errors import XDimError, first_line
 from lib.formats.npy import read_npy_header
 
@@ -138,6 +139,10 @@ def inspect_split(folder, split):
                                  f"and {split}{CAPTIONS_SUFFIX})")
         elif not os.access(path, os.R_OK):
             report.errors.append(f"{path}: not readable (permission denied)")
+    try:
+        check_split_complete(report.images_path)
+    except XDimError as error:
+        report.errors.append(str(error))
     if not report.errors:
         inspect_features(report)
     return report

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from lib.data.butd import check_split_complete
 from lib.errors import XDimError, first_line
 
 LOGGER_NAME = "lib.data"
@@ -169,8 +170,10 @@ def load_region_features(path, img_dim=None):
     """`path` (a {split}_ims.npy) memory-mapped, checked: (n_images, R, img_dim) float, n and R > 0.
 
     Any R >= 1 is accepted. float16 and float32 are read exactly; wider floats (float64)
-    are rounded to float32 when read, with a warning.
+    are rounded to float32 when read, with a warning. XDimError for the features of a
+    conversion whose files were being renamed into place when it stopped (butd).
     """
+    check_split_complete(path)
     try:
         with open(path, "rb") as f:
             is_npy = f.read(len(NPY_MAGIC)) == NPY_MAGIC

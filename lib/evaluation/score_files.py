@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from lib.errors import XDimError
-from lib.formats.atomic import atomic_file
+from lib.formats.atomic import atomic_file, output_target
 from lib.formats.npy import read_npy_header
 
 logger = logging.getLogger("lib.evaluation")
@@ -86,12 +86,17 @@ def warn_constant_scores(sims, source, stream=None):
     return False
 
 
+def score_file_path(path):
+    """The file --save_sims `path` writes: `path` + '.npy' unless it ends so (what np.save(path) always
+    did, kept for existing command lines) or names a device or FIFO (/dev/null), written as it is."""
+    path = os.fspath(path)
+    return path if path.endswith(".npy") or output_target(path)[1] else path + ".npy"
+
+
 def save_score_file(sims, path):
     """Write sims as a plain float32 .npy (n_img, n_cap), loadable with allow_pickle=False, atomically:
     on any failure (a full disk is one XDimError line) an existing file at `path` is left intact."""
-    sims, path = np.asarray(sims, dtype=np.float32), os.fspath(path)
-    if not path.endswith(".npy"):  # what np.save(path) always did, kept for existing command lines
-        path += ".npy"
+    sims, path = np.asarray(sims, dtype=np.float32), score_file_path(path)
     with atomic_file(path, size=sims.nbytes) as f:
         np.save(f, sims, allow_pickle=False)
 

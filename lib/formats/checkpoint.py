@@ -9,6 +9,8 @@ Our format, version 2, is a dict:
     train_config  lib.training.config.TrainConfig as a dict, or None
     vocab         BERT's vocabulary, tokens by id (evaluation needs no BERT download)
     optimizer, epoch, best_rsum, iterations   the training state (resumable files only)
+    rsum          the validation rSum of these very weights (files written since December 2026;
+                  resume uses it to prove that a file holds the best weights)
 
 Version 1 (written until December 2026, no `version` key) held one `opt` dict of
 the command-line options, `bert_config` and `Eiters` instead. The official release's
@@ -69,10 +71,35 @@ ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = b"\x80"
 
 
+class _RecordingWriter:
+    """A file for torch.save that keeps the OSError of a failed write: torch reports a full disk
+    only as a RuntimeError of its zip writer ("[enforce fail at inline_container.cc] ...")."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self):
+        return self.file.flush()
+
+
 def save_checkpoint(state, path):
-    """torch.save `state` to `path` atomically: a crash mid-write leaves the old file intact."""
+    """torch.save `state` to `path` atomically: a crash mid-write leaves the old file intact, a full
+    disk is one XDimError line (lib.formats.atomic.full_disk_error)."""
     with atomic_file(path) as f:
-        torch.save(state, f)
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
 
 
 def copy_checkpoint(src, dst):
@@ -82,19 +109,22 @@ def copy_checkpoint(src, dst):
 
 
 def remove_stale_temp_files(folder):
-    """Delete the temporary checkpoint files (`*.pth.tmp-<pid>`, the older hidden `.*.pth.<pid>.tmp`)
-    in `folder` whose writing process is gone; other files stay. -> the removed paths."""
+    """Delete the temporary checkpoint files (`*.pth.xdim-tmp-<pid>`) in `folder` whose writing
+    process is gone; other files stay. -> the removed paths."""
     return remove_stale(folder, lambda target: target.endswith(".pth"))
 
 
 def new_checkpoint(state, model_config, vocab, train_config=None, optimizer=None, epoch=None,
-                   best_rsum=None, iterations=None):
+                   best_rsum=None, iterations=None, rsum=None):
     """Our checkpoint dict (version 2, module docstring) from plain parts: state dict, config dicts,
-    vocabulary, and for a resumable file the optimizer state, epoch, best rSum and iteration count."""
+    vocabulary, and for a resumable file the optimizer state, epoch, best rSum, iteration count and
+    the rSum of these weights."""
     ckpt = {"format": FORMAT, "version": VERSION, "model": state, "model_config": dict(model_config),
             "train_config": None if train_config is None else dict(train_config), "vocab": list(vocab)}
     if optimizer is not None:
         ckpt.update(optimizer=optimizer, epoch=int(epoch), best_rsum=float(best_rsum), iterations=int(iterations))
+    if rsum is not None:
+        ckpt["rsum"] = float(rsum)
     return ckpt
 
 

@@ -11,6 +11,9 @@ that run is known to be gone.
 
 Under torchrun only rank 0 takes the locks; its outcome is broadcast, so a refusal
 stops every rank with the same message instead of leaving the others waiting.
+
+The same lock, under another file name, keeps two `analyze.py` runs from writing one
+report folder at once (`hold_locks` with a LockUse other than TRAINING).
 """
 import contextlib
 import json
@@ -26,6 +29,16 @@ from lib.formats.atomic import process_alive
 from lib.runtime import distributed
 
 LOCK_NAME = "train.lock"
+
+
+@dataclass(frozen=True)
+class LockUse:
+    """What a lock guards, for its messages: the kind of run and the options that choose the folder."""
+    run: str
+    options: str
+
+
+TRAINING = LockUse("training", "--model_name / --logger_name")
 
 
 def lock_owner():
@@ -60,15 +73,15 @@ def _create(path, owner):
     return True
 
 
-def refusal(folder, path, owner):
+def refusal(folder, path, owner, use=TRAINING):
     """The one-line reason a run may not use `folder`, whose lock `path` belongs to `owner` (or None)."""
     if owner is None:
-        return (f"{folder}: another training is starting in this folder (lock file {path}, not yet written); "
-                f"wait for it, or delete {path} if no training runs, or use another --model_name / --logger_name")
+        return (f"{folder}: another {use.run} is starting in this folder (lock file {path}, not yet written); "
+                f"wait for it, or delete {path} if no {use.run} runs, or use another {use.options}")
     where = "" if owner.get("host") == socket.gethostname() else f" on host {owner.get('host')}"
-    advice = ("stop it or wait for it to finish, or use another --model_name / --logger_name"
-              if not where else f"if that run is gone, delete {path}; else use another --model_name / --logger_name")
-    return (f"{folder}: in use by another training (pid {owner['pid']}{where}, started {owner.get('started')}, "
+    advice = (f"stop it or wait for it to finish, or use another {use.options}"
+              if not where else f"if that run is gone, delete {path}; else use another {use.options}")
+    return (f"{folder}: in use by another {use.run} (pid {owner['pid']}{where}, started {owner.get('started')}, "
             f"lock file {path}); {advice}")
 
 
@@ -79,27 +92,28 @@ class HeldLock:
     created_folder: bool
 
 
-def acquire(folder, owner, logger):
-    """Take `folder`'s lock for `owner` -> HeldLock; XDimError when a live run holds it.
+def acquire(folder, owner, logger, name=LOCK_NAME, use=TRAINING):
+    """Take `folder`'s lock (the file `name` in it) for `owner` -> HeldLock; XDimError when a live
+    run holds it.
 
     A lock whose owner is gone is removed (and logged) and the creation retried once; a
     second failure means another run took it over first, which is refused as well.
     """
     created_folder = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, LOCK_NAME)
+    path = os.path.join(folder, name)
     for _ in range(2):
         if _create(path, owner):
             return HeldLock(path, created_folder)
         holder = read_owner(path)
         if holder is None or not owner_is_gone(holder):
-            raise XDimError(refusal(folder, path, holder))
+            raise XDimError(refusal(folder, path, holder, use))
         # Re-read just before removing, so that a lock another run took over meanwhile stays.
         if read_owner(path) == holder:
             os.remove(path)
             logger.warning("took over %s: its run (pid %d, started %s) is no longer running",
                            path, holder["pid"], holder.get("started"))
-    raise XDimError(refusal(folder, path, read_owner(path)))
+    raise XDimError(refusal(folder, path, read_owner(path), use))
 
 
 def release(lock, owner):
@@ -121,17 +135,17 @@ def distinct_folders(folders):
     return kept
 
 
-def _acquire_all(folders, owner, logger):
+def _acquire_all(folders, owner, logger, name, use):
     """Take the lock of every folder -> (HeldLocks, None), or ([], the refusal message)."""
     held = []
     try:
         for folder in folders:
-            held.append(acquire(folder, owner, logger))
+            held.append(acquire(folder, owner, logger, name, use))
     except (XDimError, OSError) as error:
         for lock in reversed(held):
             release(lock, owner)
         if isinstance(error, OSError):
-            error = f"{error.filename or folders[len(held)]}: cannot create the training lock ({error.strerror})"
+            error = f"{error.filename or folders[len(held)]}: cannot create the {use.run} lock ({error.strerror})"
         return [], str(error)
     return held, None
 
@@ -145,9 +159,14 @@ def share_from_main(value):
     return box[0]
 
 
-@contextlib.contextmanager
 def training_lock(folders, logger):
-    """Hold the lock of each of `folders` (--model_name, --logger_name) for the `with` block.
+    """Hold the training lock of each of `folders` (--model_name, --logger_name) for the `with` block."""
+    return hold_locks(folders, logger)
+
+
+@contextlib.contextmanager
+def hold_locks(folders, logger, name=LOCK_NAME, use=TRAINING):
+    """Hold the lock `name` of each of `folders` for the `with` block.
 
     Rank 0 takes them (every process when not under torchrun); every rank raises the same
     XDimError when they are refused. The `with` value: the lock files held (rank 0).
@@ -157,7 +176,7 @@ def training_lock(folders, logger):
     owner = lock_owner()
     held, error = [], None
     if distributed.is_main():
-        held, error = _acquire_all(distinct_folders(folders), owner, logger)
+        held, error = _acquire_all(distinct_folders(folders), owner, logger, name, use)
     error = share_from_main(error)
     if error:
         raise XDimError(error)

@@ -298,11 +298,29 @@ class Trainer:
                          path, start_epoch, self.iterations, self.best_rsum)
         return start_epoch
 
-    def checkpoint(self, next_epoch):
-        """The resumable checkpoint dict of the current state (resuming starts at `next_epoch`)."""
+    def checkpoint(self, next_epoch, rsum=None):
+        """The resumable checkpoint dict of the current state (resuming starts at `next_epoch`);
+        `rsum`: the validation rSum of the current weights, when known."""
         return self.model.to_checkpoint(self.config, {
             "optimizer": self.optimizer.state_dict(), "epoch": next_epoch,
-            "best_rsum": self.best_rsum, "iterations": self.iterations})
+            "best_rsum": self.best_rsum, "iterations": self.iterations, "rsum": rsum})
+
+    def repair_best(self, state):
+        """Resuming into a --model_name folder without model_best.pth: restore it from the resume
+        file when that file proves to hold the best weights (its own rSum is the best rSum);
+        otherwise forget the best rSum, so that the next validation writes a model_best.pth."""
+        best = os.path.join(self.config.model_name, BEST)
+        if not distributed.is_main() or os.path.exists(best):
+            return
+        if state.get("rsum") is not None and state.get("rsum") == state.get("best_rsum"):
+            copy_checkpoint(self.config.resume, best)
+            self.logger.info("restored the missing %s from %s, which holds the best weights (rsum %.2f)",
+                             best, self.config.resume, self.best_rsum)
+            return
+        self.logger.warning("warning: %s is missing and %s does not hold the best weights (rsum %.2f); "
+                            "the next validation's model will be saved as the best", best,
+                            self.config.resume, self.best_rsum)
+        self.best_rsum = float("-inf")
 
     # ---- validation (every rank scores its share) and checkpoints (main rank only; the others wait)
 
@@ -322,29 +340,35 @@ class Trainer:
         return metrics
 
     def save(self, next_epoch, metrics, end_of_epoch):
-        """Write checkpoint.pth (end of epoch) and model_best.pth (when rSum improved)."""
+        """Write model_best.pth (when rSum improved) and checkpoint.pth (end of epoch).
+
+        model_best.pth goes first: a run cut between the two resumes from the previous
+        checkpoint.pth, so no checkpoint ever records a best rSum whose weights were not saved.
+        """
         if not distributed.is_main():
             return
         is_best = metrics["rsum"] > self.best_rsum
         self.best_rsum = max(self.best_rsum, metrics["rsum"])
         os.makedirs(self.config.model_name, exist_ok=True)
-        state = self.checkpoint(next_epoch)
+        state = self.checkpoint(next_epoch, metrics["rsum"])
         last = os.path.join(self.config.model_name, CHECKPOINT)
         best = os.path.join(self.config.model_name, BEST)
-        target = last if end_of_epoch else best
+        target = best if is_best else last
         try:
-            if end_of_epoch:
-                save_checkpoint(state, last)
-                if is_best:
-                    target = best
-                    copy_checkpoint(last, best)
-            elif is_best:
+            if is_best:
                 save_checkpoint(state, best)
+            if end_of_epoch:
+                target = last
+                if is_best:
+                    copy_checkpoint(best, last)
+                else:
+                    save_checkpoint(state, last)
         except OSError as error:  # a folder gone read-only, a device error
+            advice = f"then --resume {last}" if os.path.exists(last) else "run the training again"
             raise XDimError(f"{target}: cannot write the checkpoint ({error.strerror or first_line(error)}); "
-                            f"the previous one, if any, is intact; then --resume {last}") from None
+                            f"the previous one, if any, is intact; {advice}") from None
         except XDimError as error:  # a full disk or quota, said by the atomic write
-            raise XDimError(f"{error}; then --resume {last}") from None
+            raise XDimError(f"{error}; then --resume {last}" if os.path.exists(last) else str(error)) from None
         if is_best:
             self.logger.info("new best rsum %.2f -> %s", self.best_rsum, best)
 
@@ -464,6 +488,8 @@ def train(model_config, config, runtime, augment=True):
             start_epoch = trainer.resume(state) if state else 0
             open_text_log(logger)
             trainer.tb = TBLogger(config.logger_name, enabled=main)
+            if state and not config.reset_start_epoch:
+                trainer.repair_best(state)
             trainer.wrap_for_processes()
             result = run_interruptible(trainer, start_epoch)
             logger.info("done: best rsum %.2f", result["best_rsum"])

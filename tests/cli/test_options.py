@@ -1,9 +1,13 @@
-"""lib/cli/options.py: options are never rewritten; --help hides noise."""
+"""lib/cli/options.py: options are never rewritten; --help hides noise; the range checks at their boundaries
+(zero, negative and non-finite refused in one `error:` line before any work, each lower bound accepted)."""
+import os
+
 import pytest
 from helpers import copy_data, help_text, poison, train_argv, train_from_options
 
 import eval as eval_cli
-from lib.cli.options import get_argument_parser
+import train as train_script
+from lib.cli.options import check_evaluation_options, check_training_options, get_argument_parser
 from lib.errors import XDimError
 from lib.formats.checkpoint import load_checkpoint
 from lib.model.xdim_model import XDimModel
@@ -35,3 +39,105 @@ def test_help_hides_noise_and_unused_options():
     old = get_argument_parser().parse_args(["--word_dim", "200", "--backbone_lr_factor", "0.1"])
     assert old.word_dim == 200 and old.backbone_lr_factor == 0.1
     assert "(default: None)" not in help_text(eval_cli.build_parser())
+
+
+POSITIVE_FLOAT = "must be a positive number"
+NON_NEGATIVE_FLOAT = "must be a number >= 0"
+FINITE = "must be a finite number (<= 0 disables clipping)"
+AT_LEAST_1 = "must be at least 1"
+COUNT = "must be 0 or more"
+
+# (option, refused values, what the message says it must be)
+TRAINING_REFUSED = [
+    ("--learning_rate", ["0", "-0.0005", "nan", "inf", "-inf"], POSITIVE_FLOAT),
+    ("--margin", ["-0.2", "nan", "inf"], NON_NEGATIVE_FLOAT),
+    ("--grad_clip", ["nan", "inf", "-inf"], FINITE),
+    ("--num_epochs", ["0", "-1"], AT_LEAST_1),
+    ("--batch_size", ["0", "-128"], AT_LEAST_1),
+    ("--img_dim", ["0", "-1"], AT_LEAST_1),
+    ("--log_step", ["0", "-1"], AT_LEAST_1),
+    ("--lr_update", ["-1"], COUNT),
+    ("--vse_mean_warmup_epochs", ["-1"], COUNT),
+    ("--seed", ["-1"], COUNT),
+    ("--workers", ["-1"], "must be 0 (load in the main process) or more"),
+    ("--threads", ["-1"], "must be 0 (automatic) or more"),
+]
+# The lower bound of each option above (learning_rate has none: a tiny positive rate stands in).
+TRAINING_LOWEST = [("--learning_rate", "1e-12"), ("--margin", "0"), ("--grad_clip", "0"), ("--grad_clip", "-1"),
+                   ("--num_epochs", "1"), ("--batch_size", "1"), ("--img_dim", "1"), ("--log_step", "1"),
+                   ("--lr_update", "0"), ("--vse_mean_warmup_epochs", "0"), ("--seed", "0"), ("--workers", "0"),
+                   ("--threads", "0")]
+INT_OPTIONS = ["--num_epochs", "--batch_size", "--embed_size", "--img_dim", "--log_step", "--lr_update",
+               "--vse_mean_warmup_epochs", "--seed", "--workers", "--threads"]
+
+
+def training_argv(tmp_path, *extra):
+    return ["--device", "cpu", "--logger_name", str(tmp_path / "log"), "--model_name", str(tmp_path / "ckpt"),
+            *extra]
+
+
+def error_lines(capsys):
+    return [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+
+
+@pytest.mark.parametrize("option, value, requirement",
+                         [(option, value, requirement) for option, values, requirement in TRAINING_REFUSED
+                          for value in values])
+def test_training_option_out_of_range_is_one_error_line_before_any_work(tmp_path, capsys, option, value, requirement):
+    # catches: a range test loosened at its boundary (e.g. learning_rate `v >= 0`, num_epochs `v >= 0`)
+    # or one that lets NaN through (a comparison with NaN is False either way).
+    assert train_script.main(training_argv(tmp_path, f"{option}={value}")) == 2
+    shown = value if option in INT_OPTIONS else float(value)  # the message shows the parsed number
+    assert error_lines(capsys) == [f"error: {option} {shown}: {requirement}"]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("option, value", TRAINING_LOWEST)
+def test_training_option_at_its_lower_bound_is_accepted(tmp_path, option, value):
+    # catches: a bound made strict (`v > 1`, margin `v > 0`) that refuses the documented lowest value.
+    opt = get_argument_parser().parse_args(training_argv(tmp_path, option, value))
+    assert str(check_training_options(opt)) == "cpu"
+
+
+@pytest.mark.parametrize("option", INT_OPTIONS)
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_count_is_refused_by_the_parser_in_one_error_line(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as stop:
+        train_script.main(training_argv(tmp_path, option, value))
+    assert stop.value.code == 2
+    [line] = error_lines(capsys)
+    assert line.endswith(f" error: argument {option}: invalid int value: '{value}'")
+
+
+EVALUATION_REFUSED = [
+    ("--batch_size", ["0", "-1"], AT_LEAST_1),
+    ("--fold_images", ["0", "-1000"], AT_LEAST_1),
+    ("--rows_per_block", ["-1"], COUNT),
+    ("--workers", ["-1"], "must be 0 (load in the main process) or more"),
+    ("--threads", ["-1"], "must be 0 (automatic) or more"),
+]
+EVALUATION_LOWEST = [("--batch_size", "1"), ("--fold_images", "1"), ("--rows_per_block", "0"), ("--workers", "0"),
+                     ("--threads", "0"), ("--shortlist", "1")]
+
+
+@pytest.mark.parametrize("option, value, requirement",
+                         [(option, value, requirement) for option, values, requirement in EVALUATION_REFUSED
+                          for value in values])
+def test_evaluation_option_out_of_range_is_one_error_line(tmp_path, capsys, option, value, requirement):
+    assert eval_cli.main(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu", option, value]) == 2
+    assert error_lines(capsys) == [f"error: {option} {value}: {requirement}"]
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_shortlist_of_no_item_is_refused(tmp_path, capsys, value):
+    # catches: `shortlist < 0` for `< 1`, or `if args.shortlist and ...` (0 would skip the two-stage report).
+    assert eval_cli.main(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu", "--shortlist", value]) == 2
+    assert error_lines(capsys) == [f"error: --shortlist {value}: needs K >= 1 and --model_path "
+                                   "(the global vectors come from the model)"]
+
+
+@pytest.mark.parametrize("option, value", EVALUATION_LOWEST)
+def test_evaluation_option_at_its_lower_bound_is_accepted(tmp_path, option, value):
+    args = eval_cli.build_parser().parse_args(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu",
+                                               option, value])
+    assert str(check_evaluation_options(args)) == "cpu"

@@ -200,8 +200,8 @@ def test_conversion_writes_through_visible_names_and_cleans_up_on_failure(tmp_pa
     with pytest.raises(XDimError, match="line 3: bad"):
         butd.convert(records(), 3, str(tmp_path / "out"), "g", progress=False)
     pid = os.getpid()
-    assert seen == [f"g_boxes.npy.tmp-{pid}", f"g_ids.txt.tmp-{pid}", f"g_image_info.npy.tmp-{pid}",
-                    f"g_ims.npy.tmp-{pid}"]
+    assert seen == [f"g_boxes.npy.xdim-tmp-{pid}", f"g_ids.txt.xdim-tmp-{pid}", f"g_image_info.npy.xdim-tmp-{pid}",
+                    f"g_ims.npy.xdim-tmp-{pid}"]
     assert os.listdir(tmp_path / "out") == []
 
 
@@ -209,16 +209,16 @@ def test_conversion_removes_leftovers_of_a_killed_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     dead = dead_pid()
-    leftovers = [f".g_ims.npy.{dead}.tmp", f"g_ims.npy.tmp-{dead}", f".g_boxes.npy.{dead}.tmp"]
+    leftovers = [f"g_ims.npy.xdim-tmp-{dead}", f"g_boxes.npy.xdim-tmp-{dead}"]
     for name in leftovers:
         (out / name).write_bytes(b"269 MB of partial features")
-    (out / f"h_ims.npy.tmp-{dead}").write_bytes(b"another split's")
+    (out / f"h_ims.npy.xdim-tmp-{dead}").write_bytes(b"another split's")
     tsv = write_tsv(tmp_path / "f.tsv", _records(2))
     run = run_main(convert_features.main, ["--tsv", tsv, "--out", str(out), "--split", "g", "--no_progress"])
     for name in leftovers:
         assert f"removed {out / name}, left by an interrupted run\n" in run.err
     assert sorted(os.listdir(out)) == ["g_boxes.npy", "g_ids.txt", "g_image_info.npy", "g_ims.npy",
-                                       f"h_ims.npy.tmp-{dead}"]
+                                       f"h_ims.npy.xdim-tmp-{dead}"]
 
 
 def test_conversion_on_a_full_disk_names_the_file_and_keeps_the_old_split(tmp_path, full_disk):

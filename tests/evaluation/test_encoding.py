@@ -56,18 +56,26 @@ def test_ragged_round_trip_and_gather():
 
 
 def test_ragged_append_batches_of_different_widths_and_half_storage():
-    first, first_len = _padded_batch(1, 3, 4, 6)
-    second, second_len = _padded_batch(2, 5, 11, 6)
+    # catches: offsets restarting at 0 for captions appended after a read (which consolidates the
+    # chunks), rows of an earlier batch lost, padding stored.
+    batches = [_padded_batch(1, 3, 4, 6), _padded_batch(2, 5, 11, 6), _padded_batch(3, 2, 1, 6)]
     ragged = encoding.RaggedCaptions(6, torch.float16)
-    ragged.append(first, first_len)
-    ragged.append(second, second_len)
-    assert len(ragged) == 8 and ragged.tokens.dtype == torch.float16
-    assert ragged.nbytes == int(first_len.sum() + second_len.sum()) * 6 * 2 + 9 * 8
-    padded, lens = ragged.block(3, 8)
-    assert padded.dtype == torch.float32
-    for row in range(5):
-        n = int(second_len[row])
-        torch.testing.assert_close(padded[row, :n], second[row, :n], rtol=1e-3, atol=1e-3)
+    rows, offsets = [], [0]
+    for emb, lengths in batches:
+        ragged.append(emb, lengths)
+        for caption, length in zip(emb, lengths.tolist()):
+            rows.append(caption[:length].to(torch.float16))
+            offsets.append(offsets[-1] + length)
+        assert ragged.offsets.tolist() == offsets  # a read between appends
+    assert len(ragged) == 10 and ragged.tokens.dtype == torch.float16
+    assert ragged.nbytes == offsets[-1] * 6 * 2 + 11 * 8
+    for caption, expected in enumerate(rows):
+        assert torch.equal(ragged.tokens[offsets[caption]:offsets[caption + 1]], expected)
+    padded, lens = ragged.block(1, 9)  # across all three batches
+    assert padded.dtype == torch.float32 and lens.tolist() == [len(r) for r in rows[1:9]]
+    for row, caption in enumerate(range(1, 9)):
+        assert torch.equal(padded[row, :len(rows[caption])], rows[caption].float())
+        assert not padded[row, len(rows[caption]):].any()
 
 
 def test_ragged_rejects_bad_lengths():

@@ -16,7 +16,7 @@ def test_atomic_file_leaves_the_previous_file_on_failure_and_writes_through_a_vi
     with pytest.raises(RuntimeError):
         with atomic.atomic_file(str(target)) as f:
             f.write(b"half of the new")
-            assert sorted(os.listdir(tmp_path)) == ["out.json", f"out.json.tmp-{os.getpid()}"]
+            assert sorted(os.listdir(tmp_path)) == ["out.json", f"out.json.xdim-tmp-{os.getpid()}"]
             raise RuntimeError("cut")
     assert os.listdir(tmp_path) == ["out.json"] and target.read_text(encoding="utf-8") == "old"
     atomic.write_json(str(target), {"a": 1})
@@ -49,7 +49,7 @@ def test_atomic_folder_replaces_only_when_complete(tmp_path):
     (target / "a.txt").write_text("old", encoding="utf-8")
     with pytest.raises(RuntimeError):
         with atomic.atomic_folder(str(target)) as staging:
-            assert staging == f"{target}.staging-{os.getpid()}"
+            assert staging == f"{target}.xdim-staging-{os.getpid()}"
             (tmp_path / os.path.basename(staging) / "b.txt").write_text("new", encoding="utf-8")
             raise RuntimeError("cut")
     assert sorted(os.listdir(tmp_path)) == ["report"] and folder_state(target) == {"a.txt": b"old"}
@@ -58,18 +58,16 @@ def test_atomic_folder_replaces_only_when_complete(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["report"] and folder_state(target) == {"b.txt": b"new"}
 
 
-def test_stale_leftovers_of_dead_processes_are_removed_and_an_interrupted_swap_undone(tmp_path):
+def test_stale_leftovers_of_dead_processes_are_removed(tmp_path):
     dead, alive = dead_pid(), os.getpid()
-    (tmp_path / f"idx.staging-{dead}").mkdir()
-    (tmp_path / f"idx.staging-{dead}" / "regions.npy").write_bytes(b"partial")
-    (tmp_path / f"idx.staging-{alive}").mkdir()
-    (tmp_path / f"s_ims.npy.tmp-{dead}").write_bytes(b"partial")
-    (tmp_path / f".s_ims.npy.{dead}.tmp").write_bytes(b"partial")  # the hidden name of earlier versions
-    (tmp_path / f"other.npy.tmp-{dead}").write_bytes(b"not ours")
-    (tmp_path / f"gone.old-{dead}").mkdir()  # killed between the two renames of a swap: target missing
-    (tmp_path / f"gone.old-{dead}" / "manifest.json").write_text("{}", encoding="utf-8")
+    (tmp_path / f"idx.xdim-staging-{dead}").mkdir()
+    (tmp_path / f"idx.xdim-staging-{dead}" / "regions.npy").write_bytes(b"partial")
+    (tmp_path / f"idx.xdim-staging-{alive}").mkdir()
+    (tmp_path / f"s_ims.npy.xdim-tmp-{dead}").write_bytes(b"partial")
+    (tmp_path / f"other.npy.xdim-tmp-{dead}").write_bytes(b"not ours")
+    (tmp_path / f"gone.xdim-old-{dead}").mkdir()  # killed between the two renames of a swap: target missing
     removed = atomic.remove_stale(str(tmp_path), lambda target: target in ("idx", "s_ims.npy", "gone"))
     assert sorted(removed) == sorted(str(tmp_path / name) for name in
-                                     (f"idx.staging-{dead}", f"s_ims.npy.tmp-{dead}", f".s_ims.npy.{dead}.tmp"))
-    assert sorted(os.listdir(tmp_path)) == sorted(["gone", f"idx.staging-{alive}", f"other.npy.tmp-{dead}"])
-    assert os.listdir(tmp_path / "gone") == ["manifest.json"]
+                                     (f"idx.xdim-staging-{dead}", f"s_ims.npy.xdim-tmp-{dead}"))
+    assert sorted(os.listdir(tmp_path)) == sorted([f"gone.xdim-old-{dead}", f"idx.xdim-staging-{alive}",
+                                                   f"other.npy.xdim-tmp-{dead}"])

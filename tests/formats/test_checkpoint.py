@@ -1,7 +1,8 @@
-"""lib/formats/checkpoint.py: round trips, old formats, refusals and atomic saves."""
+"""lib/formats/checkpoint.py: round trips, old formats, refusals and atomic saves and copies."""
 import errno
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from helpers import (
 import eval as eval_cli
 import train as train_script
 from lib.errors import XDimError
+from lib.formats import checkpoint
 from lib.formats.checkpoint import (
     LEGACY_BUFFERS,
     load_checkpoint,
@@ -51,20 +53,21 @@ def test_atomic_save_writes_through_a_visible_temp_file(tmp_path, monkeypatch):
     real_save = torch.save
 
     def spy(obj, f, *args, **kwargs):
-        seen.append(os.path.basename(f.name))
+        seen.append(os.path.basename(f.file.name))  # f: the writer that keeps a full disk's OSError
         real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", spy)
     save_checkpoint({"format": "xdim", "model": {}}, str(tmp_path / "checkpoint.pth"))
-    assert seen == [f"checkpoint.pth.tmp-{os.getpid()}"]
+    assert seen == [f"checkpoint.pth.xdim-tmp-{os.getpid()}"]
     assert os.listdir(tmp_path) == ["checkpoint.pth"]
 
 
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
     dead, alive = dead_pid(), os.getpid()
-    names = {f"checkpoint.pth.tmp-{dead}": False, f".model_best.pth.{dead}.tmp": False,
-             f"checkpoint.pth.tmp-{alive}": True, f".checkpoint.pth.{alive}.tmp": True,
-             "checkpoint.pth": True, f"notes.txt.tmp-{dead}": True, "checkpoint.pth.tmp-x": True}
+    names = {f"checkpoint.pth.xdim-tmp-{dead}": False, f"model_best.pth.xdim-tmp-{dead}": False,
+             f"checkpoint.pth.xdim-tmp-{alive}": True, f".model_best.pth.{dead}.tmp": True,
+             "checkpoint.pth": True, f"notes.txt.xdim-tmp-{dead}": True, "checkpoint.pth.xdim-tmp-x": True,
+             f"model_best.pth.old-{dead}": True, f"checkpoint.pth.tmp-{dead}": True}
     for name in names:
         (tmp_path / name).write_bytes(b"partial")
     removed = remove_stale_temp_files(str(tmp_path))
@@ -233,11 +236,10 @@ def test_full_disk_at_a_checkpoint_save_is_one_line_naming_the_file(tmp_path, ti
             "--device", "cpu", "--num_epochs", "1", "--model_name", opt.model_name,
             "--logger_name", opt.logger_name]
     assert train_script.main(argv) == 2
-    last = os.path.join(opt.model_name, "checkpoint.pth")
+    best = os.path.join(opt.model_name, "model_best.pth")  # written first; no checkpoint.pth to resume yet
     message = last_error(capsys)
-    assert message.startswith(f"error: {last}: not written, disk full (") and "\n" not in message
-    assert message.endswith(f"free some space and run again (any previous checkpoint.pth is intact); "
-                            f"then --resume {last}")
+    assert message.startswith(f"error: {best}: not written, disk full (") and "\n" not in message
+    assert message.endswith("free some space and run again (any previous model_best.pth is intact)")
     assert not os.path.exists(opt.model_name)  # no partial file, no lock, no empty folder left
 
 
@@ -249,3 +251,25 @@ def test_folder_as_model_path_says_so_and_suggests_model_best(trained, tmp_path,
     assert eval_cli.main(["--model_path", folder, "--device", "cpu"]) == 2
     assert last_error(capsys) == (f"error: {folder}: is a folder, not a checkpoint file; "
                                   f"did you mean {os.path.join(folder, 'model_best.pth')}?")
+
+
+def test_a_copy_that_fails_midway_leaves_the_previous_best_intact(tmp_path, monkeypatch):
+    # catches: copy_checkpoint writing model_best.pth in place (`open(dst, "wb")`), which truncates
+    # the previous best model before the copy can fail.
+    source, best = tmp_path / "checkpoint.pth", tmp_path / "model_best.pth"
+    source.write_bytes(b"new weights " * 1000)
+    best.write_bytes(b"previous best weights")
+    copy = shutil.copyfileobj
+
+    def half_then_full_disk(src, dst, *args):
+        dst.write(src.read(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", half_then_full_disk)
+    with pytest.raises((XDimError, OSError)):
+        checkpoint.copy_checkpoint(str(source), str(best))
+    assert best.read_bytes() == b"previous best weights"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pth", "model_best.pth"]
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    checkpoint.copy_checkpoint(str(source), str(best))
+    assert best.read_bytes() == source.read_bytes()

@@ -1,4 +1,4 @@
-"""lib/retrieval/index.py and retrieve.py: build, query, two-stage protocol, refusals and atomic writes."""
+"""lib/retrieval/index.py and retrieve.py: build, query, two-stage protocol (its floor and fold pair fraction), refusals and atomic writes."""
 import json
 import os
 import shutil
@@ -187,6 +187,33 @@ def test_two_stage_metrics_by_hand():
     assert fraction == pytest.approx(4 / 9)  # pairs (1,0) (1,1) (2,2) and (0,1)
     values, fraction = retrieval.two_stage_metrics(sims, img_global, cap_global, 2, captions_per_image=1)
     assert values["t2i_r1"] == 100.0  # caption 0 now sees images 1 and 0, and X-Dim prefers 0 (5 > 4)
+    # A shortlisted true pair holding the matrix minimum still ranks above the unlisted pairs, which
+    # lie below it (catches: their floor equal to sims.min(): (0, 0) would tie with them and rank last).
+    sims = np.array([[0, 5, 6], [4, 3, 1], [2, 1, 7]], dtype=np.float32)
+    identity = np.eye(3, dtype=np.float32)  # every query shortlists exactly its own match
+    values, fraction = retrieval.two_stage_metrics(sims, identity, identity, 1, captions_per_image=1)
+    for direction in ("i2t", "t2i"):
+        assert values[f"{direction}_r1"] == 100.0 and values[f"{direction}_meanr"] == 1.0
+    assert fraction == pytest.approx(3 / 9)
+
+
+# Global vectors of one fold of 2 images and 2 captions (one caption per image), K = 1.
+# Matched: each caption's best image is its own and each image's best caption is its own,
+# so both directions need the pairs (0, 0) and (1, 1): 2 of 4 pairs.
+MATCHED = (np.eye(2), np.eye(2))
+# Leaning: both captions prefer image 0 (1 > 0 and 0.9 > 0.1), image 0 prefers caption 0 and
+# image 1 caption 1: the pairs (0, 0), (0, 1), (1, 1), 3 of 4.
+LEANING = (np.eye(2), np.array([[1.0, 0.0], [0.9, 0.1]]))
+
+
+def test_fold_pair_fraction_is_the_mean_over_folds_that_differ():
+    # catches: fold_pair_fraction = the last (or first) fold's fraction instead of their mean.
+    folds = [LEANING, MATCHED, LEANING, MATCHED, MATCHED]
+    img_global = np.concatenate([f[0] for f in folds]).astype(np.float32)
+    cap_global = np.concatenate([f[1] for f in folds]).astype(np.float32)
+    sims = np.random.default_rng(0).random((10, 10)).astype(np.float32)
+    results = retrieval.two_stage_protocol(sims, img_global, cap_global, 1, captions_per_image=1, fold5=True, fold_images=2)
+    assert results["fold_pair_fraction"] == pytest.approx((0.75 + 0.5 + 0.75 + 0.5 + 0.5) / 5)
 
 
 def _folder_state(folder):
@@ -303,20 +330,19 @@ def test_index_naming_a_file_is_refused_not_renamed(gallery, tmp_path, no_model_
 def test_overwrite_replaces_an_index_and_removes_a_stale_staging_folder(gallery, tmp_path):
     index = tmp_path / "idx"
     dead = dead_pid()
-    for name in (f"idx.staging-{dead}", f"idx.tmp-{dead}"):  # this version's and the previous one's names
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "regions.npy").write_bytes(b"partial" * 100)
-    (tmp_path / f"other.staging-{dead}").mkdir()
+    (tmp_path / f"idx.xdim-staging-{dead}").mkdir()
+    (tmp_path / f"idx.xdim-staging-{dead}" / "regions.npy").write_bytes(b"partial" * 100)
+    (tmp_path / f"other.xdim-staging-{dead}").mkdir()
     assert build(gallery, index).code == 0
     run = build(gallery, index, "--overwrite")
     assert run.code == 0, run.err
-    assert sorted(os.listdir(tmp_path)) == ["idx", f"other.staging-{dead}"]
+    assert sorted(os.listdir(tmp_path)) == ["idx", f"other.xdim-staging-{dead}"]
     manifest = json.load(open(index / "manifest.json"))
     assert manifest["format"] == retrieval.INDEX_FORMAT and manifest["count"] == gallery["split"].n_images
 
 
 def test_stale_staging_folder_removal_is_reported(gallery, tmp_path):
-    stale = tmp_path / f"idx.staging-{dead_pid()}"
+    stale = tmp_path / f"idx.xdim-staging-{dead_pid()}"
     stale.mkdir()
     run = build(gallery, tmp_path / "idx")
     assert run.code == 0 and f"removed {stale}, left by an interrupted run\n" in run.err

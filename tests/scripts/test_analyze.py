@@ -11,10 +11,12 @@ from helpers import (
     D,
     assert_contiguous,
     checkpoint_of,
+    folder_state,
     hand_mask,
     model_from_options,
     official_opt,
     official_parts,
+    one_error_line,
     present_and_absent_objects,
     read_png,
     run_main,
@@ -160,15 +162,21 @@ def test_out_naming_a_file_is_refused_by_the_converter_and_analyze(tmp_path, cap
     assert taken.read_text(encoding="utf-8") == "a thesis"
 
 
-def test_analyze_rerun_removes_the_figures_the_new_summary_does_not_list(gallery, tiny_precomp, tmp_path):
+def test_analyze_rerun_replaces_the_report_whole_and_refuses_a_folder_of_other_files(gallery, tiny_precomp,
+                                                                                      tmp_path):
     data_path, data_name = tiny_precomp
     out = tmp_path / "analysis"
     common = ["--model_path", gallery["path"], "--out", str(out), "--device", "cpu", "--no_progress"]
     first = run_main(analyze_cli.main, common + ["--data_path", data_path, "--data_name", data_name,
                                                  "--words", "bag", "cat", "--pair", "0", "0"])
     assert {"concept_bag.png", "concept_overlap.png", "pair_0_0.png"} <= set(os.listdir(out)), first.out
-    (out / "my_notes.txt").write_text("not a figure", encoding="utf-8")
-    second = run_main(analyze_cli.main, common)
+    run_main(analyze_cli.main, common)
     listed = json.load(open(out / "summary.json"))["figures"]
-    assert sorted(os.listdir(out)) == sorted(listed + ["summary.json", "my_notes.txt"])
-    assert f"removed {out / 'concept_bag.png'}, a figure of the previous report" in second.out
+    assert sorted(os.listdir(out)) == sorted(listed + ["summary.json"]) and "concept_bag.png" not in listed
+    assert sorted(os.listdir(tmp_path)) == ["analysis"]  # no staging folder, no lock left
+    (out / "my_notes.txt").write_text("not a figure", encoding="utf-8")
+    before = folder_state(out)
+    message = one_error_line(run_main(analyze_cli.main, common, expect=2))
+    assert message == (f"--out {out}: holds my_notes.txt, not part of a report of analyze.py; the report "
+                       f"replaces the folder whole, so give a new or empty folder (nothing was changed)")
+    assert folder_state(out) == before

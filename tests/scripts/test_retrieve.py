@@ -1,4 +1,5 @@
-"""retrieve.py query: errors naming the option, the FAISS install hint."""
+"""retrieve.py: errors naming the option (numbers at their boundaries for every command), the FAISS install
+hint."""
 import json
 import os
 import shutil
@@ -63,3 +64,28 @@ def test_missing_faiss_gives_the_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(XDimError, match=r"^FAISS is not installed: pip install faiss-cpu$"):
         retrieval.exact_shortlist(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), 1)
+
+
+DISTILL = ["distill", "--model_path", "missing.pth"]
+BUILD = ["build", "--model_path", "missing.pth", "--images", "missing_ims.npy", "--index", "idx"]
+QUERY = ["query", "--index", "idx", "--query", "a dog"]
+
+
+@pytest.mark.parametrize("command, option, value, requirement", [
+    *[(DISTILL, "--learning_rate", value, "must be a positive number") for value in ("0", "-0.002", "nan", "inf")],
+    *[(DISTILL, option, value, "must be at least 1")
+      for option in ("--epochs", "--batch_images", "--size", "--group") for value in ("0", "-1")],
+    (BUILD, "--batch_size", "0", "must be at least 1"),
+    (QUERY, "--top_k", "0", "must be at least 1"),
+    (QUERY, "--shortlist", "0", "must be at least 1"),
+    (QUERY, "--shortlist", "-3", "must be at least 1"),
+])
+def test_out_of_range_number_is_one_error_line_before_any_file_is_read(tmp_path, monkeypatch, capsys,
+                                                                       command, option, value, requirement):
+    # catches: --learning_rate of distill left unchecked (0 trains a head that never moves),
+    # a build --batch_size 0 reaching the encoder, `< 0` for `< 1`.
+    monkeypatch.chdir(tmp_path)
+    assert retrieve.main([*command, f"{option}={value}"]) == 2
+    shown = float(value) if option == "--learning_rate" else value
+    assert capsys.readouterr().err.splitlines() == [f"error: {option} {shown}: {requirement}"]
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""lib/training/trainer.py: checkpoints and logs, resume, validation, clipping, DDP and learning."""
+"""lib/training/trainer.py: checkpoints and logs, resume, validation, clipping, DDP, learning, and the
+loss of each epoch."""
 import math
 import os
 import re
@@ -8,6 +9,7 @@ import torch
 from helpers import (
     TINY_IMG_DIM,
     dead_pid,
+    hinge_losses_by_hand,
     join_group,
     make_opt,
     model_from_options,
@@ -25,7 +27,7 @@ from helpers import (
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import train as train_script
-from lib.cli.options import train_configs
+from lib.cli.options import default_options, train_configs
 from lib.data.precomp import CaptionEncoder, open_split
 from lib.data.synthetic import write_demo_dataset
 from lib.errors import XDimError
@@ -36,12 +38,13 @@ from lib.model.similarity.xdim import XDimSimilarity
 from lib.model.xdim_model import XDimModel
 from lib.runtime import distributed
 from lib.training import trainer as training
+from lib.training.config import TrainConfig
 
 
 def test_training_start_removes_stale_temp_files(tmp_path, tiny_precomp, tiny_bert_dir, capsys):
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    stale = folder / f"checkpoint.pth.tmp-{dead_pid()}"
+    stale = folder / f"checkpoint.pth.xdim-tmp-{dead_pid()}"
     stale.write_bytes(b"partial")
     finished = tmp_path / "finished.pth"
     torch.save({"format": "xdim", "model": {}, "epoch": 4}, finished)
@@ -178,7 +181,7 @@ def test_one_epoch_writes_checkpoints_and_logs(one_epoch):
     scalars = read_scalars(opt.logger_name)
     assert [step for step, _ in scalars["loss"]] == [1, 2, 3, 4, 5]
     assert [v for _, v in scalars["loss"]] == pytest.approx(result["losses"], rel=1e-6)
-    # Epoch 0 < lr_update (1): base lr; the summed-violation loss is used (warm-up).
+    # Epoch 0 < lr_update (1): base lr. (Which loss each epoch uses: the warm-up test below.)
     assert scalars["lr"][0][1] == pytest.approx(opt.learning_rate)
     assert scalars["rsum"] == [(5, pytest.approx(result["best_rsum"], rel=1e-6))]
     for tag in ("r1", "r5", "r10", "r1i", "r5i", "r10i", "medr", "meanr", "epoch"):
@@ -384,3 +387,48 @@ def test_bf16_training_close_to_float32(tmp_path, demo, tiny_bert_dir, demo_floa
     untrained = demo_float32[0]
     assert result["best_rsum"] - untrained > 0.8 * (reference - untrained)
     assert result["best_rsum"] > untrained + 150
+
+
+@pytest.fixture
+def loss_calls(monkeypatch):
+    """Every loss evaluation of a run: (epoch, scores as float64, the loss it returned)."""
+    calls, epoch = [], [None]
+    forward, start_epoch = ContrastiveLoss.forward, training.Trainer.start_epoch
+
+    def spy_forward(self, scores):
+        loss = forward(self, scores)
+        calls.append((epoch[0], scores.detach().double().numpy(), loss.item()))
+        return loss
+
+    def spy_start_epoch(self, number):
+        epoch[0] = number
+        return start_epoch(self, number)
+
+    monkeypatch.setattr(ContrastiveLoss, "forward", spy_forward)
+    monkeypatch.setattr(training.Trainer, "start_epoch", spy_start_epoch)
+    return calls
+
+
+def test_summed_violations_during_the_warm_up_then_hardest_negatives(tmp_path, tiny_precomp, tiny_bert_dir,
+                                                                     loss_calls):
+    # catches: `epoch > vse_mean_warmup_epochs` for `>=` (hardest negatives one epoch late), a warm-up
+    # of one epoch whatever the option says, hardest negatives from the start, another margin.
+    data_path, data_name = tiny_precomp
+    opt = default_options(data_path=data_path, data_name=data_name, img_dim=TINY_IMG_DIM, bert_path=tiny_bert_dir,
+                          embed_size=16, batch_size=32, num_epochs=3, vse_mean_warmup_epochs=2, workers=0,
+                          val_step=0, device="cpu", logger_name=str(tmp_path / "log"),
+                          model_name=str(tmp_path / "ckpt"))
+    result = train_from_options(opt)
+    assert [epoch for epoch, _, _ in loss_calls] == [0] * 5 + [1] * 5 + [2] * 5  # 160 captions, batch 32
+    assert [loss for _, _, loss in loss_calls] == result["losses"]
+    for epoch, scores, loss in loss_calls:
+        summed, hardest = hinge_losses_by_hand(scores, margin=0.2)  # the recipe's margin, the default
+        assert summed > 1.5 * hardest  # the two losses differ on these batches, so the check below can fail
+        assert loss == pytest.approx(summed if epoch < 2 else hardest, rel=1e-5)
+
+
+@pytest.mark.parametrize("warmup, max_violation, hardest_from", [(1, False, 1), (2, False, 2), (0, False, 0),
+                                                                 (3, True, 0)])
+def test_the_epoch_where_hardest_negatives_start(warmup, max_violation, hardest_from):
+    config = TrainConfig(vse_mean_warmup_epochs=warmup, max_violation=max_violation)
+    assert [config.uses_max_violation(epoch) for epoch in range(5)] == [epoch >= hardest_from for epoch in range(5)]
