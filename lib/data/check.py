@@ -12,16 +12,24 @@ stop on them, or compute something else) or `warnings` (counts or feature sizes 
 than the paper's, fine for one's own data).
 
     reports = check_folders(data_path, ["f30k_precomp"])
+
+The raw-image layout (lib.data.images: captions, image ids, id_mapping.json, image files) is
+checked by `check_image_dataset` in two passes too: first the text files, the mapping and
+the presence of every file; then every distinct image file decoded once (a file shared by
+splits is decoded once), in worker processes if asked.
+
+    reports = check_image_dataset(data_path, "f30k")
 """
 import math
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib.data import precomp
+from lib.data import images, precomp
 from lib.data.butd import check_split_complete
 from lib.errors import XDimError, first_line
 from lib.formats.npy import read_npy_header
@@ -78,7 +86,12 @@ class SplitReport:
 
     @property
     def status(self):
-        return "error" if self.errors else "warning" if self.warnings else "ok"
+        return report_status(self)
+
+
+def report_status(report):
+    """'error', 'warning' or 'ok': the worst of a report's problems."""
+    return "error" if report.errors else "warning" if report.warnings else "ok"
 
 
 def data_folders(data_path, data_names=None):
@@ -296,3 +309,149 @@ def report_table(reports):
         lines.append(f"{report.name:{width}} | {images:>7} | {captions:>8} | "
                      f"{human_bytes(report.disk_bytes):>9} | {report.status}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the raw-image layout
+
+# The Karpathy split sizes by dataset (the raw-image layout names datasets f30k, coco, ...).
+KARPATHY_BY_DATASET = {"coco": KARPATHY_IMAGES["coco_precomp"], "f30k": KARPATHY_IMAGES["f30k_precomp"]}
+IMAGE_SPLIT_SUFFIXES = ("_caps.txt", "_ids.txt")
+LISTED_BAD_IMAGES = 10
+CONVERSION_NOTES = {
+    "grey": "grey images, read as three equal channels",
+    "alpha": "images with transparency, read without it (the stored colours, no background blended in)",
+    "cmyk": "CMYK images, converted to RGB by Pillow's plain formula (no colour profile)",
+}
+
+
+@dataclass
+class ImageSplitReport:
+    """What the check found for split `split` of a raw-image dataset folder.
+
+    image_paths: the image file of each image (empty when pass 1 failed); disk_bytes: the
+    text files' and the images' bytes, known after pass 2.
+    """
+    data_path: str
+    data_name: str
+    split: str
+    n_images: int = None
+    n_captions: int = None
+    image_paths: list = field(default_factory=list)
+    disk_bytes: int = 0
+    errors: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def name(self):
+        return f"{self.data_name}/{self.split}"
+
+    @property
+    def status(self):
+        return report_status(self)
+
+
+def is_image_dataset(data_path):
+    """Whether `data_path` is a dataset folder of the raw-image layout (it holds id_mapping.json)."""
+    return os.path.isfile(os.path.join(data_path, images.MAPPING_FILE))
+
+
+def image_split_names(data_path):
+    """Splits with a captions or an ids file in `data_path/precomp`, the paper's four first."""
+    folder = os.path.join(data_path, images.CAPTIONS_FOLDER)
+    if not os.path.isdir(folder):
+        return []
+    names = {entry[:-len(suffix)] for entry in os.listdir(folder)
+             for suffix in IMAGE_SPLIT_SUFFIXES if entry.endswith(suffix) and len(entry) > len(suffix)}
+    known = [split for split in ("train", "dev", "test", "testall") if split in names]
+    return known + sorted(names - set(known))
+
+
+def inspect_image_split(data_path, data_name, split, image_root):
+    """Pass 1 for one split: text files, counts, ids in the mapping, every file present."""
+    report = ImageSplitReport(data_path, data_name, split)
+    try:
+        split_files = images.read_image_split(data_path, data_name, split, image_root)
+    except XDimError as error:
+        report.errors.append(first_line(error))
+        return report
+    report.n_images, report.n_captions = split_files.n_images, split_files.n_captions
+    report.image_paths = split_files.image_paths
+    report.disk_bytes = sum(os.path.getsize(path) for path in (split_files.captions_path, split_files.ids_path))
+    if split_files.captions_per_image != PAPER_CAPTIONS_PER_IMAGE:
+        report.warnings.append(f"{split_files.captions_path}: 1 caption per image, the paper's splits have "
+                               f"{PAPER_CAPTIONS_PER_IMAGE}")
+    expected = next((sizes.get(split) for name, sizes in KARPATHY_BY_DATASET.items()
+                     if name in data_name.lower()), None)
+    if expected is not None and report.n_images != expected:
+        report.warnings.append(f"{split_files.ids_path}: {report.n_images} images, the Karpathy {split} split "
+                               f"has {expected}: fine for your own data, not for the paper's figures")
+    return report
+
+
+def decode_check(path):
+    """Decode one image file as training would -> (bytes, conversion or None, error line or None)."""
+    try:
+        _, conversion = images.read_rgb(path)
+    except XDimError as error:
+        return os.path.getsize(path), None, first_line(error)
+    return os.path.getsize(path), conversion, None
+
+
+def decoded_files(paths, progress, workers):
+    """{path: decode_check(path)} for distinct `paths`, each decoded once, in `workers` processes (0: here)."""
+    with tqdm(total=len(paths), unit="img", desc="decode", disable=not progress) as bar:
+        if workers <= 0:
+            results = {}
+            for path in paths:
+                results[path] = decode_check(path)
+                bar.update()
+            return results
+        with ProcessPoolExecutor(workers) as pool:
+            results = {}
+            for path, result in zip(paths, pool.map(decode_check, paths, chunksize=32)):
+                results[path] = result
+                bar.update()
+            return results
+
+
+def record_decoding(report, results, owned):
+    """Put pass 2's findings for `report`'s images into it: errors of the files it `owned` (the
+    first split listing a file reports it), one warning per kind of conversion, image bytes."""
+    bad, converted = [], {}
+    for path in dict.fromkeys(report.image_paths):
+        size, conversion, error = results[path]
+        report.disk_bytes += size
+        if error and path in owned:
+            bad.append(error)
+        if conversion:
+            converted.setdefault(conversion, []).append(path)
+    report.errors += bad[:LISTED_BAD_IMAGES]
+    if len(bad) > LISTED_BAD_IMAGES:
+        report.errors.append(f"{report.name}: {len(bad) - LISTED_BAD_IMAGES} more image files cannot be decoded")
+    for conversion, paths in converted.items():
+        report.warnings.append(f"{report.name}: {len(paths)} {CONVERSION_NOTES[conversion]} (first: {paths[0]})")
+
+
+def check_image_dataset(data_path, data_name=None, image_root=None, progress=True, workers=0):
+    """Check every split of a raw-image dataset folder -> list of ImageSplitReport.
+
+    `data_name` chooses the image folder (images/ for a name containing coco, else
+    flickr30k-images/) unless `image_root` is given; by default the folder's own name.
+    Pass 2 (decoding) runs only when pass 1 found no error anywhere.
+    """
+    data_name = data_name or os.path.basename(os.path.normpath(data_path))
+    splits = image_split_names(data_path)
+    if not splits:
+        raise XDimError(f"{os.path.join(data_path, images.CAPTIONS_FOLDER)}: holds no {{split}}_caps.txt / "
+                        "{split}_ids.txt files")
+    reports = [inspect_image_split(data_path, data_name, split, image_root) for split in splits]
+    if any(report.errors for report in reports):
+        return reports
+    owner = {}
+    for report in reports:
+        for path in report.image_paths:
+            owner.setdefault(path, report.split)
+    results = decoded_files(list(owner), progress, workers)
+    for report in reports:
+        record_decoding(report, results, {path for path, split in owner.items() if split == report.split})
+    return reports

@@ -371,15 +371,23 @@ class PrecompDataset(Dataset):
 
     def __getitem__(self, index):
         image_index = index // self.files.captions_per_image
-        image = _image(self.files, image_index)
         caption = self.files.captions[index]
         if self.train:
             rng = item_rng(self.seed, self.epoch, index)
-            image = drop_regions(image, rng)
+            image = self.image(image_index, rng)
             ids = self.encoder.encode(caption, rng)
         else:
+            image = self.image(image_index, None)
             ids = self.encoder.encode(caption)
-        return torch.from_numpy(image), torch.tensor(ids, dtype=torch.long), index, image_index
+        return image, torch.tensor(ids, dtype=torch.long), index, image_index
+
+    def image(self, image_index, rng):
+        """Image `image_index` as a tensor, its regions dropped with `rng` (None: all kept).
+
+        Subclasses reading other image inputs override this; its draws come before the caption's.
+        """
+        regions = _image(self.files, image_index)
+        return torch.from_numpy(regions if rng is None else drop_regions(regions, rng))
 
 
 class ImageDataset(Dataset):
@@ -431,7 +439,12 @@ def collate_pairs(batch):
     """PrecompDataset items -> (images (B, Rmax, img_dim), image_lengths (B,), captions (B, Lmax),
     lengths (B,), caption_indices (B,), image_indices (B,)); zero padding, batch order kept."""
     images, token_ids, caption_indices, image_indices = zip(*batch)
-    images, image_lengths = pad_images(images)
+    return pair_batch(*pad_images(images), token_ids, caption_indices, image_indices)
+
+
+def pair_batch(images, image_lengths, token_ids, caption_indices, image_indices):
+    """A training batch tuple from its batched images (and their lengths, or None) and the items'
+    token ids (list of (L_i,) long) and indices: what every training loader yields."""
     captions, lengths = pad_tokens(token_ids)
     return (images, image_lengths, captions, lengths,
             torch.tensor(caption_indices, dtype=torch.long), torch.tensor(image_indices, dtype=torch.long))
@@ -478,13 +491,19 @@ def train_loader(files, caption_encoder, batch_size, workers=0, seed=0, augment=
     """
     caption_encoder.check_captions(files)
     dataset = PrecompDataset(files, caption_encoder, train=augment, seed=seed)
+    return shuffled_loader(dataset, collate_pairs, batch_size, workers, seed, num_replicas, rank)
+
+
+def shuffled_loader(dataset, collate_fn, batch_size, workers=0, seed=0, num_replicas=1, rank=0):
+    """train_loader's DataLoader over any per-caption `dataset` with a `set_epoch` method: the
+    (seed, epoch) shuffle, this rank's share of it, the last incomplete batch dropped."""
     if num_replicas > 1:
         sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
                                      seed=seed, drop_last=True)
     else:
         sampler = EpochShuffleSampler(len(dataset), seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_pairs, drop_last=True)
+                      collate_fn=collate_fn, drop_last=True)
 
 
 def set_loader_epoch(loader, epoch):

@@ -116,15 +116,23 @@ def _demo_caption(objects, rng):
     return text + ("." if rng.random() < 0.5 else "")
 
 
+def _pick_objects(rng):
+    """The 2-4 distinct objects (indices into DEMO_OBJECTS) of one demo image."""
+    return rng.choice(len(DEMO_OBJECTS), size=int(rng.integers(2, 5)), replace=False)
+
+
+def _object_looks(rng):
+    """(colour index or -1, count 1 or 2) of one object of a demo image."""
+    colour = int(rng.integers(len(DEMO_COLOURS))) if rng.random() < 0.5 else -1
+    return colour, 2 if rng.random() < 0.15 else 1
+
+
 def _demo_image(prototypes, rng, n_regions, noise):
     """Regions (n_regions, img_dim) float32 of one image and its objects [(object, colour, count)]."""
     objects_proto, colours_proto, background_proto = prototypes
-    n_objects = int(rng.integers(2, 5))
-    picked = rng.choice(len(DEMO_OBJECTS), size=n_objects, replace=False)
     objects, regions = [], []
-    for obj in picked:
-        colour = int(rng.integers(len(DEMO_COLOURS))) if rng.random() < 0.5 else -1
-        count = 2 if rng.random() < 0.15 else 1
+    for obj in _pick_objects(rng):
+        colour, count = _object_looks(rng)
         objects.append((int(obj), colour, count))
         centre = objects_proto[obj] + (0.8 * colours_proto[colour] if colour >= 0 else 0.0)
         regions += [centre] * (count * int(rng.integers(3, 6)))
@@ -175,3 +183,89 @@ def write_demo_dataset(folder, img_dim=64, n_regions=36, sizes=None, seed=0, noi
     if with_bert:
         bert_path = write_tiny_bert(os.path.join(folder, "bert-tiny"), demo_vocabulary(), seed=seed)
     return folder, DEMO_DATA_NAME, bert_path
+
+
+# ---------------------------------------------------------------- demo as image files
+#
+# The same objects and captions drawn as pictures, in the official raw-image layout: each
+# object word has a fixed random 3 x 3 pattern of colours, painted as a tile (12 x 12 pixels in
+# a 64 x 64 image) in one cell of a 4 x 4 layout (two tiles for "two dogs"); a colour word
+# frames the tile in its colour; the rest is grey noise that no caption mentions.
+
+DEMO_IMAGES_NAME = "demo_images"
+DEMO_IMAGE_SIZE = 64
+DEMO_COLOUR_RGB = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 50),
+                   "yellow": (235, 220, 40), "black": (10, 10, 10), "white": (250, 250, 250)}
+TILE_CELLS = 3
+
+
+def demo_patterns(seed=0):
+    """The 3 x 3 colour pattern of each demo object: uint8 (n_objects, 3, 3, 3), from `seed`."""
+    return np.random.default_rng([seed, 1000]).integers(0, 256, (len(DEMO_OBJECTS), TILE_CELLS, TILE_CELLS, 3),
+                                                        dtype=np.uint8)
+
+
+def paint_demo_image(objects, patterns, rng, size=DEMO_IMAGE_SIZE):
+    """(size, size, 3) uint8 picture of `objects` [(object, colour or -1, count)], tiles placed by `rng`.
+
+    size >= 32: a layout cell is size // 4 pixels, a pattern cell size // 16, a frame size // 32.
+    """
+    image = rng.integers(100, 156, (size, size, 3)).astype(np.uint8)
+    cell, pattern_pixels, frame = size // 4, size // 16, size // 32
+    slots = rng.permutation(16)
+    tile = TILE_CELLS * pattern_pixels
+    placed = 0
+    for obj, colour, count in objects:
+        pattern = np.repeat(np.repeat(patterns[obj], pattern_pixels, 0), pattern_pixels, 1)
+        for _ in range(count):
+            row, col = divmod(int(slots[placed]), 4)
+            placed += 1
+            top, left = row * cell + (cell - tile) // 2, col * cell + (cell - tile) // 2
+            if colour >= 0:
+                image[top - frame:top + tile + frame,
+                      left - frame:left + tile + frame] = DEMO_COLOUR_RGB[DEMO_COLOURS[colour]]
+            image[top:top + tile, left:left + tile] = pattern
+    return image
+
+
+def write_demo_image_split(data_path, split, n_images, patterns, rng, first_id, size=DEMO_IMAGE_SIZE):
+    """Write `n_images` JPEGs with ids first_id.. and `precomp/{split}_caps.txt` / `_ids.txt`
+    (5 captions, one id per image). Returns {id: relative path} of the images written."""
+    from PIL import Image
+    mapping, captions = {}, []
+    for image_id in range(first_id, first_id + n_images):
+        objects = [(int(obj), *_object_looks(rng)) for obj in _pick_objects(rng)]
+        name = f"{image_id}.jpg"
+        Image.fromarray(paint_demo_image(objects, patterns, rng, size)).save(
+            os.path.join(data_path, "flickr30k-images", name), quality=95)
+        mapping[str(image_id)] = name
+        captions += [_demo_caption(objects, rng) for _ in range(5)]
+    with open(os.path.join(data_path, "precomp", f"{split}_caps.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(captions) + "\n")
+    with open(os.path.join(data_path, "precomp", f"{split}_ids.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(mapping) + "\n")
+    return mapping
+
+
+def write_demo_images(folder, sizes=None, seed=0, size=DEMO_IMAGE_SIZE, with_bert=True):
+    """Write the demo as JPEG files in the official raw-image layout; deterministic from `seed`.
+
+    Creates `{folder}/demo_images/` holding `precomp/{split}_{caps,ids}.txt`, `id_mapping.json`
+    and `flickr30k-images/{id}.jpg` (size x size) for the splits of `sizes` (default DEMO_SPLITS)
+    and, with `with_bert`, the tiny BERT in `{folder}/bert-tiny`.
+    Returns (data_path, data_name, bert_path or None): `data_path` is the dataset folder itself.
+    """
+    import json
+    data_path = os.path.join(folder, DEMO_IMAGES_NAME)
+    for sub in ("precomp", "flickr30k-images"):
+        os.makedirs(os.path.join(data_path, sub), exist_ok=True)
+    patterns, mapping = demo_patterns(seed), {}
+    for number, (split, n_images) in enumerate((sizes or DEMO_SPLITS).items(), start=1):
+        mapping.update(write_demo_image_split(data_path, split, n_images, patterns,
+                                              np.random.default_rng([seed, number, 1]), len(mapping), size))
+    with open(os.path.join(data_path, "id_mapping.json"), "w", encoding="utf-8") as f:
+        json.dump(mapping, f)
+    bert_path = None
+    if with_bert:
+        bert_path = write_tiny_bert(os.path.join(folder, "bert-tiny"), demo_vocabulary(), seed=seed)
+    return data_path, DEMO_IMAGES_NAME, bert_path
