@@ -23,7 +23,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=synthetic.DEMO_FOLDER,
-                        help="folder to write demo_precomp/ and bert-tiny/ into")
+                        help="folder to write demo_precomp/ (demo_images/ with --images) and bert-tiny/ into")
     parser.add_argument("--images", action="store_true",
                         help="write the demo as JPEG files in the raw-image layout (demo_images/) instead of "
                              "region features")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lib.data import precomp
@@ -214,7 +215,6 @@ def read_rgb(path):
     no colour profile). XDimError naming the file for a truncated, damaged or unknown file
     and for 16-bit or float images. The EXIF orientation is not applied (nor is it officially).
     """
-    from PIL import Image
     try:
         with Image.open(path) as image:
             image.load()
@@ -330,6 +330,36 @@ def collate_pixel_pairs(batch):
     return precomp.pair_batch(torch.stack(pixels), None, token_ids, caption_indices, image_indices)
 
 
+class OneLineErrorLoader(DataLoader):
+    """A DataLoader whose XDimErrors keep their one-line message when raised in a worker process.
+
+    PyTorch re-raises a worker's exception in this process with the worker's traceback as its
+    message; a bad image file would otherwise end a run with that traceback.
+    """
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except XDimError as error:
+                raise XDimError(worker_error_message(error)) from None
+            yield batch
+
+
+def worker_error_message(error):
+    """The message an XDimError had before a DataLoader re-raised it from a worker: PyTorch's
+    text 'Caught XDimError in DataLoader worker process N.\nOriginal Traceback ...' ends with the
+    line '...XDimError: <message>'. Other messages are returned unchanged."""
+    text = str(error)
+    lines = text.strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith(f"Caught {type(error).__name__} in DataLoader worker"):
+        return lines[-1].split(f"{type(error).__name__}: ", 1)[-1]
+    return text
+
+
 def image_train_loader(split, caption_encoder, batch_size, pixel_config, workers=0, seed=0, num_replicas=1,
                        rank=0):
     """Shuffled training batches over an ImageSplit: precomp.train_loader's tuple
@@ -341,7 +371,8 @@ def image_train_loader(split, caption_encoder, batch_size, pixel_config, workers
     """
     caption_encoder.check_captions(split)
     dataset = ImageCaptionDataset(split, caption_encoder, pixel_config, train=True, seed=seed)
-    return precomp.shuffled_loader(dataset, collate_pixel_pairs, batch_size, workers, seed, num_replicas, rank)
+    return precomp.shuffled_loader(dataset, collate_pixel_pairs, batch_size, workers, seed, num_replicas, rank,
+                                   OneLineErrorLoader)
 
 
 class EvalImages(Dataset):
@@ -363,9 +394,10 @@ def image_eval_batches(split, pixel_config, batch_size, workers=0, rows=None):
     """Evaluation batches (pixels (b, 3, T, T) float32, image_indices (b,) int64), in order.
 
     Each image is decoded once. `rows` selects the images (e.g. a torchrun process's share);
-    None takes all. Returns a DataLoader (iterable, with len).
+    None takes all. Returns a DataLoader (iterable, with len); a file that cannot be decoded
+    raises one-line XDimError naming it, also from a worker process.
     """
     images = EvalImages(split, pixel_config)
     if rows is not None:
         images = Subset(images, [int(row) for row in rows])
-    return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return OneLineErrorLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers)

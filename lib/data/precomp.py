@@ -494,16 +494,18 @@ def train_loader(files, caption_encoder, batch_size, workers=0, seed=0, augment=
     return shuffled_loader(dataset, collate_pairs, batch_size, workers, seed, num_replicas, rank)
 
 
-def shuffled_loader(dataset, collate_fn, batch_size, workers=0, seed=0, num_replicas=1, rank=0):
+def shuffled_loader(dataset, collate_fn, batch_size, workers=0, seed=0, num_replicas=1, rank=0,
+                    loader_class=DataLoader):
     """train_loader's DataLoader over any per-caption `dataset` with a `set_epoch` method: the
-    (seed, epoch) shuffle, this rank's share of it, the last incomplete batch dropped."""
+    (seed, epoch) shuffle, this rank's share of it, the last incomplete batch dropped.
+    `loader_class`: DataLoader or a subclass of it."""
     if num_replicas > 1:
         sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
                                      seed=seed, drop_last=True)
     else:
         sampler = EpochShuffleSampler(len(dataset), seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_fn, drop_last=True)
+    return loader_class(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        collate_fn=collate_fn, drop_last=True)
 
 
 def set_loader_epoch(loader, epoch):

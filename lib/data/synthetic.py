@@ -1,10 +1,12 @@
-"""Small stand-ins for the real inputs: a tiny BERT and a synthetic precomp dataset.
+"""Small stand-ins for the real inputs: a tiny BERT and a synthetic dataset (region features or image files).
 
 Used by the demo and by the tests, which must never touch the network.
 """
+import json
 import os
 
 import numpy as np
+from PIL import Image
 
 from lib.model.bert import write_bert_folder
 
@@ -210,7 +212,7 @@ def paint_demo_image(objects, patterns, rng, size=DEMO_IMAGE_SIZE):
 
     size >= 32: a layout cell is size // 4 pixels, a pattern cell size // 16, a frame size // 32.
     """
-    image = rng.integers(100, 156, (size, size, 3)).astype(np.uint8)
+    image = rng.integers(112, 144, (size, size, 3)).astype(np.uint8)
     cell, pattern_pixels, frame = size // 4, size // 16, size // 32
     slots = rng.permutation(16)
     tile = TILE_CELLS * pattern_pixels
@@ -231,13 +233,12 @@ def paint_demo_image(objects, patterns, rng, size=DEMO_IMAGE_SIZE):
 def write_demo_image_split(data_path, split, n_images, patterns, rng, first_id, size=DEMO_IMAGE_SIZE):
     """Write `n_images` JPEGs with ids first_id.. and `precomp/{split}_caps.txt` / `_ids.txt`
     (5 captions, one id per image). Returns {id: relative path} of the images written."""
-    from PIL import Image
     mapping, captions = {}, []
     for image_id in range(first_id, first_id + n_images):
         objects = [(int(obj), *_object_looks(rng)) for obj in _pick_objects(rng)]
         name = f"{image_id}.jpg"
         Image.fromarray(paint_demo_image(objects, patterns, rng, size)).save(
-            os.path.join(data_path, "flickr30k-images", name), quality=95)
+            os.path.join(data_path, "flickr30k-images", name), quality=95, subsampling=0)
         mapping[str(image_id)] = name
         captions += [_demo_caption(objects, rng) for _ in range(5)]
     with open(os.path.join(data_path, "precomp", f"{split}_caps.txt"), "w", encoding="utf-8") as f:
@@ -255,7 +256,6 @@ def write_demo_images(folder, sizes=None, seed=0, size=DEMO_IMAGE_SIZE, with_ber
     and, with `with_bert`, the tiny BERT in `{folder}/bert-tiny`.
     Returns (data_path, data_name, bert_path or None): `data_path` is the dataset folder itself.
     """
-    import json
     data_path = os.path.join(folder, DEMO_IMAGES_NAME)
     for sub in ("precomp", "flickr30k-images"):
         os.makedirs(os.path.join(data_path, sub), exist_ok=True)

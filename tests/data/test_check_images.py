@@ -150,3 +150,12 @@ def test_image_root_and_data_name_choose_the_folder(tmp_path, capsys):
     assert run(capsys, data_path, "--image_root", elsewhere)[0] == 0
     code, _, err = run(capsys, str(tmp_path), "--image_root", elsewhere)
     assert code == 2 and "--image_root is for a raw-image dataset folder" in err[0]
+
+
+def test_a_dataset_folder_without_split_files_is_one_line(tmp_path, capsys):
+    data_path = write_dataset(str(tmp_path))
+    for name in os.listdir(os.path.join(data_path, "precomp")):
+        os.remove(os.path.join(data_path, "precomp", name))
+    code, out, err = run(capsys, data_path)
+    assert code == 2 and out == []
+    assert err == [f"error: {os.path.join(data_path, 'precomp')}: holds no {{split}}_caps.txt / {{split}}_ids.txt files"]

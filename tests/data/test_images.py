@@ -296,31 +296,31 @@ def edit(path, text):
         f.write(text)
 
 
-def test_bad_layouts_are_one_line_each(tmp_path):
+BAD_LAYOUTS = [  # (file under data_path, its new text or None to remove it, split opened, message)
+    ("precomp/test_caps.txt", None, "test", r"test_caps\.txt: file not found \(the raw-image layout needs"),
+    ("precomp/test_ids.txt", "100\n101\n102\n", "test",
+     r"test_ids\.txt: 3 image ids for 20 captions in test_caps\.txt"),
+    ("precomp/test_ids.txt", "100\n101\n102\n999\n", "test",
+     r"test_ids\.txt: image id 999 is not in id_mapping\.json \(1 of 4"),
+    ("precomp/test_ids.txt", "100\n101\n\n103\n", "test", r"test_ids\.txt: line 3 is empty"),
+    ("flickr30k-images/sub/1.png", None, "test", r"sub/1\.png: image file not found \(1 of the 4 images of test"),
+    ("id_mapping.json", "{'100': 1}", "test", r"id_mapping\.json: not a JSON file"),
+    ("id_mapping.json", '{"100": 1}', "test", r"id_mapping\.json: expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("name, text, split, message", BAD_LAYOUTS)
+def test_bad_layouts_are_one_line_each(tmp_path, name, text, split, message):
     data_path, data_name, _ = write_layout(str(tmp_path))
-    precomp_folder = os.path.join(data_path, "precomp")
-    hint = f"python check_data.py --data_path {data_path} --data_name f30k checks every split"
-    with pytest.raises(XDimError, match=r"dev_caps\.txt: file not found .*" + hint):
-        open_image_split(data_path, data_name, "dev")
-    edit(os.path.join(precomp_folder, "test_ids.txt"), "100\n101\n102\n")
-    with pytest.raises(XDimError, match=r"test_ids\.txt: 3 image ids for 20 captions in test_caps\.txt"):
-        open_image_split(data_path, data_name, "test")
-    edit(os.path.join(precomp_folder, "test_ids.txt"), "100\n101\n102\n999\n")
-    with pytest.raises(XDimError, match=r"test_ids\.txt: image id 999 is not in id_mapping\.json \(1 of 4"):
-        open_image_split(data_path, data_name, "test")
-    edit(os.path.join(precomp_folder, "test_ids.txt"), "100\n101\n\n103\n")
-    with pytest.raises(XDimError, match=r"test_ids\.txt: line 3 is empty"):
-        open_image_split(data_path, data_name, "test")
-    edit(os.path.join(precomp_folder, "test_ids.txt"), "100\n101\n102\n103\n")
-    os.remove(os.path.join(data_path, "flickr30k-images", "sub", "1.png"))
-    with pytest.raises(XDimError, match=r"sub/1\.png: image file not found \(1 of the 4 images of test"):
-        open_image_split(data_path, data_name, "test")
-    edit(os.path.join(data_path, "id_mapping.json"), "{'100': 1}")
-    with pytest.raises(XDimError, match=r"id_mapping\.json: not a JSON file"):
-        open_image_split(data_path, data_name, "test")
-    edit(os.path.join(data_path, "id_mapping.json"), '{"100": 1}')
-    with pytest.raises(XDimError, match=r"id_mapping\.json: expected a JSON object"):
-        open_image_split(data_path, data_name, "test")
+    path = os.path.join(data_path, name)
+    if text is None:
+        os.remove(path)
+    else:
+        edit(path, text)
+    hint = f"; python check_data.py --data_path {data_path} --data_name f30k checks every split"
+    with pytest.raises(XDimError, match=message) as caught:
+        open_image_split(data_path, data_name, split)
+    assert str(caught.value).endswith(hint) and "\n" not in str(caught.value)
 
 
 def test_ids_with_leading_zeros_match_the_mapping(tmp_path):
@@ -387,3 +387,32 @@ def test_eval_batches_decode_each_image_once_in_order(demo_images, monkeypatch):
     assert torch.equal(pixels[5], pixel_tensor(rgb, PixelConfig(32, "detector")))
     share = list(image_eval_batches(split, PixelConfig(32, "detector"), 4, rows=[4, 1]))
     assert share[0][1].tolist() == [4, 1] and torch.equal(share[0][0][1], pixels[1])
+
+
+def test_train_loader_ranks_read_disjoint_shares(demo_images, encoder):
+    split = open_image_split(*demo_images, "train")
+    shares = []
+    for rank in range(2):
+        loader = image_train_loader(split, encoder, 5, PixelConfig(32), seed=1, num_replicas=2, rank=rank)
+        set_loader_epoch(loader, 4)
+        shares.append(set(torch.cat([batch[4] for batch in loader]).tolist()))
+    assert len(shares[0]) == len(shares[1]) == 30 and not shares[0] & shares[1]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_file_met_by_a_loader_worker_is_one_line(tmp_path, encoder, workers):
+    data_path, data_name, _ = write_demo_images(str(tmp_path), {"train": 4, "test": 4}, size=32, with_bert=False)
+    broken = os.path.join(data_path, "flickr30k-images", "5.jpg")  # test's second image
+    with open(broken, "wb") as f:
+        f.write(b"not a jpeg")
+    expected = f"{broken}: not an image file Pillow can read"
+    with pytest.raises(XDimError) as caught:
+        list(image_eval_batches(open_image_split(data_path, data_name, "test"), PixelConfig(32), 2, workers))
+    assert str(caught.value) == expected
+    os.replace(broken, os.path.join(data_path, "flickr30k-images", "1.jpg"))
+    loader = image_train_loader(open_image_split(data_path, data_name, "train"), encoder, 2, PixelConfig(32),
+                                workers=workers)
+    set_loader_epoch(loader, 0)
+    with pytest.raises(XDimError) as caught:
+        list(loader)
+    assert str(caught.value) == expected.replace("5.jpg", "1.jpg")
