@@ -91,6 +91,9 @@ def run(args, device):
         model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
         split = encoder = None
         if args.words or args.pair is not None:
+            if model.config.uses_backbone:
+                raise XDimError(f"{args.model_path}: a raw-image (backbone) checkpoint; --words and --pair read "
+                                "region features (the mask figures work without them)")
             split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
         with atomic_folder(args.out) as staging:
             return analysis.write_report(model, staging, split, encoder, args.words, args.top_k, args.pair,

@@ -33,8 +33,12 @@ def build_parser(description=None, **defaults):
         help="checkpoint to evaluate (ours or the official release's); may be left out when "
              "--ensemble gives score files")
     add("--data_path", default=None,
-        help="folder holding {data_name}/ (None: the checkpoint's data_path)")
+        help="folder holding {data_name}/, or for a raw-image checkpoint the dataset folder "
+             "(precomp/, id_mapping.json, images) (None: the checkpoint's data_path)")
     add("--data_name", default=None, help="f30k_precomp or coco_precomp (None: the checkpoint's)")
+    add("--image_root", default=None,
+        help="a raw-image checkpoint's image folder, when not inside --data_path (None: the one it was "
+             "trained with, else images/ for COCO, flickr30k-images/ otherwise)")
     add("--split", default="test", help="split to evaluate: test, testall, dev, ...")
     add("--fold5", action=argparse.BooleanOptionalAction, default=False,
         help="also report the 5-fold 1K protocol (COCO testall): each fold and their mean")
@@ -104,7 +108,7 @@ def check_outputs_spare_inputs(args, split=None, compared=()):
     inputs = [("--model_path", args.model_path), ("--bert_path", args.bert_path), ("--pm_dir", args.pm_dir)]
     inputs += [("--ensemble", path) for path in args.ensemble] + [("--compare", path) for path in compared]
     if split is not None:
-        inputs += [("--split", split.images_path), ("--split", split.captions_path)]
+        inputs += [("--split", scoring.image_source(split)), ("--split", split.captions_path)]
     save_sims = score_files.score_file_path(args.save_sims) if args.save_sims else None
     check_outputs([("--json", args.json), ("--save_sims", save_sims)], inputs)
 
@@ -124,7 +128,8 @@ def evaluate(args, device):
         sources, shapes = list(args.ensemble), [m.shape for m in matrices]
         if args.model_path:
             model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
-            split, encoder, label = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+            split, encoder, label = scoring.open_model_split(model, args.data_path, args.data_name, args.split,
+                                                             args.image_root)
             sources, shapes = [args.model_path] + sources, [(split.n_images, split.n_captions)] + shapes
             cpi = split.captions_per_image
         else:
@@ -134,8 +139,8 @@ def evaluate(args, device):
         score_files.check_same_shape(shapes, sources)
         if args.fold5:
             metrics.check_fold_count(shapes[0][0], 5, args.fold_images)
-        prepared = args.protocols and protocols.prepare(args.protocols, args.pm_dir, shapes[0], protocols.ids_file(
-            split.images_path if args.model_path else None, args.data_path, args.data_name, args.split))
+        prepared = args.protocols and protocols.prepare(args.protocols, args.pm_dir, shapes[0],
+                                                        split_ids_file(args, split if args.model_path else None))
     global_vectors = None
     if args.model_path:
         sims, global_vectors = model_scores(args, model, split, encoder)
@@ -144,6 +149,15 @@ def evaluate(args, device):
         if not distributed.is_main():
             return None, label
         return report(args, matrices, sources, cpi, global_vectors, prepared), label
+
+
+def split_ids_file(args, split):
+    """The image-id file of the evaluated split: a raw-image split's own (S_ids.txt beside its
+    captions), else the one beside the region features or under --data_path/--data_name."""
+    if split is not None and hasattr(split, "ids_path"):
+        return split.ids_path
+    return protocols.ids_file(None if split is None else split.images_path, args.data_path, args.data_name,
+                              args.split)
 
 
 def report(args, matrices, sources, cpi, global_vectors, prepared=None):
@@ -177,7 +191,8 @@ def compare_side(args, path, device):
         sims = score_files.load_score_file(path)
         return sims, score_files.infer_captions_per_image(sims, path)
     model = XDimModel.from_checkpoint(path, args.bert_path, device, args.amp)
-    split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+    split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split,
+                                                             args.image_root)
     sims, _ = model_scores(argparse.Namespace(**dict(vars(args), model_path=path)), model, split, encoder)
     return sims, split.captions_per_image
 

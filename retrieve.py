@@ -118,7 +118,11 @@ def _load_model(args, model_path, device=None):
     from lib.model.xdim_model import XDimModel
     runtime = runtime_config(args)
     runtime.apply_threads()
-    return XDimModel.from_checkpoint(model_path, args.bert_path, device or runtime.torch_device(), runtime.amp)
+    model = XDimModel.from_checkpoint(model_path, args.bert_path, device or runtime.torch_device(), runtime.amp)
+    if model.config.uses_backbone:
+        raise XDimError(f"{model_path}: a raw-image (backbone) checkpoint; retrieve.py takes region-feature "
+                        "checkpoints only (eval.py, test.py and testall.py take both)")
+    return model
 
 
 def _load(args, model_path, device=None):

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import errno
 import io
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from PIL import Image
 from transformers import BertModel
 
 import eval as eval_cli
@@ -572,3 +574,45 @@ def hinge_losses_by_hand(scores, margin):
                 captions[i, j] = max(0.0, margin + scores[i, j] - scores[i, i])  # image i, wrong caption j
                 images[i, j] = max(0.0, margin + scores[i, j] - scores[j, j])  # caption j, wrong image i
     return captions.sum() + images.sum(), captions.max(axis=1).sum() + images.max(axis=0).sum()
+
+
+# ---------------------------------------------------------------- raw images
+
+IMAGE_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "black": (10, 10, 10)}
+IMAGE_OBJECTS = ("dog", "cat", "car", "boat", "bird")
+
+
+def write_image_layout(root, sizes=None, side=64, seed=0):
+    """A small dataset of image files in the official raw-image layout -> (data_path, data_name).
+
+    data_path/precomp/S_caps.txt (5 captions per image) and S_ids.txt (one id per image),
+    data_path/id_mapping.json and data_path/flickr30k-images/<file>: `side` x `side` colour
+    images, JPEG and PNG alternately, each a coloured square whose colour its captions name.
+    Written with Pillow, independently of the demo writer of lib.data. sizes: split -> images.
+    """
+    sizes = sizes or {"train": 8, "dev": 4, "test": 4}
+    rng = np.random.RandomState(seed)
+    data_path = os.path.join(root, "f30k")
+    os.makedirs(os.path.join(data_path, "precomp"), exist_ok=True)
+    os.makedirs(os.path.join(data_path, "flickr30k-images"), exist_ok=True)
+    mapping, next_id = {}, 1000
+    for split, n_images in sizes.items():
+        ids, captions = [], []
+        for _ in range(n_images):
+            colour = list(IMAGE_COLOURS)[rng.randint(len(IMAGE_COLOURS))]
+            pixels = rng.randint(0, 256, size=(side, side, 3)).astype(np.uint8) // 4 + 96
+            top, left = rng.randint(0, side // 2, size=2)
+            pixels[top:top + side // 2, left:left + side // 2] = IMAGE_COLOURS[colour]
+            name = f"{next_id}.{'jpg' if next_id % 2 else 'png'}"
+            Image.fromarray(pixels).save(os.path.join(data_path, "flickr30k-images", name))
+            mapping[str(next_id)] = name
+            ids.append(str(next_id))
+            captions += [f"a {colour} {IMAGE_OBJECTS[k]} in the picture" for k in range(5)]
+            next_id += 1
+        with open(os.path.join(data_path, "precomp", f"{split}_ids.txt"), "w") as f:
+            f.write("\n".join(ids) + "\n")
+        with open(os.path.join(data_path, "precomp", f"{split}_caps.txt"), "w") as f:
+            f.write("\n".join(captions) + "\n")
+    with open(os.path.join(data_path, "id_mapping.json"), "w") as f:
+        json.dump(mapping, f)
+    return data_path, "f30k"

@@ -20,8 +20,10 @@ import os
 from dataclasses import fields
 
 from lib.errors import XDimError
+from lib.model.backbone import FULL_WIDTH, NO_BACKBONE_WEIGHTS, output_channels
+from lib.model.backbone import SOURCES as BACKBONE_SOURCES
 from lib.model.bert import DEFAULT_BERT
-from lib.model.config import ModelConfig
+from lib.model.config import ENCODER_TYPES, ModelConfig
 from lib.model.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_help
 from lib.runtime.device import RuntimeConfig, resolve_device
 from lib.training.config import TrainConfig
@@ -60,11 +62,16 @@ def add_runtime_options(parser):
 def get_argument_parser(with_sim=True):
     """The training options; with_sim=False leaves --sim out (for scripts that set it themselves)."""
     parser = argparse.ArgumentParser(
-        description="Train X-Dim on precomputed region features (precomp layout).",
+        description="Train X-Dim on precomputed region features (precomp layout), or on image files "
+                    "with a CNN backbone (--precomp_enc_type backbone).",
         epilog=similarity_help(), formatter_class=HelpFormatter)
     add = parser.add_argument
-    add("--data_path", default="../Flickr30K/", help="folder that holds {data_name}/")
-    add("--data_name", default="f30k_precomp", help="{coco,f30k}_precomp")
+    add("--data_path", default="../Flickr30K/",
+        help="folder that holds {data_name}/ (backbone mode: the dataset folder itself, holding precomp/, "
+             "id_mapping.json and the images)")
+    add("--data_name", default="f30k_precomp",
+        help="{coco,f30k}_precomp (backbone mode: a name containing 'coco' reads images/, any other "
+             "flickr30k-images/)")
     add("--vocab_path", default="./vocab/", help=UNUSED)
     add("--margin", default=0.2, type=float, help="rank loss margin")
     add("--num_epochs", default=30, type=int, help="number of training epochs")
@@ -85,20 +92,40 @@ def get_argument_parser(with_sim=True):
     add("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from")
     add("--max_violation", action="store_true",
         help="hardest negatives from the first epoch (otherwise after --vse_mean_warmup_epochs)")
-    add("--img_dim", default=2048, type=int, help="region feature size")
+    add("--img_dim", default=2048, type=int,
+        help="region feature size (raw-image mode: the backbone's channels, 32 x --backbone_width)")
     add("--no_imgnorm", action="store_true", help="do not L2-normalise image embeddings")
     add("--no_txtnorm", action="store_true", help="do not L2-normalise text embeddings")
-    add("--precomp_enc_type", default="basic", choices=["basic"],
-        help="image encoder for precomputed features (only basic: FC + MLP)")
-    add("--backbone_path", type=str, default="", help=UNUSED)
-    add("--backbone_source", type=str, default="detector", help=UNUSED)
+    add("--precomp_enc_type", default="basic", choices=list(ENCODER_TYPES),
+        help="basic: precomputed region features through FC + MLP; backbone: image files through a "
+             "ResNet whose last feature map's cells are the regions, then the FC alone "
+             "(docs/training.md, \"Raw images\")")
+    add("--backbone_path", type=str, default="",
+        help="backbone mode: the weight file of --backbone_source (docs/data.md says where each comes "
+             "from; nothing is downloaded); 'none' starts from random weights (tests, demo)")
+    add("--backbone_source", type=str, default="detector", choices=list(BACKBONE_SOURCES),
+        help="backbone mode: detector (BUTD Faster R-CNN ResNet-101), imagenet (ResNet-101), "
+             "imagenet_res50, imagenet_res152, imagenet_resnext (ResNeXt-101 32x8d), wsl (the same, "
+             "Instagram-pretrained)")
+    add("--backbone_width", type=int, default=FULL_WIDTH,
+        help="backbone mode: the ResNet's stem width; 64 is the published network, smaller ones "
+             "(the demo's 8) keep its blocks but are only for tests and demos")
+    add("--image_root", type=str, default="",
+        help="backbone mode: the image folder, when not inside --data_path "
+             "(images/ for COCO, flickr30k-images/ otherwise)")
     add("--vse_mean_warmup_epochs", type=int, default=1,
         help="epochs that sum all violations before switching to hardest negatives")
     add("--reset_start_epoch", action="store_true", help="with --resume: start again from epoch 0")
-    add("--backbone_warmup_epochs", type=int, default=5, help=UNUSED)
-    add("--embedding_warmup_epochs", type=int, default=2, help=UNUSED)
-    add("--backbone_lr_factor", default=0.01, type=float, help=UNUSED)
-    add("--input_scale_factor", type=float, default=1, help=UNUSED)
+    add("--backbone_warmup_epochs", type=int, default=5,
+        help="backbone mode: epochs with 3, then 2, then 1 fixed blocks after the embedding warm-up, "
+             "before the whole backbone trains")
+    add("--embedding_warmup_epochs", type=int, default=2,
+        help="backbone mode: first epochs with the whole backbone frozen; the next one ramps the "
+             "loss up linearly from 0")
+    add("--backbone_lr_factor", default=0.01, type=float,
+        help="backbone mode: the backbone's learning rate is --learning_rate times this")
+    add("--input_scale_factor", type=float, default=1,
+        help="backbone mode: images are resized to int(256 x this) pixels square (2.0: 512, a 16 x 16 grid)")
     add_runtime_options(parser)
     add("--seed", default=0, type=int, help="random seed (python, numpy, torch)")
     add("--mask_padded_regions", action="store_true",
@@ -132,11 +159,14 @@ def runtime_config(args):
 def train_configs(args):
     """train.py's parsed options -> (ModelConfig, TrainConfig, RuntimeConfig).
 
-    --bert_path (default bert-base-uncased) becomes ModelConfig.bert.
+    --bert_path (default bert-base-uncased) becomes ModelConfig.bert; in the backbone mode
+    --img_dim left at its default becomes the backbone's channel count.
     """
     model = _fields_of(ModelConfig, args)
     model.pop("bert_config", None)
     model["bert"] = args.bert_path or DEFAULT_BERT
+    if args.precomp_enc_type == "backbone" and args.img_dim == 2048:
+        model["img_dim"] = output_channels(args.backbone_width)
     return ModelConfig(**model), TrainConfig(**_fields_of(TrainConfig, args)), runtime_config(args)
 
 
@@ -155,6 +185,8 @@ TRAINING_RANGES = {
     "learning_rate": POSITIVE, "margin": NON_NEGATIVE, "grad_clip": CLIP, "num_epochs": AT_LEAST_1,
     "lr_update": COUNT, "vse_mean_warmup_epochs": COUNT, "batch_size": AT_LEAST_1, "embed_size": AT_LEAST_1,
     "img_dim": AT_LEAST_1, "workers": WORKERS, "log_step": AT_LEAST_1, "seed": COUNT, "threads": THREADS,
+    "embedding_warmup_epochs": COUNT, "backbone_warmup_epochs": COUNT, "backbone_lr_factor": NON_NEGATIVE,
+    "backbone_width": AT_LEAST_1, "input_scale_factor": POSITIVE,
 }
 EVALUATION_RANGES = {
     "batch_size": AT_LEAST_1, "workers": WORKERS, "fold_images": AT_LEAST_1, "rows_per_block": COUNT,
@@ -196,6 +228,17 @@ def check_output_file(option, path):
         raise XDimError(f"{option} {path}: not writable")
 
 
+def check_backbone_path(path, source):
+    """XDimError unless --backbone_path names a file (or 'none'); its content is checked when it loads."""
+    from lib.model.backbone import WEIGHT_FILES
+    if not path:
+        raise XDimError(f"--backbone_path: the backbone mode needs the weight file of --backbone_source "
+                        f"{source}: {WEIGHT_FILES[source]} ('{NO_BACKBONE_WEIGHTS}': random weights)")
+    if path != NO_BACKBONE_WEIGHTS and not os.path.isfile(path):
+        raise XDimError(f"--backbone_path {path}: no such file; --backbone_source {source} expects "
+                        f"{WEIGHT_FILES[source]}")
+
+
 def check_training_options(opt):
     """Check train.py's options before any work -> the torch.device that --device names.
 
@@ -204,6 +247,8 @@ def check_training_options(opt):
     first bad option.
     """
     check_ranges(opt, TRAINING_RANGES)
+    if opt.precomp_enc_type == "backbone":
+        check_backbone_path(opt.backbone_path, opt.backbone_source)
     check_output_folder("--logger_name", opt.logger_name)
     check_output_folder("--model_name", opt.model_name)
     return resolve_device(opt.device)

@@ -199,15 +199,32 @@ class RaggedCaptions:
 
 # ---------------------------------------------------------------- a split
 
+def encoded_pixels(model, split, rows=None, batch_size=128, workers=0, progress=True):
+    """Encode the images of a raw-image split (lib.data.images.ImageSplit) batch by batch, each
+    file decoded once, through the model's backbone. Yields (emb (b, h*w, d) float32 on
+    model.device, None, rows (b,) int64) like encoded_images."""
+    from lib.data.images import PixelConfig, image_eval_batches
+    config = PixelConfig.for_backbone(model.config.backbone_source, model.config.input_scale_factor)
+    batches = image_eval_batches(split, config, batch_size, workers, all_rows(rows, split.n_images))
+    for pixels, batch_rows in tqdm(batches, desc="encode images", disable=not progress):
+        yield model.encode_images(pixels), None, batch_rows
+
+
 def encode_images(model, split_files, batch_size=128, workers=0, storage="float32", progress=True, rows=None):
     """Encode the split's images `rows` (None: all) -> (len(rows), R, d) CPU tensor in the storage dtype.
 
-    XDimError names the first image whose features hold NaN or inf.
+    Region features (precomp.SplitFiles) are read from their memory map, XDimError naming the
+    first image whose features hold NaN or inf; a raw-image model's split (images.ImageSplit)
+    goes through its backbone (`encoded_pixels`).
     """
     rows = all_rows(rows, split_files.n_images)
+    if model.backbone is not None:
+        batches = encoded_pixels(model, split_files, rows, batch_size, workers, progress)
+    else:
+        batches = encoded_images(model, split_files.images, rows, None, batch_size, workers,
+                                 split_files.images_path, progress)
     out, done = None, 0
-    for emb, _, _ in encoded_images(model, split_files.images, rows, None, batch_size, workers,
-                                    split_files.images_path, progress):
+    for emb, _, _ in batches:
         if out is None:
             out = torch.empty(len(rows), *emb.shape[1:], dtype=storage_dtype(storage))
         out[done:done + len(emb)] = emb.detach().cpu().to(out.dtype)

@@ -67,19 +67,31 @@ def model_sims(model, img_emb, captions, rows_per_block=None, progress=True):
         return score_sharded(img_emb, captions, model.sim, rows_per_block, model.device, progress)
 
 
-def open_model_split(model, data_path=None, data_name=None, split="test"):
-    """The split a model is evaluated on (data_path/data_name default to those it was trained on).
+def open_model_split(model, data_path=None, data_name=None, split="test", image_root=None):
+    """The split a model is evaluated on (data_path/data_name, and image_root for a raw-image
+    model, default to those it was trained on).
 
-    -> (split files, caption encoder for the model's BERT, table label "data_name split").
+    -> (split files: precomp.SplitFiles, or images.ImageSplit for a raw-image model; caption
+    encoder for the model's BERT; table label "data_name split").
     """
-    from lib.data.precomp import open_split
     trained_on = model.trained_with or {}
     data_path = data_path or trained_on.get("data_path")
     data_name = data_name or trained_on.get("data_name")
     if not data_path or not data_name:
         raise XDimError("the checkpoint does not say which data it was trained on: give --data_path and --data_name")
-    files = open_split(data_path, data_name, split, img_dim=model.config.img_dim)
+    if model.config.uses_backbone:
+        from lib.data.images import open_image_split
+        files = open_image_split(data_path, data_name, split, image_root or trained_on.get("image_root") or None)
+    else:
+        from lib.data.precomp import open_split
+        files = open_split(data_path, data_name, split, img_dim=model.config.img_dim)
     return files, caption_encoder(model), f"{data_name} {split}"
+
+
+def image_source(split_files):
+    """The file naming a split's images: its region features (precomp.SplitFiles.images_path), or
+    for image files its ids file (images.ImageSplit.ids_path)."""
+    return getattr(split_files, "images_path", None) or split_files.ids_path
 
 
 def caption_encoder(model):
@@ -99,7 +111,7 @@ def encode_shares(model, split_files, caption_encoder, batch_size=128, workers=0
     process; a failure in any process (a NaN image in its share) raises in all of them.
     """
     with distributed.together():
-        image_rows = distributed.shard(split_files.n_images, batch_size, f"images of {split_files.images_path}")
+        image_rows = distributed.shard(split_files.n_images, batch_size, f"images of {image_source(split_files)}")
         caption_rows = distributed.shard(split_files.n_captions, batch_size,
                                          f"captions of {split_files.captions_path}")
         img_emb, captions = encode_split(model, split_files, caption_encoder, batch_size, workers, storage,

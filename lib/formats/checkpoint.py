@@ -4,7 +4,7 @@ Our format, version 2, is a dict:
 
     format        "xdim"
     version       2
-    model         flat state dict: img_enc.*, txt_enc.*, sim.*
+    model         flat state dict: img_enc.*, txt_enc.*, sim.* (raw-image mode: also backbone.*)
     model_config  lib.model.config.ModelConfig as a dict (BERT's architecture included)
     train_config  lib.training.config.TrainConfig as a dict, or None
     vocab         BERT's vocabulary, tokens by id (evaluation needs no BERT download)
@@ -46,7 +46,8 @@ CHECKPOINT_FORMAT = FileFormat(FORMAT, "an X-Dim checkpoint (expected our format
 OFFICIAL_OPTION_FIELDS = {
     "img_dim": ("model", "img_dim"), "embed_size": ("model", "embed_size"),
     "no_imgnorm": ("model", "no_imgnorm"), "no_txtnorm": ("model", "no_txtnorm"),
-    "precomp_enc_type": ("model", "precomp_enc_type"),
+    "precomp_enc_type": ("model", "precomp_enc_type"), "backbone_source": ("model", "backbone_source"),
+    "backbone_path": ("model", "backbone_path"), "input_scale_factor": ("model", "input_scale_factor"),
     "data_path": ("training", "data_path"), "data_name": ("training", "data_name"),
     "margin": ("training", "margin"), "num_epochs": ("training", "num_epochs"),
     "batch_size": ("training", "batch_size"), "grad_clip": ("training", "grad_clip"),
@@ -57,6 +58,9 @@ OFFICIAL_OPTION_FIELDS = {
     "max_violation": ("training", "max_violation"),
     "vse_mean_warmup_epochs": ("training", "vse_mean_warmup_epochs"),
     "reset_start_epoch": ("training", "reset_start_epoch"),
+    "embedding_warmup_epochs": ("training", "embedding_warmup_epochs"),
+    "backbone_warmup_epochs": ("training", "backbone_warmup_epochs"),
+    "backbone_lr_factor": ("training", "backbone_lr_factor"),
 }
 # The same for our version-1 files' `opt` dict: the official options plus ours.
 V1_OPTION_FIELDS = {

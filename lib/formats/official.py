@@ -32,10 +32,15 @@ OFFICIAL_KEYS = {
     (2, "temp_learnable.weight"): "sim.log_t_mask",
     (2, "temp_scale.weight"): "sim.log_t_attn",
 }
-# BERT's own keys keep their names under this prefix.
-OFFICIAL_PREFIXES = {(1, "bert."): "txt_enc.bert."}
-# Entries the official model holds but never uses (BatchNorm after the MLP's last layer, sim_eval).
-OFFICIAL_UNUSED = ((0, "mlp.bns.1."), (2, "sim_eval.weight"))
+# BERT's own keys keep their names under this prefix, and so do the raw-image mode's backbone
+# (a torchvision-named ResNet) and its image encoder's FC.
+OFFICIAL_PREFIXES = {(1, "bert."): "txt_enc.bert.", (0, "backbone.resnet."): "backbone.",
+                     (0, "image_encoder.fc."): "img_enc.fc."}
+# Entries the official model holds but never uses: BatchNorm after the MLP's last layer, sim_eval,
+# the backbone's ImageNet classifier, and the backbone's second and third copies (`base` and `top`
+# are nn.Sequential views of `resnet`'s modules, saved again under their own names).
+OFFICIAL_UNUSED = ((0, "mlp.bns.1."), (2, "sim_eval.weight"), (0, "backbone.resnet.fc."),
+                   (0, "backbone.base."), (0, "backbone.top."))
 
 
 def official_state_dict(parts, expected, path="checkpoint"):

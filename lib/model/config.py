@@ -12,8 +12,12 @@ model: they live in lib.training.config.TrainConfig.
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from lib.errors import XDimError
+from lib.model.backbone import FULL_WIDTH, SOURCES, check_backbone_source, output_channels
 from lib.model.bert import DEFAULT_BERT
 from lib.model.similarity import DEFAULT_SIMILARITY, check_similarity_name
+
+ENCODER_TYPES = ("basic", "backbone")
+BACKBONE_FIELDS = ("backbone_source", "backbone_width", "backbone_path", "input_scale_factor")
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,15 @@ class ModelConfig:
     img_dim: region feature size (2048 for BUTD); embed_size: the joint space `d`;
     sim: the similarity's registry name (lib.model.similarity.SIMILARITIES);
     no_imgnorm / no_txtnorm: skip the final l2-normalisation of region / token
-    embeddings; precomp_enc_type: the image encoder ('basic': FC + MLP);
+    embeddings; precomp_enc_type: the image encoder: 'basic' (FC + MLP on precomputed
+    region features) or 'backbone' (a ResNet on the pixels, its grid cells through the
+    FC alone; lib/model/backbone.py);
+    backbone_source: which ResNet and weights (lib.model.backbone.SOURCES);
+    backbone_width: its stem width (64: the published networks; smaller only for tests
+    and the demo; img_dim must then be 32 x backbone_width); backbone_path: the weight
+    file a new model starts from ('none': random initialisation), like `bert`
+    recorded, never read again once the model is in a checkpoint;
+    input_scale_factor: images are resized to int(256 x input_scale_factor) pixels square;
     bert: the hub name or folder the BERT weights and vocabulary came from;
     bert_config: BERT's architecture (its config.json as a dict), filled in when
     the model is built, so that a checkpoint rebuilds BERT without its source.
@@ -37,16 +49,51 @@ class ModelConfig:
     precomp_enc_type: str = "basic"
     bert: str = DEFAULT_BERT
     bert_config: dict = field(default=None, compare=False)
+    backbone_source: str = "detector"
+    backbone_width: int = FULL_WIDTH
+    backbone_path: str = ""
+    input_scale_factor: float = 1.0
 
     def __post_init__(self):
         check_similarity_name(self.sim, "model config sim")
-        for name in ("img_dim", "embed_size"):
+        for name in ("img_dim", "embed_size", "backbone_width"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise XDimError(f"model config {name} {getattr(self, name)!r}: must be a positive integer")
+        if self.precomp_enc_type not in ENCODER_TYPES:
+            raise XDimError(f"model config precomp_enc_type {self.precomp_enc_type!r}: "
+                            f"must be one of {', '.join(ENCODER_TYPES)}")
+        if self.uses_backbone:
+            self._check_backbone()
+
+    def _check_backbone(self):
+        check_backbone_source(self.backbone_source, "model config backbone_source")
+        if self.img_dim != output_channels(self.backbone_width):
+            raise XDimError(f"--img_dim {self.img_dim}: the backbone's grid features have "
+                            f"{output_channels(self.backbone_width)} channels (32 x --backbone_width)")
+        if SOURCES[self.backbone_source].groups > 1 and self.backbone_width % 8:
+            raise XDimError(f"--backbone_width {self.backbone_width}: ResNeXt needs a multiple of 8")
+        if not self.input_size >= 32:
+            raise XDimError(f"--input_scale_factor {self.input_scale_factor}: images would be "
+                            f"{self.input_size} pixels square; at least 32 are needed")
+
+    @property
+    def uses_backbone(self):
+        """True in the raw-image mode (a ResNet on pixels), False for precomputed regions."""
+        return self.precomp_enc_type == "backbone"
+
+    @property
+    def input_size(self):
+        """The side T of the square pixel input, int(256 x input_scale_factor)."""
+        return int(256 * self.input_scale_factor)
 
     def as_dict(self):
-        """A plain dict (stored in checkpoints; loads with weights_only=True)."""
-        return asdict(self)
+        """A plain dict (stored in checkpoints; loads with weights_only=True). The backbone's
+        fields are left out for region features, so those checkpoints stay as they were."""
+        values = asdict(self)
+        if not self.uses_backbone:
+            for name in BACKBONE_FIELDS:
+                values.pop(name)
+        return values
 
     @classmethod
     def from_dict(cls, values, source="model config"):

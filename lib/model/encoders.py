@@ -13,19 +13,22 @@ def l2norm(x, dim=-1, eps=1e-8):
 
 
 class ImageEncoder(nn.Module):
-    """Precomputed region features -> joint space: `l2n(FC(x) + MLP(x))` per region.
+    """Region (or grid cell) features -> joint space: `l2n(FC(x) + MLP(x))` per region.
 
-    The MLP's BatchNorm normalises over all regions of the batch flattened.
+    The MLP's BatchNorm normalises over all regions of the batch flattened. With
+    mlp=False (grid features of the raw-image mode) it is `l2n(FC(x))`.
     """
 
-    def __init__(self, img_dim, embed_size, no_imgnorm=False):
+    def __init__(self, img_dim, embed_size, no_imgnorm=False, mlp=True):
         super().__init__()
         hidden = max(1, embed_size // 2)
         self.no_imgnorm = no_imgnorm
         self.fc = nn.Linear(img_dim, embed_size)
-        self.mlp_in = nn.Linear(img_dim, hidden)
-        self.mlp_bn = nn.BatchNorm1d(hidden)
-        self.mlp_out = nn.Linear(hidden, embed_size)
+        if mlp:
+            self.mlp_in = nn.Linear(img_dim, hidden)
+            self.mlp_bn = nn.BatchNorm1d(hidden)
+            self.mlp_out = nn.Linear(hidden, embed_size)
+        self.mlp = mlp
         bound = math.sqrt(6.0 / (img_dim + embed_size))
         nn.init.uniform_(self.fc.weight, -bound, bound)
         nn.init.zeros_(self.fc.bias)
@@ -34,8 +37,10 @@ class ImageEncoder(nn.Module):
         """images (B, R, img_dim) -> (B, R, embed_size)."""
         batch, regions, _ = images.shape
         flat = images.reshape(batch * regions, -1)
-        hidden = torch.relu(self.mlp_bn(self.mlp_in(flat)))
-        emb = (self.fc(flat) + self.mlp_out(hidden)).view(batch, regions, -1)
+        emb = self.fc(flat)
+        if self.mlp:
+            emb = emb + self.mlp_out(torch.relu(self.mlp_bn(self.mlp_in(flat))))
+        emb = emb.view(batch, regions, -1)
         return emb if self.no_imgnorm else l2norm(emb)
 
 

@@ -34,6 +34,7 @@ from lib.formats.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from lib.model.backbone import ALL_FROZEN
 from lib.model.bert import bert_max_positions, load_tokenizer, resolve_bert_path
 from lib.model.loss import ContrastiveLoss
 from lib.model.xdim_model import XDimModel
@@ -71,15 +72,22 @@ def per_rank_batch(batch_size, world):
     return batch_size // world
 
 
-def make_train_loader(config, caption_encoder, img_dim, augment=True):
+def make_train_loader(config, caption_encoder, model_config, augment=True):
     """This process's training batches: a per-rank share of each global batch.
 
     Under torchrun each process reads its share of every epoch's shuffle; the
     shuffle depends only on (seed, epoch). `augment=False` turns region dropping
-    and word perturbation off (used to compare runs exactly).
+    and word perturbation off (used to compare runs exactly). In the raw-image mode the
+    batches hold pixels (lib.data.images), always augmented (crops, flips, words).
     """
     world = distributed.world_size()
-    files = precomp.open_split(config.data_path, config.data_name, "train", img_dim=img_dim)
+    if model_config.uses_backbone:
+        from lib.data import images
+        split = images.open_image_split(config.data_path, config.data_name, "train", config.image_root or None)
+        return images.image_train_loader(split, caption_encoder, per_rank_batch(config.batch_size, world),
+                                         pixel_config(model_config), workers=config.workers, seed=config.seed,
+                                         num_replicas=world, rank=distributed.rank())
+    files = precomp.open_split(config.data_path, config.data_name, "train", img_dim=model_config.img_dim)
     return precomp.train_loader(files, caption_encoder, batch_size=per_rank_batch(config.batch_size, world),
                                 workers=config.workers, seed=config.seed, augment=augment,
                                 num_replicas=world, rank=distributed.rank())
@@ -145,9 +153,19 @@ def read_resume(config, sim):
 
 # ---------------------------------------------------------------- the trainer
 
-def build_optimizer(model, learning_rate):
+def pixel_config(model_config):
+    """The pixel pipeline's settings of a raw-image model (lib.data.images.PixelConfig)."""
+    from lib.data.images import PixelConfig
+    return PixelConfig.for_backbone(model_config.backbone_source, model_config.input_scale_factor)
+
+
+def build_optimizer(model, learning_rate, backbone_lr_factor=0.01):
     """AdamW, weight decay 1e-4: base lr for the image encoder, text projection and similarity;
-    base x 0.1 for BERT. Frozen parameters stay out. Each group keeps its `base_lr`."""
+    base x 0.1 for BERT; base x backbone_lr_factor for the backbone (raw-image mode). Frozen
+    parameters stay out, except the backbone's: they all join from the start, and AdamW skips
+    those without a gradient (no update, no weight decay, no state) until their stage unfreezes
+    them, so the optimizer's state is the same whichever epoch a run resumes from. Each group
+    keeps its `base_lr`."""
     trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
     bert_lr = learning_rate * BERT_LR_FACTOR
     groups = [
@@ -155,6 +173,10 @@ def build_optimizer(model, learning_rate):
          "lr": learning_rate, "base_lr": learning_rate},
         {"name": "bert", "params": trainable(model.txt_enc.bert), "lr": bert_lr, "base_lr": bert_lr},
     ]
+    if model.backbone is not None:
+        backbone_lr = learning_rate * backbone_lr_factor
+        groups.append({"name": "backbone", "params": list(model.backbone.parameters()), "lr": backbone_lr,
+                       "base_lr": backbone_lr})
     return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=WEIGHT_DECAY)
 
 
@@ -174,17 +196,44 @@ class Trainer:
         self.caption_encoder = caption_encoder
         self.logger = logger
         self.tb = tb
-        self.optimizer = build_optimizer(model, config.learning_rate)
+        self.optimizer = build_optimizer(model, config.learning_rate, config.backbone_lr_factor)
         self.criterion = ContrastiveLoss(margin=config.margin, max_violation=config.max_violation)
         self.network = model
+        self.loss_scale = 1.0
         self.iterations = 0
         self.best_rsum = 0.0
         self.losses = []
         self.last_metrics = None
 
     def wrap_for_processes(self):
-        """Wrap the model in DDP when running under torchrun (a no-op otherwise)."""
+        """Wrap the model in DDP when running under torchrun (a no-op otherwise).
+
+        Called again whenever the set of trainable parameters changes (the backbone's
+        stages, `set_backbone_stage`). DistributedDataParallel registers its gradient
+        hooks and buckets only for the parameters that require gradients when it is
+        built, and a parameter outside them keeps its local gradient: unfrozen under an
+        old wrapper, each process would step it with its own batch's gradient and the
+        replicas would drift apart silently. A new wrapper over the same module tracks
+        exactly the parameters trainable now, so every one of them is averaged over the
+        processes, as the module docstring of lib.runtime.distributed explains. Building
+        it broadcasts rank 0's parameters, which are already equal on every rank (same
+        initialisation, same averaged steps), so rewrapping changes no value.
+        """
         self.network = distributed.wrap_model(self.model)
+
+    def set_backbone_stage(self, epoch):
+        """Freeze and unfreeze the backbone's parts as the schedule says for `epoch`
+        (TrainConfig.fixed_blocks); rewrap for DDP when the trainable set changed."""
+        if self.model.backbone is None:
+            return
+        fixed = self.config.fixed_blocks(epoch)
+        if fixed == self.model.backbone.fixed_blocks:
+            return
+        self.model.backbone.set_fixed_blocks(fixed)
+        if self.network is not self.model:
+            self.wrap_for_processes()
+        self.logger.info("epoch %d: backbone %s", epoch,
+                         "frozen" if fixed == ALL_FROZEN else f"training, {fixed} fixed blocks")
 
     # ---- the schedule and the step
 
@@ -201,14 +250,15 @@ class Trainer:
 
         Under torchrun each process scores its own images against the captions of
         all processes and the score rows are gathered, so the loss sees the whole
-        global batch's negatives. A non-finite loss raises XDimError before any
-        weight changes.
+        global batch's negatives. The loss is multiplied by `loss_scale` (the raw-image
+        mode's ramp, else 1). A non-finite loss raises XDimError before any weight changes.
         """
         self.iterations += 1
         region_lengths = image_lengths if self.config.mask_padded_regions else None
         scores = self.network(images, captions, lengths, region_lengths,
-                              gather_captions=distributed.gather_captions)
-        loss = self.criterion(distributed.gather_rows(scores))
+                              gather_captions=distributed.gather_captions,
+                              mask_padded=self.config.mask_padded_regions)
+        loss = self.criterion(distributed.gather_rows(scores)) * self.loss_scale
         if not torch.isfinite(loss):
             raise XDimError(f"loss is {loss.item()} at iteration {self.iterations}: training stopped "
                             f"(the last saved checkpoint is intact; try a lower --learning_rate)")
@@ -270,8 +320,10 @@ class Trainer:
 
     def validate(self, epoch):
         """Metrics on dev, scored by all ranks together; the main rank gets and logs them, the others None."""
+        # Image files are decoded by --workers processes; region features are read in this one.
+        workers = self.config.workers if self.model.backbone is not None else 0
         metrics = validate(self.model, self.dev_files, self.caption_encoder,
-                           batch_size=self.config.batch_size, workers=0, progress=True)
+                           batch_size=self.config.batch_size, workers=workers, progress=True)
         if distributed.is_main():
             self.last_metrics = metrics
             for key, tag in METRIC_TAGS.items():
@@ -330,6 +382,7 @@ class Trainer:
         precomp.set_loader_epoch(self.loader, epoch)
         self.set_learning_rate_factor(config.lr_factor(epoch))
         self.criterion.max_violation = config.uses_max_violation(epoch)
+        self.set_backbone_stage(epoch)
         self.model.train()
         self.tb.log_value("epoch", epoch, self.iterations)
 
@@ -340,9 +393,11 @@ class Trainer:
         bar = tqdm(self.loader, desc=f"epoch {epoch}", total=n_batches,
                    disable=not distributed.is_main(), dynamic_ncols=True)
         start = time.time()
-        images_path = self.loader.dataset.files.images_path
+        ramp = self.loss_ramp(epoch)
         for i, (images, image_lengths, captions, lengths, _, image_indices) in enumerate(bar):
-            precomp.check_finite_images(images, image_indices, images_path)
+            if self.model.backbone is None:  # decoded pixels are always finite
+                precomp.check_finite_images(images, image_indices, self.loader.dataset.files.images_path)
+            self.loss_scale = 1.0 if ramp is None else i / ramp
             # train_step raises XDimError on a non-finite loss, before touching the weights.
             loss = self.train_step(images, captions, lengths, image_lengths)
             self.losses.append(loss)
@@ -350,6 +405,13 @@ class Trainer:
             if self.config.val_step > 0 and self.iterations % self.config.val_step == 0 and i + 1 < n_batches:
                 self.validate_and_save(epoch, end_of_epoch=False)
         bar.close()
+
+    def loss_ramp(self, epoch):
+        """The raw-image mode's ramp in the first epoch the backbone trains: batch i's loss is
+        scaled by i / this (captions // global batch + 1, the official count); None otherwise."""
+        if self.model.backbone is None or not self.config.ramps_loss(epoch):
+            return None
+        return len(self.loader.dataset) // self.config.batch_size + 1
 
     def log_step(self, bar, epoch, i, n_batches, loss, start):
         lr = self.current_lr()
@@ -384,9 +446,15 @@ def build_model(model_config, bert_path, seed, device, amp):
     return XDimModel(model_config, bert_path=bert_path, amp=amp).to(device)
 
 
-def open_dev(config, caption_encoder, img_dim):
-    """The dev split (validation), checked whole before training: finite features, no empty caption."""
-    dev_files = precomp.open_split(config.data_path, config.data_name, "dev", img_dim=img_dim)
+def open_dev(config, caption_encoder, model_config):
+    """The dev split (validation), checked whole before training: finite features, no empty caption
+    (raw-image mode: every image file present)."""
+    if model_config.uses_backbone:
+        from lib.data.images import open_image_split
+        dev_files = open_image_split(config.data_path, config.data_name, "dev", config.image_root or None)
+        caption_encoder.check_captions(dev_files)
+        return dev_files
+    dev_files = precomp.open_split(config.data_path, config.data_name, "dev", img_dim=model_config.img_dim)
     precomp.check_split_finite(dev_files)
     caption_encoder.check_captions(dev_files)
     return dev_files
@@ -424,14 +492,15 @@ def train(model_config, config, runtime, augment=True):
             state = read_resume(config, model_config.sim) if config.resume else None
             bert_path = resolve_bert_path(model_config.bert)
             caption_encoder = precomp.CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
-            loader = make_train_loader(config, caption_encoder, model_config.img_dim, augment)
-            dev_files = open_dev(config, caption_encoder, model_config.img_dim)
+            loader = make_train_loader(config, caption_encoder, model_config, augment)
+            dev_files = open_dev(config, caption_encoder, model_config)
             model = build_model(model_config, bert_path, config.seed, device, runtime.amp)
             trainer = Trainer(model, config, loader, dev_files, caption_encoder, logger,
                               TBLogger(config.logger_name, enabled=main))
             start_epoch = trainer.resume(state) if state else 0
             if state and not config.reset_start_epoch:
                 trainer.repair_best(state)
+            trainer.set_backbone_stage(start_epoch)
             trainer.wrap_for_processes()
             result = trainer.run(start_epoch)
             logger.info("done: best rsum %.2f", result["best_rsum"])

@@ -288,7 +288,7 @@ def make_comparable(patch):
     rounding noise (|g| near Adam's eps) move by a sizeable, noise-signed fraction of the lr;
     with SGD weight differences stay proportional to gradient differences.
     """
-    def sgd(model, learning_rate):
+    def sgd(model, learning_rate, backbone_lr_factor):
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.SGD([{"params": params, "lr": 0.05, "base_lr": 0.05}], lr=0.05)
 
