@@ -3,6 +3,9 @@
     python analyze.py --model_path runs/demo/checkpoint/model_best.pth --out runs/demo/analysis
     python analyze.py --model_path runs/demo/checkpoint/model_best.pth --out runs/demo/analysis \\
         --data_path data/demo --data_name demo_precomp --split test --words dog cat --pair 0 0
+    # a raw-image checkpoint: what each word of a sentence looked at in a photo
+    python analyze.py --model_path runs/grid/checkpoint/model_best.pth --out runs/grid/analysis \
+        --image beach.jpg --caption "a dog running on the beach"
 
 Writes PNG figures and summary.json into --out (docs/analysis.md) as one whole: the
 report is built in a staging folder beside --out and swapped into place when complete,
@@ -41,9 +44,31 @@ def build_parser():
              "of its correspondence vector (default: 5%% of the embedding size)")
     add("--pair", nargs=2, type=int, default=None, metavar=("IMAGE", "CAPTION"),
         help="draw the words x regions attention of this image and caption (indices in the split)")
+    add("--photo", default=None, metavar="FILE",
+        help="with --pair on region features: the pair image's file; its most attended detector boxes "
+             "({split}_boxes.npy) are drawn on it")
+    add("--image", default=None, metavar="FILE",
+        help="a photo, with --caption, for a raw-image (backbone-mode) checkpoint: each word's attention as a "
+             "heat map over it (only this figure is drawn)")
+    add("--caption", default=None, metavar="TEXT", help="the sentence for --image")
     add("--no_progress", action="store_true", help="hide the progress bars")
     add_runtime_options(parser)
     return parser
+
+
+def check_photo_options(args):
+    """--image goes with --caption (and nothing of a split), --photo with --pair; the files exist."""
+    from lib.retrieval.folder import check_photo_file
+    if (args.image is None) != (args.caption is None):
+        raise XDimError("--image and --caption go together: a photo and the sentence whose words to draw on it")
+    if args.image is not None:
+        if args.words or args.pair is not None:
+            raise XDimError("--image draws one photo and caption; run --words and --pair separately")
+        check_photo_file(args.image, "--image")
+    if args.photo is not None:
+        if args.pair is None:
+            raise XDimError("--photo is the image file of --pair's image; give --pair IMAGE CAPTION too")
+        check_photo_file(args.photo, "--photo")
 
 
 def previous_figures(out):
@@ -83,25 +108,51 @@ def run(args, device):
     The report is built in a staging folder and replaces --out whole (lib.formats.atomic),
     under a lock that refuses a second analyze.py into the same --out.
     """
-    from lib.analysis import statistics as analysis
-    from lib.evaluation import scoring
     from lib.model.xdim_model import XDimModel
     with report_lock(args.out):
         check_replaceable(args.out)
         model = XDimModel.from_checkpoint(args.model_path, args.bert_path, device, args.amp)
-        split = encoder = None
-        if args.words or args.pair is not None:
-            if model.config.uses_backbone:
-                raise XDimError(f"{args.model_path}: a raw-image (backbone) checkpoint; --words and --pair read "
-                                "region features (the mask figures work without them)")
-            split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+        write = photo_writer(model, args) if args.image is not None else split_writer(model, args)
         with atomic_folder(args.out) as staging:
-            return analysis.write_report(model, staging, split, encoder, args.words, args.top_k, args.pair,
-                                         progress=not args.no_progress)
+            return write(staging)
+
+
+def photo_writer(model, args):
+    """--image and --caption: a writer of the photo's one figure and summary.json into a folder."""
+    from lib.analysis import attention
+    from lib.formats.atomic import write_json
+
+    def write(folder):
+        photo, name = attention.photo_report(model, args.model_path, args.image, args.caption, folder)
+        summary = {"photo": photo, "figures": [name]}
+        write_json(os.path.join(folder, "summary.json"), summary, indent=1)
+        return summary
+    return write
+
+
+def split_writer(model, args):
+    """The mask figures and, from a split (opened and checked here), --words and --pair: a writer of
+    the report into a folder."""
+    from lib.analysis import statistics as analysis
+    from lib.evaluation import scoring
+    split = encoder = None
+    if args.words or args.pair is not None:
+        if model.config.uses_backbone:
+            raise XDimError(f"{args.model_path}: a raw-image (backbone) checkpoint; --words and --pair read "
+                            "region features (the mask figures work without them; --image and --caption draw "
+                            "a photo)")
+        split, encoder, _ = scoring.open_model_split(model, args.data_path, args.data_name, args.split)
+    return lambda folder: analysis.write_report(model, folder, split, encoder, args.words, args.top_k, args.pair,
+                                                progress=not args.no_progress, photo=args.photo)
 
 
 def describe(summary, out):
     """A few lines for the console."""
+    if "photo" in summary:
+        photo = summary["photo"]
+        words = ", ".join(f"{token} {100 * share:.0f}%" for token, share in zip(photo["tokens"], photo["shares"]))
+        return (f"{photo['image']} and '{photo['caption']}': score {photo['score']:.4f}; shares of the words: "
+                f"{words}\nwrote {summary['figures'][0]} and summary.json to {out}")
     mask = summary["mask"]
     deps = mask["dependencies_per_dimension"]
     lines = [f"d {summary['embed_size']}: mask density {mask['mask_density']:.4g}, mean threshold "
@@ -121,6 +172,7 @@ def describe(summary, out):
 @entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_photo_options(args)
     check_output_folder("--out", args.out)
     apply_threads(args.threads)
     summary = run(args, resolve_device(args.device))

@@ -145,3 +145,55 @@ def pair_attention(tokens, attention, shares, score, title, path):
     bars.set_title(f"score {score:.4f}")
     figure.suptitle(title)
     _save(figure, path)
+
+
+def _word_panels(rgb, tokens, score, title):
+    """A figure with the photo and one panel per token (4 per row) -> (figure, [photo axes, token axes...])."""
+    columns = 4
+    rows = -(-(len(tokens) + 1) // columns)
+    height, width = rgb.shape[:2]
+    panel = 2.6
+    figure = _figure(columns * panel, rows * panel * max(0.4, min(1.5, height / width)) + 0.6)
+    axes = list(np.asarray(figure.subplots(rows, columns, squeeze=False)).ravel())
+    for ax in axes:
+        ax.set_axis_off()
+    axes[0].imshow(rgb)
+    axes[0].set_title(f"score {score:.4f}", fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    return figure, axes[1:len(tokens) + 1]
+
+
+def photo_attention(rgb, tokens, maps, shares, score, title, path):
+    """Each token's attention as a heat map over the photo.
+
+    rgb (H, W, 3) uint8; maps: one (H, W) array per token (lib.analysis.attention.cell_heat);
+    shares (L,): each token's share of the pair's score. One colour scale for all tokens.
+    """
+    figure, panels = _word_panels(rgb, tokens, score, title)
+    top = max(float(np.max(heat)) for heat in maps)
+    for ax, token, heat, share in zip(panels, tokens, maps, shares):
+        ax.imshow(rgb)
+        image = ax.imshow(heat, cmap="inferno", vmin=0.0, vmax=top, alpha=0.6, interpolation="nearest")
+        ax.set_title(f"{token}  {100 * share:.1f}%", fontsize=9)
+    figure.colorbar(image, ax=panels, shrink=0.5, label="attention (each word's sums to 1)")
+    _save(figure, path)
+
+
+def photo_boxes(rgb, tokens, chosen, shares, score, title, path):
+    """Each token's most attended detector boxes on the photo.
+
+    chosen: per token, a list of (box (4,) x1 y1 x2 y2 in pixels, attention weight), most attended first;
+    the line width grows with the weight and each box is labelled with it.
+    """
+    from matplotlib.patches import Rectangle
+    figure, panels = _word_panels(rgb, tokens, score, title)
+    for ax, token, boxes, share in zip(panels, tokens, chosen, shares):
+        ax.imshow(rgb)
+        for box, weight in boxes:
+            x1, y1, x2, y2 = (float(v) for v in box)
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="yellow",
+                                   linewidth=0.5 + 4 * float(weight)))
+            ax.text(x1, y1, f"{float(weight):.2f}", color="black", backgroundcolor="yellow", fontsize=6,
+                    va="bottom")
+        ax.set_title(f"{token}  {100 * share:.1f}%", fontsize=9)
+    _save(figure, path)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib.analysis import figures
+from lib.analysis import attention, figures
 from lib.data.precomp import CaptionDataset, ImageDataset, pad_tokens
 from lib.errors import XDimError
 from lib.formats.atomic import write_json
@@ -317,8 +317,9 @@ def concepts_report(model, split, encoder, found, top_k, out, progress=True):
     return concepts, overlap, files
 
 
-def pair_report(model, split, encoder, image, caption, out):
-    """The attention figure of one pair in `out`; -> (summary["pair"], figure file name)."""
+def pair_report(model, split, encoder, image, caption, out, photo=None):
+    """The attention figure of one pair in `out`, and with `photo` (the image's file) its most attended
+    detector boxes drawn on it; -> (summary["pair"], figure file names)."""
     pair = pair_analysis(model, split, encoder, image, caption)
     name = f"pair_{image}_{caption}.png"
     text = split.captions[caption]
@@ -328,15 +329,19 @@ def pair_report(model, split, encoder, image, caption, out):
     summary = {"image": image, "caption": caption, "caption_text": text,
                "tokens": pair["tokens"], "score": pair["score"],
                "word_scores": pair["word_scores"].tolist(), "shares": pair["shares"].tolist()}
-    return summary, name
+    if photo is None:
+        return summary, [name]
+    return summary, [name, attention.boxes_report(pair, pair["tokens"], split, image, caption, photo, out)]
 
 
-def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pair=None, progress=True):
+def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pair=None, progress=True,
+                 photo=None):
     """Write the figures and `out`/summary.json for a model; -> the summary dict.
 
     Always: the mask and dependency figures. With a split (SplitFiles) and its
     CaptionEncoder: concept statistics of `words` (top_k: default 5% of d) and the
-    attention of `pair` = (image, caption) indices, when given.
+    attention of `pair` = (image, caption) indices, when given, and with `photo` (that image's
+    file) its most attended boxes on the photo.
     XDimError (one line) for bad input and when matplotlib or scipy is missing.
     """
     figures.require_matplotlib()
@@ -351,6 +356,8 @@ def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pai
         raise XDimError("--words and --pair need a split (--data_path, --data_name, --split)")
     if pair is not None:
         check_pair(split, *pair)
+        if photo is not None:
+            attention.read_boxes(split, pair[0])
     found = occurrences_in_split(encoder, split, words, progress) if words else {}
     os.makedirs(out, exist_ok=True)
     mask, files = mask_report(model.sim, out)
@@ -362,8 +369,8 @@ def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pai
             summary["concept_overlap"] = overlap
         files += concept_files
     if pair is not None:
-        summary["pair"], name = pair_report(model, split, encoder, *pair, out)
-        files.append(name)
+        summary["pair"], names = pair_report(model, split, encoder, *pair, out, photo)
+        files += names
     summary["figures"] = files
     write_json(os.path.join(out, "summary.json"), summary, indent=1)
     return summary

@@ -504,7 +504,7 @@ def check_fingerprints(manifest, index_dir, model, encoder):
                         f"not from {encoder.describe()}; rebuild it or pass the same --head")
 
 
-def _open_array(index_dir, name, shape, dtype):
+def open_array(index_dir, name, shape, dtype):
     """Check an index array against the manifest's shape and dtype -> its memory map (read-only)."""
     path = os.path.join(index_dir, name)
     try:
@@ -586,13 +586,13 @@ class GalleryIndex:
         manifest = read_manifest(index_dir)
         check_fingerprints(manifest, index_dir, model, encoder)
         n, d, g = manifest["count"], manifest["embed_size"], encoder.size
-        _open_array(index_dir, "global.npy", (n, g), np.float32)  # kept to rebuild stage one; checked here
+        open_array(index_dir, "global.npy", (n, g), np.float32)  # kept to rebuild stage one; checked here
         if manifest["gallery"] == "images":
             name, shape, counts = "regions.npy", (n, manifest["regions"], d), ("lengths.npy", (n,))
         else:
             name, shape, counts = "tokens.npy", (manifest["tokens"], d), ("offsets.npy", (n + 1,))
-        rows = RowReader(os.path.join(index_dir, name), _open_array(index_dir, name, shape, np.float16))
-        counts = np.array(_open_array(index_dir, *counts, np.int64))
+        rows = RowReader(os.path.join(index_dir, name), open_array(index_dir, name, shape, np.float16))
+        counts = np.array(open_array(index_dir, *counts, np.int64))
         items = cls._read_items(index_dir, n)
         faiss_index = cls._read_faiss(index_dir, n, g)
         return cls(index_dir, manifest, model, encoder, faiss_index, items, (rows, counts))
@@ -666,12 +666,18 @@ class GalleryIndex:
         count = torch.tensor([region_count or images.shape[1]])
         with torch.no_grad():
             img_emb = self.model.encode_images(images, count)
+        return self.search_encoded_image(img_emb, count, top_k, shortlist_size)
+
+    def search_encoded_image(self, img_emb, count, top_k=DEFAULT_TOP_K, shortlist_size=DEFAULT_SHORTLIST):
+        """Image-to-text for an image already encoded: img_emb (1, R, d), count (1,) real regions -> Hits."""
+        expect_gallery(self.manifest, self.index_dir, "captions")
+        with torch.no_grad():
             candidates, global_scores = self._shortlist(self.encoder.images(img_emb, count).cpu().numpy(),
                                                         shortlist_size)
             tokens, offsets = self.embeddings
             caps, lens = pad_images([torch.from_numpy(tokens.span(offsets[c], offsets[c + 1])).float()
                                      for c in candidates])
-            img_lens = None if int(count) == images.shape[1] else count.to(self.model.device)
+            img_lens = None if int(count) == img_emb.shape[1] else count.to(self.model.device)
             scores = self.model.forward_sim(img_emb, caps.to(self.model.device), lens.to(self.model.device),
                                             img_lens)[0]
         return self._hits(candidates, global_scores, scores.cpu().numpy(), top_k)

@@ -106,3 +106,12 @@ class ReferenceSimilarity(XDimSimilarity):
 
     def score(self, img, cap, cap_lens, img_lens, weights):
         return xdim_steps(img, cap, cap_lens, weights["W"], weights["delta"], self.log_t_attn, img_lens)["scores"]
+
+    @torch.no_grad()
+    def explain(self, img, cap, cap_lens, img_lens=None):
+        """The fast kernel's `explain` from the equations above: one caption (1, L, d) against b images."""
+        weights = self.prepare()
+        steps = xdim_steps(img, cap, cap_lens, weights["W"], weights["delta"], self.log_t_attn, img_lens)
+        real = int(cap_lens[0])
+        return {"attention": steps["attention"][:, 0, :real], "word_scores": steps["word_scores"][:, 0, :real],
+                "scores": steps["scores"][:, 0]}

@@ -72,14 +72,41 @@ class WordRegionAttention(Similarity):
     def score(self, img, cap, cap_lens, img_lens, captions):
         """img (b, R, d) against one CaptionBlock -> (b, n) (cap, cap_lens are in `captions`)."""
         with torch.autocast(img.device.type, enabled=False):
-            context, context_norm = self.attended_context(img, img_lens, captions)
-            word_scores = self.word_scores(context, context_norm, captions)
-            # Step 6: mean over each caption's real tokens (a segment sum).
-            totals = word_scores.new_zeros(img.shape[0], captions.mask.shape[0])
-            return totals.index_add_(1, captions.owner, word_scores) / captions.lengths
+            return self.caption_means(self.word_scores(*self.attended_context(img, img_lens, captions), captions),
+                                      captions)
+
+    @staticmethod
+    def caption_means(word_scores, captions):
+        """Step 6: word_scores (b, T) -> (b, n), the mean over each caption's real tokens (a segment sum)."""
+        totals = word_scores.new_zeros(word_scores.shape[0], captions.mask.shape[0])
+        return totals.index_add_(1, captions.owner, word_scores) / captions.lengths
+
+    @torch.no_grad()
+    def explain(self, img, cap, cap_lens, img_lens=None):
+        """What one caption's scores against b images are made of, through the same kernel as `score`.
+
+        img (b, R, d), cap (1, L, d), cap_lens (1,), img_lens (b,) or None. -> dict of
+        attention (b, T, R): each of the caption's T = cap_lens[0] real tokens' weights over
+        the regions (rows sum to 1); word_scores (b, T); scores (b,), their mean, equal to
+        calling the module.
+        """
+        with torch.autocast(img.device.type, enabled=False):
+            captions = self.prepare_captions(cap, cap_lens, self.prepare())
+            attention = self.attention(img, img_lens, captions)
+            word_scores = self.word_scores(*self.attended_context(img, img_lens, captions), captions)
+            return {"attention": attention, "word_scores": word_scores,
+                    "scores": self.caption_means(word_scores, captions)[:, 0]}
 
     def attended_context(self, regions, img_lens, captions):
         """Steps 1-4 for real tokens: -> (context (b, T, d) before step 4's l2n, ||context|| + EPS (b, T))."""
+        context = torch.bmm(self.attention(regions, img_lens, captions), regions)
+        return context, torch.linalg.vector_norm(context, dim=2) + EPS
+
+    def attention(self, regions, img_lens, captions):
+        """Steps 1-3 for real tokens: regions (b, R, d), one CaptionBlock -> (b, T, R), each row sums to 1.
+
+        These are the word-to-region attention weights (analyze.py draws them).
+        """
         b, R, d = regions.shape
         n_cap, L = captions.mask.shape[:2]
         # Step 1: relevance of every word to every region, dimensions weighted by delta.
@@ -88,13 +115,12 @@ class WordRegionAttention(Similarity):
         # Step 2: LeakyReLU, then l2n across the caption's real words for each region.
         relevance = F.leaky_relu(relevance, 0.1) * captions.mask
         relevance = l2norm(relevance, dim=1, eps=EPS)
-        # Steps 3-4: attention over regions for real tokens only, laid out (b, T, R) for one batched product.
+        # Step 3: attention over regions for real tokens only, laid out (b, T, R) for one batched product.
         logits = torch.exp(self.log_t_attn) * relevance.reshape(n_cap * L, b, R).transpose(0, 1)[:, captions.token_index]
         if img_lens is not None:
             padded = torch.arange(R, device=regions.device).view(1, 1, R) >= img_lens.view(b, 1, 1)
             logits = logits.masked_fill(padded, float("-inf"))
-        context = torch.bmm(torch.softmax(logits, dim=2).contiguous(), regions)
-        return context, torch.linalg.vector_norm(context, dim=2) + EPS
+        return torch.softmax(logits, dim=2).contiguous()
 
     def word_scores(self, context, context_norm, captions):
         """Step 5: context (b, T, d), context_norm (b, T), one CaptionBlock -> word scores (b, T)."""
