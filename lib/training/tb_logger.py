@@ -11,6 +11,8 @@ os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
 import warnings  # noqa: E402
 
+from lib.errors import XDimError  # noqa: E402
+
 
 def _load_tensorboard_logger():
     """The tensorboard_logger module, or None (with a warning) when it cannot load."""
@@ -41,6 +43,7 @@ class TBLogger:
 
     def __init__(self, logdir, enabled=True):
         self._logger = None
+        self.logdir = logdir
         if enabled:
             module = _load_tensorboard_logger()
             if module is not None:
@@ -51,8 +54,13 @@ class TBLogger:
         return self._logger is not None
 
     def log_value(self, tag, value, step):
+        """XDimError naming the events folder when the write fails (a full disk)."""
         if self._logger is not None:
-            self._logger.log_value(tag, float(value), int(step))
+            try:
+                self._logger.log_value(tag, float(value), int(step))
+            except OSError as error:
+                raise XDimError(f"{self.logdir}: cannot write the TensorBoard events ({error.strerror or error}); "
+                                f"free some space, then --resume the last checkpoint") from None
 
     def log_values(self, values, step, prefix=""):
         """Log every (tag, number) of a dict at one step."""
