@@ -15,10 +15,10 @@ import os
 import sys
 
 from lib.cli.entry import entry_point
-from lib.cli.options import check_training_options, get_argument_parser, train_configs
+from lib.cli.options import check_output_folder, check_training_options, get_argument_parser, train_configs
 from lib.data.synthetic import DEMO_TRAINING
 from lib.errors import XDimError
-from lib.evaluation.compare import check_scipy
+from lib.evaluation.compare import check_resamples, check_scipy
 from lib.formats.atomic import write_json
 from lib.model.similarity import SIMILARITIES
 from lib.training.ablation import (
@@ -68,11 +68,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_not_given(args)
     json_path = os.path.join(args.out, "ablation.json")
-    for option, value in (("--seeds", args.seeds), ("--n_resamples", args.n_resamples)):
-        if value < 1:
-            raise XDimError(f"{option} {value}: must be at least 1")
+    if args.seeds < 1:
+        raise XDimError(f"--seeds {args.seeds}: must be at least 1")
     if len(args.variants) > 1:
+        check_resamples("--n_resamples", args.n_resamples)
         check_scipy()
+    check_output_folder("--out", args.out)
     args.sim, args.model_name, args.logger_name = args.variants[0], args.out, args.out
     check_training_options(args)
     model_config, train_config, runtime = train_configs(args)

@@ -9,10 +9,11 @@ Writes {split}_ims.npy (n, 36, feature size), {split}_ids.txt, {split}_boxes.npy
 one `error: ...` line naming the file and line, exits 2 and leaves --out unchanged.
 """
 import argparse
+import os
 import sys
 
 from lib.cli.entry import entry_point
-from lib.cli.options import check_output_folder
+from lib.cli.options import check_output_folder, nearest_existing
 from lib.data import butd as features
 from lib.formats.atomic import check_outputs
 
@@ -37,19 +38,31 @@ def build_parser():
     return parser
 
 
+def remove_empty_folders(folder, stop):
+    """Remove `folder` and its parents below `stop` while they are empty (what a failed run created)."""
+    while folder != stop and os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+        folder = os.path.dirname(folder)
+
+
 @entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_output_folder("--out", args.out)
     check_outputs([("--out", path) for path in features.output_paths(args.out, args.split).values()],
                   [("--tsv", path) for path in args.tsv or []] + [("--npz_dir", args.npz_dir)])
-    if args.tsv:
-        n_images, records = features.count_tsv_records(args.tsv), features.read_tsv(args.tsv)
-    else:
-        paths = features.list_npz(args.npz_dir)
-        n_images, records = len(paths), features.read_npz(paths)
-    summary = features.convert(records, n_images, args.out, args.split, args.regions,
-                               args.overwrite, not args.no_progress)
+    existing = nearest_existing(os.path.abspath(args.out))
+    try:
+        if args.tsv:
+            n_images, records = features.count_tsv_records(args.tsv), features.read_tsv(args.tsv)
+        else:
+            paths = features.list_npz(args.npz_dir)
+            n_images, records = len(paths), features.read_npz(paths)
+        summary = features.convert(records, n_images, args.out, args.split, args.regions,
+                                   args.overwrite, not args.no_progress)
+    except BaseException:
+        remove_empty_folders(os.path.abspath(args.out), existing)
+        raise
     print(f"wrote {summary.n_images} images x {summary.regions} regions x {summary.feature_dim} features "
           f"({summary.truncated} cut to {summary.regions} regions, {summary.padded} zero-padded):")
     for path in summary.paths.values():

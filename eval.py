@@ -165,6 +165,7 @@ def report(args, matrices, sources, cpi, global_vectors, prepared=None):
     --protocols the benchmarks (`prepared`: protocols.prepare's); writes --save_sims and --json."""
     if args.model_path:
         score_files.check_finite_scores(matrices[0], args.model_path)
+        score_files.warn_constant_scores(matrices[0], args.model_path)
     sims = matrices[0] if len(matrices) == 1 else score_files.ensemble_sims(matrices, sources)
     results = metrics.run_protocol(sims, cpi, args.fold5, args.fold_images)
     if args.save_sims:
@@ -202,8 +203,7 @@ def check_compare_options(args):
     if args.model_path or args.ensemble or args.shortlist or args.save_sims:
         raise XDimError("--compare A B takes the two sides itself: leave out --model_path, --ensemble, "
                         "--shortlist and --save_sims")
-    if args.n_resamples < 1:
-        raise XDimError(f"--n_resamples {args.n_resamples}: must be at least 1")
+    compare.check_resamples("--n_resamples", args.n_resamples)
     for path in args.compare:
         if not os.path.isfile(path):
             raise XDimError(f"{path}: no such file (--compare takes two .npy score files or checkpoints)")

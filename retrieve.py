@@ -37,8 +37,9 @@ from lib.cli.options import (
 from lib.errors import XDimError
 from lib.formats.atomic import check_outputs, write_json
 
+# A temperature of 0 divides by zero (an all-NaN head), a negative one inverts the ranking learned.
 DISTILL_RANGES = {"epochs": AT_LEAST_1, "batch_images": AT_LEAST_1, "learning_rate": POSITIVE, "size": AT_LEAST_1,
-                  "group": AT_LEAST_1}
+                  "group": AT_LEAST_1, "temperature": POSITIVE}
 
 
 def _add_model_options(parser, required=True):
@@ -189,7 +190,7 @@ def run_build(args):
     from lib.runtime import distributed
     if args.batch_size is not None:  # None: the default of the gallery's kind
         check_ranges(args, {"batch_size": AT_LEAST_1})
-    check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)))
+    check_output_folder("--index", os.path.dirname(os.path.abspath(args.index)), shown=args.index)
     if args.image_folder is not None:
         return build_folder(args)
     if args.update:
@@ -262,6 +263,15 @@ def read_queries(path):
     return read_captions(path)
 
 
+def warn_unknown_query(encoder, text):
+    """Say on stderr when no word of a text query is in the checkpoint's vocabulary (each becomes [UNK],
+    so the ranking answers nothing that was asked)."""
+    pieces = encoder.tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+    if pieces and all(piece == encoder.tokenizer.unk_token_id for piece in pieces):
+        print(f"warning: query {text.strip()!r}: none of its words is in the checkpoint's vocabulary, all read as "
+              f"[UNK]; the results below do not depend on what was asked", file=sys.stderr)
+
+
 def _check_query_outputs(args):
     """--json, --html and --explain: writable, checked before any work."""
     for option in ("json", "html"):
@@ -305,6 +315,7 @@ def run_query(args):
     results = []
     if text_query:
         for text in queries:
+            warn_unknown_query(gallery.caption_tokenizer(), text)
             start = time.time()
             hits = gallery.search_text(text, args.top_k, shortlist_size)
             results.append((text, hits, time.time() - start))

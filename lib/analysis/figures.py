@@ -11,6 +11,8 @@ from lib.formats.atomic import atomic_file
 
 MATPLOTLIB_HINT = "matplotlib is not installed; analyze.py draws its figures with it: pip install matplotlib"
 DPI = 100
+# Tick labels stay legible at the figures' size on a page (matplotlib's default is 10).
+TICK_FONT = 9
 
 
 def require_matplotlib():
@@ -90,21 +92,28 @@ def thresholds_figure(theta, lam, t_mask, t_attn, path):
     _save(figure, path)
 
 
-def concept_profile(word, probabilities, n_occurrences, top_k, path, zoom=50):
-    """One word's participation probabilities (d,): all dimensions sorted, and the `zoom` largest by index."""
+def concept_profile(word, probabilities, n_occurrences, top_k, path, most=50):
+    """One word's participation probabilities (d,): all dimensions sorted (left, the top_k shaded),
+    and by index the dimensions that ever take part (right, at least top_k, at most `most`),
+    the top_k of them highlighted."""
     probabilities = np.asarray(probabilities)
     ranked = np.argsort(-probabilities, kind="stable")
-    zoom = min(zoom, len(ranked))
-    figure = _figure(11.0, 3.6)
+    shown = min(max(top_k, int((probabilities > 0).sum())), most, len(ranked))
+    figure = _figure(11.0, 3.8)
     whole, detail = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
     whole.plot(np.arange(1, len(ranked) + 1), probabilities[ranked], color="tab:blue")
-    whole.axvspan(0.5, zoom + 0.5, color="tab:orange", alpha=0.15)
+    whole.axvspan(0.5, top_k + 0.5, color="tab:orange", alpha=0.25, label=f"top {top_k}")
+    whole.legend(loc="upper right", fontsize=TICK_FONT)
     whole.set_xlabel("dimensions, by decreasing probability")
     whole.set_ylabel("probability of taking part")
     whole.set_ylim(0, 1.02)
-    detail.bar(np.arange(zoom), probabilities[ranked[:zoom]], color="tab:orange")
-    detail.set_xticks(np.arange(zoom), [str(j) for j in ranked[:zoom]], rotation=90, fontsize=6)
-    detail.set_xlabel(f"the top {zoom} dimensions (index)")
+    colours = ["tab:orange" if rank < top_k else "tab:blue" for rank in range(shown)]
+    detail.bar(np.arange(shown), probabilities[ranked[:shown]], color=colours)
+    detail.set_xticks(np.arange(shown), [str(j) for j in ranked[:shown]], fontsize=TICK_FONT,
+                      rotation=90 if shown > 20 else 0)
+    detail.tick_params(axis="y", labelsize=TICK_FONT)
+    whole.tick_params(labelsize=TICK_FONT)
+    detail.set_xlabel(f"the {shown} dimensions that take part most (index), the top {top_k} in orange")
     detail.set_ylim(0, 1.02)
     figure.suptitle(f"'{word}': {n_occurrences} occurrences, a dimension takes part when it is "
                     f"in the top {top_k} of the word-region correspondence")

@@ -24,7 +24,7 @@ from dataclasses import fields
 from lib.errors import XDimError
 from lib.model.backbone import NO_BACKBONE_WEIGHTS, output_channels
 from lib.model.bert import DEFAULT_BERT
-from lib.model.config import ModelConfig
+from lib.model.config import MAX_EMBED_SIZE, MIN_EMBED_SIZE, ModelConfig
 from lib.model.loss import loss_help
 from lib.model.similarity import similarity_help
 from lib.runtime.device import RuntimeConfig, resolve_device
@@ -132,10 +132,11 @@ AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 COUNT = (lambda v: v >= 0, "0 or more")
 WORKERS = (lambda v: v >= 0, "0 (load in the main process) or more")
 THREADS = (lambda v: v >= 0, "0 (automatic) or more")
+EMBED_SIZE = (lambda v: MIN_EMBED_SIZE <= v <= MAX_EMBED_SIZE, f"in {MIN_EMBED_SIZE}..{MAX_EMBED_SIZE} (the paper uses 1024)")
 # Checked in this order; the first failure is reported.
 TRAINING_RANGES = {
     "learning_rate": POSITIVE, "margin": NON_NEGATIVE, "grad_clip": CLIP, "num_epochs": AT_LEAST_1,
-    "lr_update": COUNT, "vse_mean_warmup_epochs": COUNT, "batch_size": AT_LEAST_1, "embed_size": AT_LEAST_1,
+    "lr_update": COUNT, "vse_mean_warmup_epochs": COUNT, "batch_size": AT_LEAST_1, "embed_size": EMBED_SIZE,
     "img_dim": AT_LEAST_1, "workers": WORKERS, "log_step": AT_LEAST_1, "seed": COUNT, "threads": THREADS,
     "embedding_warmup_epochs": COUNT, "backbone_warmup_epochs": COUNT, "backbone_lr_factor": NON_NEGATIVE,
     "backbone_width": AT_LEAST_1, "input_scale_factor": POSITIVE,
@@ -154,19 +155,22 @@ def check_ranges(opt, ranges):
             raise XDimError(f"--{name} {value}: must be {requirement}")
 
 
-def _nearest_existing(path):
+def nearest_existing(path):
+    """`path`, or its nearest parent that exists."""
     while not os.path.exists(path):
         path = os.path.dirname(path)
     return path
 
 
-def check_output_folder(option, folder):
-    """XDimError unless `folder` is a writable folder or can be created as one."""
-    existing = _nearest_existing(os.path.abspath(folder))
+def check_output_folder(option, folder, shown=None):
+    """XDimError unless `folder` is a writable folder or can be created as one; the message names
+    the option's value `shown` (default `folder`), e.g. an index whose parent `folder` must be writable."""
+    existing = nearest_existing(os.path.abspath(folder))
+    shown = folder if shown is None else shown
     if not os.path.isdir(existing):
-        raise XDimError(f"{option} {folder}: {existing} is a file, not a folder")
+        raise XDimError(f"{option} {shown}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise XDimError(f"{option} {folder}: {existing} is not writable")
+        raise XDimError(f"{option} {shown}: {existing} is not writable")
 
 
 def check_output_file(option, path):

@@ -175,15 +175,21 @@ def inspect_features(report):
     if len(shape) != 3:
         report.errors.append(f"{path}: a {len(shape)}-D array of shape {report.shape}, expected 3-D "
                              f"(images, regions, features) such as (n, 36, 2048)")
-    elif dtype != PAPER_DTYPE:
-        report.errors.append(f"{path}: {dtype} features, expected float32 (convert with "
-                             "np.save(path, array.astype(np.float32)))")
+    elif dtype.kind != "f":
+        report.errors.append(f"{path}: expected a 3-D float array (images, regions, features), got shape "
+                             f"{report.shape} dtype {dtype} (convert with np.save(path, array.astype(np.float32)))")
+        return  # an object array's size says nothing: its data is pickled
+    elif shape[0] == 0 or shape[1] == 0:
+        report.errors.append(f"{path}: holds no region features (shape {report.shape})")
     elif fortran_order:
         report.errors.append(f"{path}: stored in Fortran order, which reads one image at a time very slowly; "
                              "save it again with np.save(path, np.ascontiguousarray(array))")
     elif shape[1:] != PAPER_REGIONS_FEATURES:
         report.warnings.append(f"{path}: {shape[1]} regions of {shape[2]} features per image, the paper's "
                                f"BUTD features are {PAPER_REGIONS_FEATURES[0]} x {PAPER_REGIONS_FEATURES[1]}")
+    if dtype.kind == "f" and dtype.itemsize > PAPER_DTYPE.itemsize:
+        report.warnings.append(f"{path}: {dtype} features are rounded to float32 when read (float32 or float16 "
+                               "files hold the same and take less disk)")
     expected = report.data_offset + math.prod(shape) * dtype.itemsize
     actual = os.path.getsize(path)
     if actual < expected:
@@ -210,7 +216,9 @@ def check_features(report, progress):
             count = min(len(buffer), n_images - start)
             read_exactly(f, raw[:count * image_bytes], report.images_path)
             progress.update(count * image_bytes)
-            row = precomp.first_non_finite(torch.from_numpy(buffer[:count]))
+            # as training reads them: float32 in this machine's byte order (float64 beyond float32's range is inf)
+            with np.errstate(over="ignore"):
+                row = precomp.first_non_finite(torch.from_numpy(buffer[:count].astype(np.float32)))
             if row is not None:
                 report.errors.append(precomp.non_finite_problem(report.images_path, start + row))
                 progress.update((n_images - start - count) * image_bytes)

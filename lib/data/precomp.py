@@ -163,6 +163,9 @@ class SplitFiles:
         return len(self.captions)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def load_region_features(path, img_dim=None):
     """`path` (a {split}_ims.npy) memory-mapped, checked: (n_images, R, img_dim) float, n and R > 0.
 
@@ -172,6 +175,11 @@ def load_region_features(path, img_dim=None):
     """
     check_split_complete(path)
     try:
+        with open(path, "rb") as f:
+            is_npy = f.read(len(NPY_MAGIC)) == NPY_MAGIC
+        if not is_npy:
+            raise XDimError(f"{path}: is not a .npy file (no numpy header; a text or other file?); "
+                            f"give a {{split}}_ims.npy of region features")
         images = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise XDimError(f"{path}: not a readable .npy array ({first_line(error)})") from None
@@ -325,9 +333,15 @@ def non_finite_problem(path, image_index):
 
 def check_split_finite(split_files, chunk=256):
     """Read a whole split's features once and check them (a few seconds per GB from disk)."""
-    for start in range(0, split_files.n_images, chunk):
-        block = torch.from_numpy(np.array(split_files.images[start:start + chunk], dtype=np.float32))
-        check_finite_images(block, range(start, start + len(block)), split_files.images_path)
+    check_features_finite(split_files.images, split_files.images_path, chunk)
+
+
+def check_features_finite(images, path, chunk=256):
+    """XDimError naming `path` and the first image of `images` (n, R, img_dim), e.g. a memory map of
+    the file, that holds NaN or inf; the features are read once, `chunk` images at a time."""
+    for start in range(0, len(images), chunk):
+        block = torch.from_numpy(np.array(images[start:start + chunk], dtype=np.float32))
+        check_finite_images(block, range(start, start + len(block)), path)
 
 
 def _image(split_files, image_index):

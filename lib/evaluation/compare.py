@@ -54,6 +54,18 @@ def check_scipy():
     return stats
 
 
+# Fewer resamples leave the 2.5% tail of a 95% percentile interval without a single resample,
+# so its bounds would be the extreme resamples (with 1, the point itself), not an interval.
+MIN_RESAMPLES = 40
+
+
+def check_resamples(option, n_resamples):
+    """XDimError naming `option` unless `n_resamples` is enough for a 95% percentile interval."""
+    if n_resamples < MIN_RESAMPLES:
+        raise XDimError(f"{option} {n_resamples}: must be at least {MIN_RESAMPLES} for a 95% interval "
+                        f"(the default, 10000, gives stable bounds)")
+
+
 def _mean_difference(a, b, axis):
     return np.mean(b, axis=axis) - np.mean(a, axis=axis)
 

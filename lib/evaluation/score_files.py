@@ -3,6 +3,7 @@ import io
 import logging
 import os
 import pickle
+import sys
 
 import numpy as np
 
@@ -72,6 +73,17 @@ def check_finite_scores(sims, source):
         image, caption = np.argwhere(~np.isfinite(sims))[0]
         raise XDimError(f"{source}: score matrix holds NaN or infinite values "
                         f"(first at image {image}, caption {caption})")
+
+
+def warn_constant_scores(sims, source, stream=None):
+    """Say on stderr when every score of `sims` is the same (e.g. 0 for features scaled by 1e30): the
+    recalls then only count ties, which is no measure of the model. -> True when it warned."""
+    if sims.size and float(sims.max()) == float(sims.min()):
+        print(f"warning: {source}: every score is {float(sims.max()):g}, so the recalls below count only "
+              f"ties; check the features' scale (python check_data.py; region features are usually "
+              f"of order 1)", file=stream or sys.stderr)
+        return True
+    return False
 
 
 def score_file_path(path):

@@ -79,12 +79,19 @@ def open_model_split(model, data_path=None, data_name=None, split="test", image_
     data_name = data_name or trained_on.get("data_name")
     if not data_path or not data_name:
         raise XDimError("the checkpoint does not say which data it was trained on: give --data_path and --data_name")
-    if model.config.uses_backbone:
-        from lib.data.images import open_image_split
-        files = open_image_split(data_path, data_name, split, image_root or trained_on.get("image_root") or None)
-    else:
-        from lib.data.precomp import open_split
-        files = open_split(data_path, data_name, split, img_dim=model.config.img_dim)
+    try:
+        if model.config.uses_backbone:
+            from lib.data.images import open_image_split
+            files = open_image_split(data_path, data_name, split, image_root or trained_on.get("image_root") or None)
+        else:
+            from lib.data.precomp import open_split
+            files = open_split(data_path, data_name, split, img_dim=model.config.img_dim)
+    except XDimError as error:
+        trained_name = trained_on.get("data_name")
+        if not trained_name or trained_name == data_name:
+            raise
+        raise XDimError(f"{error}; this checkpoint was trained on --data_name {trained_name}: add "
+                        f"--data_name {trained_name}") from None
     return files, model_caption_tokenizer(model), f"{data_name} {split}"
 
 

@@ -169,12 +169,14 @@ def _refused_global(exc):
     return match.group(1) if match else None
 
 
-def _unreadable(path, head, exc):
-    """The one-line reason a file that torch.load rejected is not a checkpoint."""
+def unreadable_reason(path, exc):
+    """The one-line reason a file that torch.load rejected (raising `exc`) is not a checkpoint (or head)."""
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
     refused = _refused_global(exc)
     if refused:
         return (f"{path}: holds Python objects ({refused}) that a safe load refuses to create, so it "
-                "is not read (X-Dim checkpoints hold only tensors, numbers, strings and options)")
+                "is not read (X-Dim checkpoints and heads hold only tensors, numbers, strings and options)")
     if head.startswith(ZIP_MAGIC) and not zipfile.is_zipfile(path):
         return f"{path}: is truncated or corrupt (its zip archive lacks the end record); re-download or re-save it"
     if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTO):
@@ -207,7 +209,7 @@ def load_checkpoint(path, map_location="cpu"):
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated, corrupt or unsafe files
-        raise XDimError(_unreadable(path, head, exc)) from None
+        raise XDimError(unreadable_reason(path, exc)) from None
     if not (isinstance(ckpt, dict) and is_official(ckpt)):
         check_versioned(ckpt, path, CHECKPOINT_FORMAT)
     return ckpt

@@ -16,6 +16,11 @@ from lib.model.backbone import FULL_WIDTH, SOURCES, check_backbone_source, outpu
 from lib.model.bert import DEFAULT_BERT
 from lib.model.similarity import DEFAULT_SIMILARITY, SIMILARITIES, check_similarity_name
 
+# The joint embedding size d: X-Dim's thresholds take a standard deviation over d values (none
+# at d = 1) and its dependency weights are d x d (16384: 1 GiB of float32, 16 times the paper's).
+MIN_EMBED_SIZE = 2
+MAX_EMBED_SIZE = 16384
+
 ENCODER_TYPES = ("basic", "backbone")
 BACKBONE_FIELDS = ("backbone_source", "backbone_width", "backbone_path", "input_scale_factor")
 
@@ -75,6 +80,9 @@ class ModelConfig:
         for name in ("img_dim", "embed_size", "backbone_width"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise XDimError(f"model config {name} {getattr(self, name)!r}: must be a positive integer")
+        if not MIN_EMBED_SIZE <= self.embed_size <= MAX_EMBED_SIZE:
+            raise XDimError(f"embed_size {self.embed_size}: must lie in {MIN_EMBED_SIZE}..{MAX_EMBED_SIZE} "
+                            f"(the paper uses 1024)")
         if self.precomp_enc_type not in ENCODER_TYPES:
             raise XDimError(f"model config precomp_enc_type {self.precomp_enc_type!r}: "
                             f"must be one of {', '.join(ENCODER_TYPES)}")
@@ -119,7 +127,10 @@ class ModelConfig:
         if unknown:
             raise XDimError(f"{source}: unknown model config field {unknown[0]!r}")
         check_similarity_name(values.get("sim", DEFAULT_SIMILARITY), f"{source} (stored similarity)")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except XDimError as error:
+            raise XDimError(f"{source}: stored {error}") from None
 
     def with_bert_config(self, bert_config):
         """A copy holding BERT's architecture (a dict)."""

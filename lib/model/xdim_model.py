@@ -97,6 +97,15 @@ class XDimModel(nn.Module):
         """BERT's vocabulary (list of tokens by id), stored in checkpoints."""
         return bert_vocab(self.bert_path)
 
+    def check_vocabulary(self, source):
+        """XDimError naming `source` unless the vocabulary has one token per row of BERT's embeddings
+        (a cut vocabulary would map the words past its end to [UNK] and evaluate silently wrong)."""
+        tokens, rows = len(self.vocab()), self.txt_enc.bert.embeddings.word_embeddings.num_embeddings
+        if tokens != rows:
+            raise XDimError(f"{source}: its vocabulary holds {tokens} tokens but the BERT embeddings have {rows} "
+                            f"rows (a cut or foreign vocabulary); re-save the checkpoint, or give --bert_path "
+                            f"the BERT folder it was trained with")
+
     def val_start(self):
         """Evaluation mode (kept for the VSE lineage's callers; same as `eval()`)."""
         return self.eval()
@@ -209,6 +218,7 @@ class XDimModel(nn.Module):
         configs = ckpt_io.checkpoint_configs(ckpt)
         config = ModelConfig.from_dict(configs["model"], path)
         official = ckpt_io.is_official(ckpt)
+        vocab_given = bool(bert_path) or official
         if bert_path:
             bert_path = resolve_bert_path(bert_path)
             config = config.with_bert_config(bert_config_dict(bert_path))
@@ -219,6 +229,7 @@ class XDimModel(nn.Module):
         else:
             bert_path = materialize_bert_dir(config.bert_config, ckpt["vocab"])
         model = cls(config, bert_path=bert_path, amp=amp)
+        model.check_vocabulary(bert_path if vocab_given else path)
         state = official_state_dict(ckpt["model"], model.state_dict(), path) if official else ckpt["model"]
         model.load_state_dict(state, path=path)
         model.trained_with = configs["training"]

@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from lib.data.butd import NpyWriter
-from lib.data.precomp import load_region_features, pad_images, read_captions
+from lib.data.precomp import check_features_finite, load_region_features, pad_images, read_captions
 from lib.errors import XDimError, first_line
 from lib.evaluation import metrics
 from lib.evaluation.encoding import TokenIds, caption_embedding_batches, image_embedding_batches
@@ -434,9 +434,12 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
     model.val_start()
     if images is not None:
         features, items, counts = load_gallery_images(images, model.config.img_dim)
+        check_features_finite(features, images)
         source = {"images": os.path.abspath(images)}
     else:
         items = read_captions(captions)
+        if not items:
+            raise XDimError(f"--captions {captions}: holds no captions; give a text file with one caption per line")
         token_ids = caption_token_ids(items, model_caption_tokenizer(model), progress)
         query_images = _companion(captions, "_ims.npy")
         source = {"captions": os.path.abspath(captions),
@@ -517,6 +520,15 @@ def open_array(index_dir, name, shape, dtype):
     return array
 
 
+def _folder_identity(folder):
+    """(device, inode) of `folder`, None when it does not exist: a rebuild's swap changes it."""
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class RowReader:
     """Rows of a large .npy array read from disk with one `pread` per contiguous run.
 
@@ -583,9 +595,24 @@ class GalleryIndex:
 
     @classmethod
     def open(cls, index_dir, model, encoder):
+        """Open and check an index. One replaced by a rebuild while it was being opened (its folder
+        swapped for the new one midway, so its files disagree) is opened again, once."""
+        before = _folder_identity(index_dir)
+        try:
+            return cls._open(index_dir, model, encoder)
+        except XDimError:
+            if _folder_identity(index_dir) == before:
+                raise
+        return cls._open(index_dir, model, encoder)  # the folder was swapped midway: open the new index
+
+    @classmethod
+    def _open(cls, index_dir, model, encoder):
         manifest = read_manifest(index_dir)
         check_fingerprints(manifest, index_dir, model, encoder)
         n, d, g = manifest["count"], manifest["embed_size"], encoder.size
+        if n < 1:
+            raise XDimError(f"{index_dir}: the index holds no {manifest['gallery']}, there is nothing to search; "
+                            f"rebuild it from a gallery with at least one item")
         open_array(index_dir, "global.npy", (n, g), np.float32)  # kept to rebuild stage one; checked here
         if manifest["gallery"] == "images":
             name, shape, counts = "regions.npy", (n, manifest["regions"], d), ("lengths.npy", (n,))
@@ -619,6 +646,9 @@ class GalleryIndex:
             index = faiss.read_index(path)
         except RuntimeError as err:
             raise XDimError(f"{path}: damaged ({first_line(err)[:160]}); rebuild the index") from None
+        except MemoryError:  # a damaged length field asks for more memory than there is
+            raise XDimError(f"{path}: damaged (a length field asks for more memory than the machine has); "
+                            f"rebuild the index") from None
         if index.ntotal != n or index.d != size:
             raise XDimError(f"{path}: damaged: {index.ntotal} vectors of {index.d}, the manifest says "
                             f"{n} of {size}; rebuild the index")

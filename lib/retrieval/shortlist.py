@@ -35,7 +35,7 @@ from tqdm import tqdm
 from lib.data.precomp import CaptionDataset
 from lib.errors import XDimError, first_line
 from lib.evaluation.encoding import caption_embedding_batches, image_embedding_batches
-from lib.formats.checkpoint import save_checkpoint, weights_fingerprint
+from lib.formats.checkpoint import save_checkpoint, unreadable_reason, weights_fingerprint
 from lib.formats.versioned import FileFormat, check_versioned
 
 HEAD_FORMAT = "xdim-shortlist-head"
@@ -262,8 +262,8 @@ def load_head(path, model_fingerprint, device="cpu"):
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise XDimError(f"{path}: no such shortlist head file") from None
-    except Exception as err:  # torch raises many types for damaged files
-        raise XDimError(f"{path}: not a readable shortlist head ({first_line(err)[:160]})") from None
+    except Exception as err:  # torch raises many types for damaged or unsafe files
+        raise XDimError(unreadable_reason(path, err)) from None
     check_versioned(saved, path, HEAD_FILE)
     if saved.get("model_fingerprint") != model_fingerprint:
         raise XDimError(f"{path}: this shortlist head was distilled from other weights than the "

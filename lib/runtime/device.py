@@ -62,8 +62,9 @@ def resolve_device(name="auto"):
     elif device.type != "cpu":
         try:
             torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as exc:
-            raise XDimError(f"--device {name}: not usable here ({first_line(exc)})") from None
+        except (RuntimeError, AssertionError):  # torch's text lists every dispatch key: too long for one line
+            raise XDimError(f"--device {name}: torch {torch.__version__} has no usable {device.type} device on "
+                            f"this machine; use --device cpu or auto") from None
     return device
 
 

@@ -44,6 +44,7 @@ slowest process.
 """
 import contextlib
 import datetime
+import hashlib
 import os
 import warnings
 
@@ -281,12 +282,44 @@ def agree(error=None):
     try:
         dist.all_gather_object(messages, None if error is None else first_line(error), group=cpu_group())
     except (RuntimeError, ValueError) as err:
-        raise XDimError(f"process {rank()}: another process stopped or did not answer within "
+        raise XDimError(f"another process stopped or did not answer within "
                         f"{collective_timeout()} (${TIMEOUT_ENV}): {first_line(err)[:200]}") from None
     failed = [(k, message) for k, message in enumerate(messages) if message is not None]
     if failed and error is None:
         k, message = failed[0]
-        raise XDimError(f"{message} (in process {k})")
+        raise OtherProcessFailed(f"{message} (in process {k})")
+
+
+class OtherProcessFailed(XDimError):
+    """Raised in every process that did not fail when another one did (`agree`): the failing
+    process reports the error, this one only stops."""
+
+
+def launched_as_several():
+    """True in a process that torchrun started as one of several."""
+    return launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def launch_rank():
+    """This process's number in its torchrun launch (0 outside torchrun)."""
+    return int(os.environ.get("RANK", 0))
+
+
+def first_to_report(message, timeout_s=5):
+    """False when another process of this torchrun launch already reported `message` (the same
+    failure met by every process, e.g. a missing file), else True.
+
+    The processes need not have met: they count through the key-value store that torchrun's
+    agent serves at $MASTER_ADDR:$MASTER_PORT. True when it cannot be reached in `timeout_s`.
+    """
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=datetime.timedelta(seconds=timeout_s))
+        digest = hashlib.sha1(message.encode("utf-8")).hexdigest()
+        run = os.environ.get("TORCHELASTIC_RUN_ID", "") + "/" + os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        return store.add(f"xdim/reported/{run}/{digest}", 1) == 1
+    except (KeyError, ValueError, RuntimeError, OSError):
+        return True
 
 
 @contextlib.contextmanager

@@ -15,8 +15,11 @@ import subprocess
 import sys
 import warnings
 
+from lib.errors import XDimError
+
 # The writer: imports tensorboard_logger under the pure-Python backend, answers "ready" (or
-# "error ..."), then writes each [tag, value, step] line it reads and answers "ok".
+# "error ..."), then writes each [tag, value, step] line it reads and answers "ok" (or
+# "oserror ..." when the file cannot be written).
 WRITER = """
 import json, sys, warnings
 try:
@@ -30,7 +33,11 @@ except Exception as exc:
 print("ready", flush=True)
 for line in sys.stdin:
     tag, value, step = json.loads(line)
-    logger.log_value(tag, value, step)
+    try:
+        logger.log_value(tag, value, step)
+    except OSError as error:
+        print("oserror", error.strerror or error, flush=True)
+        continue
     print("ok", flush=True)
 """
 
@@ -61,6 +68,7 @@ class TBLogger:
     """
 
     def __init__(self, logdir, enabled=True):
+        self.logdir = logdir
         self._writer = _start_writer(logdir) if enabled else None
 
     @property
@@ -68,15 +76,19 @@ class TBLogger:
         return self._writer is not None
 
     def log_value(self, tag, value, step):
+        """XDimError naming the events folder when the writer cannot write (a full disk)."""
         if self._writer is None:
             return
         try:
             self._writer.stdin.write(json.dumps([tag, float(value), int(step)]) + "\n")
             self._writer.stdin.flush()
-            written = self._writer.stdout.readline().strip() == "ok"
+            answer = self._writer.stdout.readline().strip()
         except (BrokenPipeError, OSError):
-            written = False
-        if not written:
+            answer = ""
+        if answer.startswith("oserror "):
+            raise XDimError(f"{self.logdir}: cannot write the TensorBoard events ({answer[len('oserror '):]}); "
+                            f"free some space, then --resume the last checkpoint")
+        if answer != "ok":
             self.close()
             warnings.warn("TensorBoard logging stopped: its writer process ended", stacklevel=2)
 

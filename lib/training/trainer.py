@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from lib.data import precomp
-from lib.errors import XDimError, first_line
+from lib.errors import Interrupted, XDimError, first_line
 from lib.evaluation.scoring import split_metrics
 from lib.formats.atomic import write_json
 from lib.formats.checkpoint import (
@@ -87,33 +88,83 @@ def make_train_loader(config, caption_tokenizer, model_config, augment=True):
     world = distributed.world_size()
     if model_config.uses_backbone:
         from lib.data import images
-        split = images.open_image_split(config.data_path, config.data_name, "train", config.image_root or None)
-        return images.image_train_loader(split, caption_tokenizer, per_rank_batch(config.batch_size, world),
-                                         pixel_config(model_config), workers=config.workers, seed=config.seed,
-                                         num_replicas=world, rank=distributed.rank())
-    files = precomp.open_split(config.data_path, config.data_name, "train", img_dim=model_config.img_dim)
-    return precomp.train_loader(files, caption_tokenizer, batch_size=per_rank_batch(config.batch_size, world),
-                                workers=config.workers, seed=config.seed, augment=augment,
-                                num_replicas=world, rank=distributed.rank())
+        files = images.open_image_split(config.data_path, config.data_name, "train", config.image_root or None)
+        loader = images.image_train_loader(files, caption_tokenizer, per_rank_batch(config.batch_size, world),
+                                           pixel_config(model_config), workers=config.workers, seed=config.seed,
+                                           num_replicas=world, rank=distributed.rank())
+    else:
+        files = precomp.open_split(config.data_path, config.data_name, "train", img_dim=model_config.img_dim)
+        loader = precomp.train_loader(files, caption_tokenizer, batch_size=per_rank_batch(config.batch_size, world),
+                                      workers=config.workers, seed=config.seed, augment=augment,
+                                      num_replicas=world, rank=distributed.rank())
+    if len(loader) == 0:  # the last incomplete batch is dropped
+        raise XDimError(f"--batch_size {config.batch_size}: {files.captions_path} holds {files.n_captions} "
+                        f"captions, fewer than one batch, so training would take no step; give a "
+                        f"--batch_size of at most {files.n_captions} or more training data")
+    return loader
 
 
 def setup_text_log(folder, enabled):
     """The 'xdim.train' logger: train.log in `folder` plus the console (main rank only).
 
     The data's warnings (the 'lib.data' logger: truncated captions, [UNK] words) go there too.
+    train.log is written from `open_text_log` on, when the checks before work have passed,
+    so a refused or failed start leaves no file (nor adds lines to a busy run's log).
     """
     close_text_log()
     logger = logging.getLogger(LOGGER_NAME)
     logger.propagate = False
     logger.setLevel(logging.INFO if enabled else logging.WARNING)
     if enabled:
-        os.makedirs(folder, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(folder, "train.log"), encoding="utf-8")
+        file_handler = _HeldFileHandler(os.path.join(folder, "train.log"))
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         for handler in (file_handler, _TqdmHandler()):
             for name in TEXT_LOGGERS:
                 logging.getLogger(name).addHandler(handler)
     return logger
+
+
+def open_text_log(logger):
+    """Start writing train.log: the lines logged so far, then every new one."""
+    for handler in logger.handlers:
+        if isinstance(handler, _HeldFileHandler):
+            handler.open()
+
+
+class _HeldFileHandler(logging.FileHandler):
+    """A log file that holds its records in memory until `open()` creates (or appends to) it.
+
+    A failed write (a full disk) stops the run with one line naming the file, instead of
+    logging's traceback on stderr for every line.
+    """
+
+    def __init__(self, path):
+        super().__init__(path, encoding="utf-8", delay=True)
+        self.held = []
+
+    def open(self):
+        held, self.held = self.held, None
+        for record in held:
+            super().emit(record)
+
+    def emit(self, record):
+        if self.held is not None:
+            self.held.append(record)
+        else:
+            super().emit(record)
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise XDimError(f"{self.baseFilename}: cannot write the training log ({error.strerror or error}); "
+                            f"free some space, then --resume the last checkpoint") from None
+        super().handleError(record)
+
+    def close(self):
+        try:
+            super().close()
+        except OSError:  # the lines that could not be flushed were reported when written
+            pass
 
 
 class _TqdmHandler(logging.Handler):
@@ -268,13 +319,19 @@ class Trainer:
         loss = self.criterion(distributed.gather_rows(scores)) * self.loss_scale  # the global (B, B)
         if not torch.isfinite(loss):
             raise XDimError(f"loss is {loss.item()} at iteration {self.iterations}: training stopped "
-                            f"(the last saved checkpoint is intact; try a lower --learning_rate)")
+                            f"({self.saved_so_far()}; try a lower --learning_rate)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
             clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         return loss.item()
+
+    def saved_so_far(self):
+        """What a stopped run leaves: 'the last saved checkpoint PATH is intact' or 'no checkpoint was written'."""
+        saved = [os.path.join(self.config.model_name, name) for name in (CHECKPOINT, BEST)]
+        saved = [path for path in saved if os.path.isfile(path)]
+        return f"the last saved checkpoint {saved[0]} is intact" if saved else "no checkpoint was written"
 
     # ---- resume and checkpoints
 
@@ -502,7 +559,8 @@ def train(model_config, config, runtime, augment=True):
     lib.model.bert.resolve_bert_path); config: lib.training.config.TrainConfig; runtime:
     lib.runtime.device.RuntimeConfig, its device already checked. Under torchrun every
     process runs this; all validate together, only rank 0 logs and writes checkpoints. Raises
-    XDimError for bad input and for a non-finite loss.
+    XDimError for bad input and for a non-finite loss (train.log is written only once the checks
+    before work have passed), Interrupted on Ctrl-C.
     """
     device = distributed.init_from_env(runtime.torch_device())
     threads = runtime.apply_threads()
@@ -523,17 +581,35 @@ def train(model_config, config, runtime, augment=True):
             loader = make_train_loader(config, caption_tokenizer, model_config, augment)
             dev_files = open_dev(config, caption_tokenizer, model_config)
             model = build_model(model_config, bert_path, config.seed, device, runtime.amp)
-            tb = TBLogger(config.logger_name, enabled=main)
-            trainer = Trainer(model, config, loader, dev_files, caption_tokenizer, logger, tb)
+            trainer = Trainer(model, config, loader, dev_files, caption_tokenizer, logger, tb=None)
             start_epoch = trainer.resume(state) if state else 0
+            open_text_log(logger)
+            trainer.tb = tb = TBLogger(config.logger_name, enabled=main)
             if state and not config.reset_start_epoch:
                 trainer.repair_best(state)
             trainer.set_backbone_stage(start_epoch)
             trainer.wrap_for_processes()
-            result = trainer.run(start_epoch)
+            result = run_interruptible(trainer, start_epoch)
             logger.info("done: best rsum %.2f", result["best_rsum"])
             return result
     finally:
         if tb is not None:
             tb.close()
         close_text_log()
+
+
+def run_interruptible(trainer, start_epoch):
+    """trainer.run(start_epoch); Ctrl-C ends it with one line saying how to resume (exactly, from the
+    last end-of-epoch checkpoint)."""
+    try:
+        return trainer.run(start_epoch)
+    except KeyboardInterrupt:
+        last = os.path.join(trainer.config.model_name, CHECKPOINT)
+        where = f"interrupted at iteration {trainer.iterations}"
+        if not distributed.is_main():  # only rank 0 writes checkpoints
+            raise Interrupted(f"{where} (process 0 says how to resume)") from None
+        if os.path.isfile(last):
+            raise Interrupted(f"{where}; continue with the same command plus --resume {last} (it restarts "
+                              f"from the end of the last finished epoch exactly)") from None
+        raise Interrupted(f"{where}, before the first epoch ended: no checkpoint to resume from, "
+                          f"start again") from None

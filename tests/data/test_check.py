@@ -94,14 +94,6 @@ def test_an_image_with_4_captions_breaks_the_count(tmp_path, folder, capsys):
                                  "(need 5 per image or 1 per image)")]
 
 
-def test_float16_features_are_an_error(tmp_path, folder, capsys):
-    write_split(str(folder), "test", 3, dtype=np.float16)
-    code, _, err = run(tmp_path, capsys)
-    path = folder / "test_ims.npy"
-    assert code == 2 and err == [(f"error: {path}: float16 features, expected float32 "
-                                 "(convert with np.save(path, array.astype(np.float32)))")]
-
-
 def test_a_2d_array_is_an_error(tmp_path, folder, capsys):
     path = folder / "train_ims.npy"
     np.save(path, np.zeros((4, FEATURES), dtype=np.float32))

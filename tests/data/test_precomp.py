@@ -388,7 +388,7 @@ def test_unreadable_features(tmp_path):
     write_split(tmp_path / "d", "test", np.zeros((2, 2, 4), np.float32), ["a dog"] * 2)
     (tmp_path / "d" / "test_ims.npy").write_bytes(b"not an array")
     message = error_message(str(tmp_path), "d", "test")
-    assert "test_ims.npy" in message and "not a readable .npy array" in message
+    assert "test_ims.npy" in message and "is not a .npy file" in message
 
 
 def test_empty_caption_line(tmp_path):

@@ -143,7 +143,8 @@ def test_eval_compare_prints_and_writes_each_metric_with_its_interval(tmp_path, 
                                  "--ensemble, --shortlist and --save_sims")),
     (["--save_sims", "s.npy"], ("error: --compare A B takes the two sides itself: leave out --model_path, "
                                 "--ensemble, --shortlist and --save_sims")),
-    (["--n_resamples", "0"], "error: --n_resamples 0: must be at least 1"),
+    (["--n_resamples", "0"], ("error: --n_resamples 0: must be at least 40 for a 95% interval (the default, "
+                              "10000, gives stable bounds)")),
 ])
 def test_eval_compare_rejects_bad_options(tmp_path, capsys, extra, message):
     path = save(tmp_path, "a.npy", random_sims(4, 5))

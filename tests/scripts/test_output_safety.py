@@ -209,8 +209,8 @@ def test_analyze_interrupted_halfway_leaves_the_previous_report_whole(run_folder
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(figures, "pair_attention", killed)  # the last figure: the mask figures are written
-    with pytest.raises(KeyboardInterrupt):
-        analyze_run(run_folder, other, out)
+    run = analyze_run(run_folder, other, out, expect=130)  # Ctrl-C: one line, the shell's status
+    assert run.err.endswith("error: interrupted\n")
     assert folder_state(out) == before
     assert not [name for name in os.listdir(run_folder["folder"]) if "xdim" in name or name.endswith(".lock")]
 

@@ -52,7 +52,7 @@ def test_nan_dev_features_stop_training_before_the_first_step(tmp_path, tiny_pre
     ("--learning_rate", "nan", "--learning_rate nan: must be a positive number"),
     ("--learning_rate", "-0.001", "--learning_rate -0.001: must be a positive number"),
     ("--num_epochs", "-1", "--num_epochs -1: must be at least 1"),
-    ("--embed_size", "0", "--embed_size 0: must be at least 1"),
+    ("--embed_size", "0", "--embed_size 0: must be in 2..16384 (the paper uses 1024)"),
     ("--batch_size", "0", "--batch_size 0: must be at least 1"),
     ("--margin", "-0.2", "--margin -0.2: must be a number >= 0"),
     ("--workers", "-2", "--workers -2: must be 0 (load in the main process) or more"),
