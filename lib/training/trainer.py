@@ -572,7 +572,6 @@ def train(model_config, config, runtime, augment=True):
         with run_lock.training_lock((config.model_name, config.logger_name), logger):
             log_run_start(logger, model_config, config, runtime, device, threads)
             if main:
-                write_run_configs(model_config, config, runtime)
                 for path in remove_stale_temp_files(config.model_name):
                     logger.info("removed %s, left by an interrupted save", path)
             state = read_resume(config, model_config.sim) if config.resume else None
@@ -584,6 +583,8 @@ def train(model_config, config, runtime, augment=True):
             trainer = Trainer(model, config, loader, dev_files, caption_tokenizer, logger, tb=None)
             start_epoch = trainer.resume(state) if state else 0
             open_text_log(logger)
+            if main:  # the start is accepted: the log folder now holds its files
+                write_run_configs(model_config, config, runtime)
             trainer.tb = tb = TBLogger(config.logger_name, enabled=main)
             if state and not config.reset_start_epoch:
                 trainer.repair_best(state)
