@@ -14,7 +14,6 @@ each variant's checkpoints and log go to OUT/NAME/checkpoint and OUT/NAME/log, s
 import os
 import sys
 
-import lib.training.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
 from lib.cli.entry import entry_point
 from lib.cli.options import check_output_folder, check_training_options, get_argument_parser, train_configs
 from lib.data.synthetic import DEMO_TRAINING

@@ -315,7 +315,7 @@ def run_query(args):
     results = []
     if text_query:
         for text in queries:
-            warn_unknown_query(gallery.caption_encoder(), text)
+            warn_unknown_query(gallery.caption_tokenizer(), text)
             start = time.time()
             hits = gallery.search_text(text, args.top_k, shortlist_size)
             results.append((text, hits, time.time() - start))

@@ -9,7 +9,6 @@ Options: `python train.py --help`. Bad input prints one `error: ...` line and ex
 """
 import sys
 
-import lib.training.tb_logger  # noqa: F401  (first: selects protobuf's backend for TensorBoard)
 from lib.cli.entry import entry_point
 from lib.cli.options import check_training_options, get_argument_parser, train_configs
 

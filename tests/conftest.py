@@ -41,7 +41,7 @@ from helpers import (
 import retrieve
 from lib.cli.options import default_options
 from lib.data.precomp import (
-    CaptionEncoder,
+    CaptionTokenizer,
     open_split,
 )
 from lib.data.synthetic import demo_vocabulary, write_demo_dataset, write_tiny_bert
@@ -101,7 +101,7 @@ def tokenizer(tiny_bert_dir):
 
 @pytest.fixture(scope="module")
 def encoder(tokenizer):
-    return CaptionEncoder(tokenizer, 64)
+    return CaptionTokenizer(tokenizer, 64)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ import train as train_script
 from lib.cli.options import check_training_options, default_options, train_configs
 from lib.data.synthetic import DEMO_OBJECTS
 from lib.formats.checkpoint import (
+    new_checkpoint,
     save_checkpoint,
 )
 from lib.model.xdim_model import XDimModel
@@ -47,15 +48,15 @@ def model_from_options(opt, bert_config=None):
     return XDimModel(model_config, bert_path=opt.bert_path, amp=runtime.amp).to(runtime.torch_device())
 
 
-def checkpoint_of(model, opt=None, **training_state):
+def checkpoint_of(model, opt=None, **trainer_state):
     """`model`'s checkpoint dict; with `opt`, its TrainConfig too (where it was trained)."""
     train_config = None if opt is None else train_configs(opt)[1]
-    return model.to_checkpoint(train_config, training_state or None)
+    return new_checkpoint(model, train_config, trainer_state or None)
 
 
 def trainer_for(model, opt):
     """A Trainer of `model` with opt's optimizer and loss settings, for single train steps."""
-    return trainer.Trainer(model, train_configs(opt)[1], loader=None, dev_files=None, caption_encoder=None,
+    return trainer.Trainer(model, train_configs(opt)[1], loader=None, dev_files=None, caption_tokenizer=None,
                            logger=None, tb=None)
 
 
@@ -475,18 +476,52 @@ def one_error_line(run):
     return run.err[len("error: "):-1]
 
 
+def _varint(data, pos):
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _fields(message):
+    """The (field number, wire value) pairs of one protobuf message, by the wire format."""
+    pos = 0
+    while pos < len(message):
+        key, pos = _varint(message, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(message, pos)
+        elif wire == 1:
+            value, pos = message[pos:pos + 8], pos + 8
+        elif wire == 5:
+            value, pos = message[pos:pos + 4], pos + 4
+        else:  # 2: length-delimited
+            length, pos = _varint(message, pos)
+            value, pos = message[pos:pos + length], pos + length
+        yield number, value
+
+
 def read_scalars(logdir):
-    """Parse the TFRecord events file by hand -> {tag: [(step, value)]}."""
-    from tensorboard_logger.tf_protobuf import event_pb2
+    """Parse the TFRecord events file by hand (no protobuf library) -> {tag: [(step, value)]}.
+
+    Event: step = field 2, summary = field 5; Summary: value = field 1; Value: tag = field 1,
+    simple_value = field 2 (float32).
+    """
     (name,) = [f for f in os.listdir(logdir) if f.startswith("events.out.tfevents")]
     data = open(os.path.join(logdir, name), "rb").read()
     scalars, pos = {}, 0
     while pos < len(data):
         (length,) = struct.unpack("Q", data[pos:pos + 8])
-        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        event = list(_fields(data[pos + 12:pos + 12 + length]))
         pos += 12 + length + 4
-        for value in event.summary.value:
-            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+        step = next((value for number, value in event if number == 2), 0)
+        for summary in (value for number, value in event if number == 5):
+            for item in (value for number, value in _fields(summary) if number == 1):
+                parts = dict(_fields(item))
+                scalars.setdefault(parts[1].decode(), []).append((step, struct.unpack("<f", parts[2])[0]))
     return scalars
 
 
@@ -499,54 +534,6 @@ def make_opt(tmp_path, data, bert_dir, name="run", **overrides):
                     model_name=str(tmp_path / name / "ckpt"))
     settings.update(overrides)
     return default_options(**settings)
-
-
-def l2n(x, axis):
-    return x / (np.sqrt((x ** 2).sum(axis=axis, keepdims=True)) + 1e-8)
-
-
-def reference_weights(E, lam, log_t_mask, masked=True):
-    """The dependency weights W (d, d) and delta (d,), float64 numpy; masked=False: W = row-l2n(P)."""
-    P = 1.0 / (1.0 + np.exp(-E))
-    theta = P.mean(axis=1) + lam * P.std(axis=1, ddof=1)
-    M = np.tanh(np.exp(np.exp(log_t_mask) * (P - theta[:, None]))) if masked else 1.0
-    W = l2n(M * P, axis=1)
-    return W, W.sum(axis=0)
-
-
-def reference_pair(v, w, W, delta, log_t_attn, word_score="xdim"):
-    """One image (R, d) and one caption's real tokens (L, d) -> score, steps 1-6.
-
-    delta None: no dimension weights in step 1; word_score "cosine": g = cos(u, w) in step 5.
-    """
-    a = np.tanh((w if delta is None else w * delta[None, :]) @ v.T)  # (L, R)
-    a = np.where(a > 0, a, 0.1 * a)
-    a = l2n(a, axis=0)
-    logits = np.exp(log_t_attn) * a
-    alpha = np.exp(logits - logits.max(axis=1, keepdims=True))
-    alpha = alpha / alpha.sum(axis=1, keepdims=True)
-    u = l2n(alpha @ v, axis=1)
-    if word_score == "cosine":
-        g = (u * l2n(w, axis=1)).sum(axis=1)
-    else:
-        s = (u * w) @ W.T
-        g = s.sum(axis=1) / (np.sqrt((s ** 2).sum(axis=1)) + 1e-8)
-    return g.mean()
-
-
-def reference_scores(sim, img, cap, lens, masked=True, weighted=True, word_score="xdim"):
-    """(n_img, n_cap) float64 scores of `sim`'s parameters (E, lam, log_t_mask, log_t_attn; only
-    log_t_attn for word_score "cosine") by the transcription, pair by pair."""
-    as64 = lambda t: t.detach().double().numpy()
-    W = delta = None
-    if word_score != "cosine":
-        W, delta = reference_weights(as64(sim.E), as64(sim.lam), float(sim.log_t_mask.detach()), masked)
-    out = np.zeros((img.shape[0], cap.shape[0]))
-    for i in range(img.shape[0]):
-        for c in range(cap.shape[0]):
-            out[i, c] = reference_pair(as64(img[i]), as64(cap[c, :lens[c]]), W, delta if weighted else None,
-                                       float(sim.log_t_attn.detach()), word_score)
-    return out
 
 
 def random_inputs(d, n_img=3, n_cap=5, regions=7, max_len=9, seed=0):

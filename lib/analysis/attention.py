@@ -109,8 +109,8 @@ def explain_hits(gallery, text, hits, photo_folder, out):
     from lib.data.images import read_rgb
     from lib.retrieval.html import photo_path
     model = gallery.model
-    token_ids = gallery.caption_encoder().encode(text.strip())
-    tokens = tokens_of(gallery.caption_encoder().tokenizer, token_ids)
+    token_ids = gallery.caption_tokenizer().encode(text.strip())
+    tokens = tokens_of(gallery.caption_tokenizer().tokenizer, token_ids)
     regions, lengths = gallery.embeddings
     os.makedirs(out, exist_ok=True)
     written = []
@@ -145,13 +145,13 @@ def photo_report(model, model_path, image_path, caption, out):
     an image, an empty caption.
     """
     from lib.data.images import read_rgb
-    from lib.evaluation.scoring import caption_encoder
+    from lib.evaluation.scoring import model_caption_tokenizer
     from lib.retrieval.folder import encode_photo
     if not caption.strip():
         raise XDimError("--caption: empty; give the sentence whose words to draw")
     figures.require_matplotlib()
     img_emb, _ = encode_photo(model, model_path, image_path, option="--image")
-    encoder = caption_encoder(model)
+    encoder = model_caption_tokenizer(model)
     token_ids = encoder.encode(caption.strip())
     pair = explain_pair(model, img_emb, token_ids)
     tokens = tokens_of(encoder.tokenizer, token_ids)

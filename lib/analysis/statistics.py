@@ -164,7 +164,7 @@ def word_piece_ids(encoder, word):
 def find_occurrences(encoder, captions, words, progress=True):
     """{word: [Occurrence]}: every whole-word occurrence of each word in `captions` (list of str).
 
-    A caption's words are split as the caption encoder splits them (lower-cased,
+    A caption's words are split as the caption tokenizer splits them (lower-cased,
     punctuation apart), so "dog" matches "Dog," but not "dogs". Occurrences cut off
     by the BERT's length limit are left out.
     """
@@ -339,7 +339,7 @@ def write_report(model, out, split=None, encoder=None, words=(), top_k=None, pai
     """Write the figures and `out`/summary.json for a model; -> the summary dict.
 
     Always: the mask and dependency figures. With a split (SplitFiles) and its
-    CaptionEncoder: concept statistics of `words` (top_k: default 5% of d) and the
+    CaptionTokenizer: concept statistics of `words` (top_k: default 5% of d) and the
     attention of `pair` = (image, caption) indices, when given, and with `photo` (that image's
     file) its most attended boxes on the photo.
     XDimError (one line) for bad input and when matplotlib or scipy is missing.

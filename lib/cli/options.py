@@ -3,8 +3,10 @@
 `get_argument_parser()` keeps every option of the official X-Dim parser with the
 same name and default (some are accepted only so that old command lines keep
 working; they are hidden from --help), and adds the options this codebase
-introduces. `add_runtime_options` declares the options every script shares
-(--bert_path, --device, --amp, --threads) once.
+introduces. The options are generated from the fields of the configs
+(`add_config_options`: TrainConfig, ModelConfig, RuntimeConfig), so each default is
+written once, in its dataclass. `add_runtime_options` declares the options every
+script shares (--bert_path and RuntimeConfig's --device, --amp, --threads) once.
 
 `train_configs(args)` turns train.py's parsed options into (ModelConfig,
 TrainConfig, RuntimeConfig) once, at the entry point; nothing below it sees the
@@ -20,16 +22,17 @@ import os
 from dataclasses import fields
 
 from lib.errors import XDimError
-from lib.model.backbone import FULL_WIDTH, NO_BACKBONE_WEIGHTS, output_channels
-from lib.model.backbone import SOURCES as BACKBONE_SOURCES
+from lib.model.backbone import NO_BACKBONE_WEIGHTS, output_channels
 from lib.model.bert import DEFAULT_BERT
-from lib.model.config import ENCODER_TYPES, MAX_EMBED_SIZE, MIN_EMBED_SIZE, ModelConfig
-from lib.model.similarity import DEFAULT_SIMILARITY, SIMILARITIES, similarity_help
+from lib.model.config import MAX_EMBED_SIZE, MIN_EMBED_SIZE, ModelConfig
+from lib.model.loss import loss_help
+from lib.model.similarity import similarity_help
 from lib.runtime.device import RuntimeConfig, resolve_device
 from lib.training.config import TrainConfig
 
-# Options of the official parser that this codebase does not use.
-UNUSED = argparse.SUPPRESS
+# Options of the official parser that nothing uses: accepted with their type and default, so
+# that old command lines run, and hidden from --help.
+OFFICIAL_UNUSED = {"vocab_path": (str, "./vocab/"), "word_dim": (int, 300)}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -42,6 +45,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+def add_config_options(parser, config_class, skip=()):
+    """Declare an option for each field of the dataclass `config_class` whose metadata holds a
+    help line (except `skip`): `--NAME` with the field's type and default, a flag for a bool
+    field (default False), and the metadata's `choices` and `metavar`. The configs' fields are
+    thus the one place where an option, its type and its default are written."""
+    for f in fields(config_class):
+        if "help" not in f.metadata or f.name in skip:
+            continue
+        if f.type is bool:
+            if f.default is not False:
+                raise TypeError(f"{config_class.__name__}.{f.name}: a flag must default to False")
+            parser.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+            continue
+        extra = {key: f.metadata[key] for key in ("choices", "metavar") if key in f.metadata}
+        parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=f.metadata["help"], **extra)
+    return parser
+
+
 def add_runtime_options(parser):
     """Options every script shares: which BERT, and where and how the work runs (RuntimeConfig)."""
     parser.add_argument("--bert_path", default=None,
@@ -49,90 +70,21 @@ def add_runtime_options(parser):
                              "config.json, vocab.txt and (for training) the weights. "
                              f"Default: {DEFAULT_BERT} for training; for a checkpoint, "
                              "the BERT architecture it was saved with.")
-    parser.add_argument("--device", default="auto",
-                        help="torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16"],
-                        help="autocast precision for encoders and similarity (loss stays float32)")
-    parser.add_argument("--threads", default=0, type=int,
-                        help="torch CPU threads; 0: OMP_NUM_THREADS if set, else all cores but one "
-                             "(docs/training.md, \"CPU threads\")")
-    return parser
+    return add_config_options(parser, RuntimeConfig)
 
 
 def get_argument_parser(with_sim=True):
-    """The training options; with_sim=False leaves --sim out (for scripts that set it themselves)."""
+    """train.py's options: one per field of TrainConfig, ModelConfig and RuntimeConfig, plus the
+    official parser's unused ones (hidden); with_sim=False leaves --sim out (for scripts that set it)."""
     parser = argparse.ArgumentParser(
         description="Train X-Dim on precomputed region features (precomp layout), or on image files "
                     "with a CNN backbone (--precomp_enc_type backbone).",
-        epilog=similarity_help(), formatter_class=HelpFormatter)
-    add = parser.add_argument
-    add("--data_path", default="../Flickr30K/",
-        help="folder that holds {data_name}/ (backbone mode: the dataset folder itself, holding precomp/, "
-             "id_mapping.json and the images)")
-    add("--data_name", default="f30k_precomp",
-        help="{coco,f30k}_precomp (backbone mode: a name containing 'coco' reads images/, any other "
-             "flickr30k-images/)")
-    add("--vocab_path", default="./vocab/", help=UNUSED)
-    add("--margin", default=0.2, type=float, help="rank loss margin")
-    add("--num_epochs", default=30, type=int, help="number of training epochs")
-    add("--batch_size", default=128, type=int,
-        help="global mini-batch size (split across processes under torchrun)")
-    add("--word_dim", default=300, type=int, help=UNUSED)
-    add("--embed_size", default=1024, type=int, help="joint embedding size d")
-    add("--grad_clip", default=2.0, type=float, help="gradient norm clipping threshold (<= 0 disables)")
-    add("--learning_rate", default=0.0005, type=float, help="base learning rate")
-    add("--lr_update", default=15, type=int, help="epoch at which every learning rate is multiplied by 0.1")
-    add("--optim", default="adam", choices=["adam"], help="optimizer: adam means AdamW, weight decay 1e-4")
-    add("--workers", default=10, type=int, help="data loader worker processes")
-    add("--log_step", default=100, type=int, help="iterations between log lines")
-    add("--val_step", default=500, type=int,
-        help="also validate (and keep model_best) every this many iterations inside an epoch")
-    add("--logger_name", default="../log", help="folder for the TensorBoard events and the text log")
-    add("--model_name", default="../checkpoint", help="folder for checkpoints")
-    add("--resume", default="", type=str, metavar="PATH", help="checkpoint to resume from")
-    add("--max_violation", action="store_true",
-        help="hardest negatives from the first epoch (otherwise after --vse_mean_warmup_epochs)")
-    add("--img_dim", default=2048, type=int,
-        help="region feature size (raw-image mode: the backbone's channels, 32 x --backbone_width)")
-    add("--no_imgnorm", action="store_true", help="do not L2-normalise image embeddings")
-    add("--no_txtnorm", action="store_true", help="do not L2-normalise text embeddings")
-    add("--precomp_enc_type", default="basic", choices=list(ENCODER_TYPES),
-        help="basic: precomputed region features through FC + MLP; backbone: image files through a "
-             "ResNet whose last feature map's cells are the regions, then the FC alone "
-             "(docs/training.md, \"Raw images\")")
-    add("--backbone_path", type=str, default="",
-        help="backbone mode: the weight file of --backbone_source (docs/data.md says where each comes "
-             "from; nothing is downloaded); 'none' starts from random weights (tests, demo)")
-    add("--backbone_source", type=str, default="detector", choices=list(BACKBONE_SOURCES),
-        help="backbone mode: detector (BUTD Faster R-CNN ResNet-101), imagenet (ResNet-101), "
-             "imagenet_res50, imagenet_res152, imagenet_resnext (ResNeXt-101 32x8d), wsl (the same, "
-             "Instagram-pretrained)")
-    add("--backbone_width", type=int, default=FULL_WIDTH,
-        help="backbone mode: the ResNet's stem width; 64 is the published network, smaller ones "
-             "(the demo's 8) keep its blocks but are only for tests and demos")
-    add("--image_root", type=str, default="",
-        help="backbone mode: the image folder, when not inside --data_path "
-             "(images/ for COCO, flickr30k-images/ otherwise)")
-    add("--vse_mean_warmup_epochs", type=int, default=1,
-        help="epochs that sum all violations before switching to hardest negatives")
-    add("--reset_start_epoch", action="store_true", help="with --resume: start again from epoch 0")
-    add("--backbone_warmup_epochs", type=int, default=5,
-        help="backbone mode: epochs with 3, then 2, then 1 fixed blocks after the embedding warm-up, "
-             "before the whole backbone trains")
-    add("--embedding_warmup_epochs", type=int, default=2,
-        help="backbone mode: first epochs with the whole backbone frozen; the next one ramps the "
-             "loss up linearly from 0")
-    add("--backbone_lr_factor", default=0.01, type=float,
-        help="backbone mode: the backbone's learning rate is --learning_rate times this")
-    add("--input_scale_factor", type=float, default=1,
-        help="backbone mode: images are resized to int(256 x this) pixels square (2.0: 512, a 16 x 16 grid)")
-    add_runtime_options(parser)
-    add("--seed", default=0, type=int, help="random seed (python, numpy, torch)")
-    add("--mask_padded_regions", action="store_true",
-        help="exclude zero-padded (dropped) regions from attention; off reproduces the official code")
-    if with_sim:
-        add("--sim", default=DEFAULT_SIMILARITY, choices=list(SIMILARITIES), metavar="NAME",
-            help="similarity function (listed below), stored in checkpoints")
+        epilog=similarity_help() + "\n\n" + loss_help(), formatter_class=HelpFormatter)
+    add_config_options(parser.add_argument_group("training"), TrainConfig)
+    add_config_options(parser.add_argument_group("model"), ModelConfig, skip=() if with_sim else ("sim",))
+    add_runtime_options(parser.add_argument_group("runtime"))
+    for name, (kind, default) in OFFICIAL_UNUSED.items():
+        parser.add_argument(f"--{name}", type=kind, default=default, help=argparse.SUPPRESS)
     return parser
 
 
@@ -148,7 +100,8 @@ def default_options(**overrides):
 
 
 def _fields_of(config_class, args):
-    return {f.name: getattr(args, f.name) for f in fields(config_class) if hasattr(args, f.name)}
+    """The values in `args` of `config_class`'s option fields (add_config_options); each must be there."""
+    return {f.name: getattr(args, f.name) for f in fields(config_class) if "help" in f.metadata}
 
 
 def runtime_config(args):
@@ -163,7 +116,6 @@ def train_configs(args):
     --img_dim left at its default becomes the backbone's channel count.
     """
     model = _fields_of(ModelConfig, args)
-    model.pop("bert_config", None)
     model["bert"] = args.bert_path or DEFAULT_BERT
     if args.precomp_enc_type == "backbone" and args.img_dim == 2048:
         model["img_dim"] = output_channels(args.backbone_width)

@@ -315,8 +315,8 @@ class ImageCaptionDataset(precomp.PrecompDataset):
     """PrecompDataset whose images are pixels: item (pixels (3, T, T) float32, token_ids (L,) long,
     caption_index, image_index); in training the image's draws come from the caption's item_rng."""
 
-    def __init__(self, split, caption_encoder, pixel_config, train, seed=0):
-        super().__init__(split, caption_encoder, train, seed)
+    def __init__(self, split, caption_tokenizer, pixel_config, train, seed=0):
+        super().__init__(split, caption_tokenizer, train, seed)
         self.pixel_config = pixel_config
 
     def image(self, image_index, rng):
@@ -360,7 +360,7 @@ def worker_error_message(error):
     return text
 
 
-def image_train_loader(split, caption_encoder, batch_size, pixel_config, workers=0, seed=0, num_replicas=1,
+def image_train_loader(split, caption_tokenizer, batch_size, pixel_config, workers=0, seed=0, num_replicas=1,
                        rank=0):
     """Shuffled training batches over an ImageSplit: precomp.train_loader's tuple
     (pixels (B, 3, T, T) float32, None, captions (B, Lmax), lengths (B,), caption_indices (B,),
@@ -369,8 +369,8 @@ def image_train_loader(split, caption_encoder, batch_size, pixel_config, workers
 
     Each caption is one item, so an image is decoded once per caption, each time with its own crop.
     """
-    caption_encoder.check_captions(split)
-    dataset = ImageCaptionDataset(split, caption_encoder, pixel_config, train=True, seed=seed)
+    caption_tokenizer.check_captions(split)
+    dataset = ImageCaptionDataset(split, caption_tokenizer, pixel_config, train=True, seed=seed)
     return precomp.shuffled_loader(dataset, collate_pixel_pairs, batch_size, workers, seed, num_replicas, rank,
                                    OneLineErrorLoader)
 

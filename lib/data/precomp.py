@@ -7,8 +7,8 @@
 Typical use:
 
     files = open_split(data_path, data_name, "test", img_dim=2048)
-    encoder = CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
-    loader = train_loader(open_split(data_path, data_name, "train", 2048), encoder, 128)  # training
+    caption_tokenizer = CaptionTokenizer(load_tokenizer(bert_path), bert_max_positions(bert_path))
+    loader = train_loader(open_split(data_path, data_name, "train", 2048), caption_tokenizer, 128)  # training
     for epoch in ...: set_loader_epoch(loader, epoch); for batch in loader: ...
 
 Training-time randomness (region dropping, word perturbation) comes from a
@@ -39,7 +39,7 @@ RANDOM_SHARE = 0.1
 
 # ---------------------------------------------------------------- tokenizer
 
-class CaptionEncoder:
+class CaptionTokenizer:
     """Caption text -> BERT token ids `[CLS] ... [SEP]` (docs/data.md, "Caption processing").
 
     Words follow BERT's basic tokenizer (lower-casing, punctuation split) and
@@ -356,9 +356,9 @@ class PrecompDataset(Dataset):
     `item_rng(seed, epoch, caption_index)`; call `set_epoch` before each epoch.
     """
 
-    def __init__(self, split_files, caption_encoder, train, seed=0):
+    def __init__(self, split_files, caption_tokenizer, train, seed=0):
         self.files = split_files
-        self.encoder = caption_encoder
+        self.encoder = caption_tokenizer
         self.train = train
         self.seed = seed
         self.epoch = 0
@@ -406,9 +406,9 @@ class ImageDataset(Dataset):
 class CaptionDataset(Dataset):
     """One item per caption, never perturbed: (token_ids (L,) long, caption_index)."""
 
-    def __init__(self, split_files, caption_encoder):
+    def __init__(self, split_files, caption_tokenizer):
         self.files = split_files
-        self.encoder = caption_encoder
+        self.encoder = caption_tokenizer
 
     def __len__(self):
         return self.files.n_captions
@@ -479,7 +479,7 @@ class EpochShuffleSampler(Sampler):
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
-def train_loader(files, caption_encoder, batch_size, workers=0, seed=0, augment=True, num_replicas=1, rank=0):
+def train_loader(files, caption_tokenizer, batch_size, workers=0, seed=0, augment=True, num_replicas=1, rank=0):
     """Shuffled training batches of `collate_pairs` tuples over one split (`open_split`).
 
     Every caption is checked to tokenize to something first. `augment=False` turns
@@ -489,8 +489,8 @@ def train_loader(files, caption_encoder, batch_size, workers=0, seed=0, augment=
     incomplete batch is dropped. Workers are not persistent, so
     `set_loader_epoch(loader, epoch)` reaches them.
     """
-    caption_encoder.check_captions(files)
-    dataset = PrecompDataset(files, caption_encoder, train=augment, seed=seed)
+    caption_tokenizer.check_captions(files)
+    dataset = PrecompDataset(files, caption_tokenizer, train=augment, seed=seed)
     return shuffled_loader(dataset, collate_pairs, batch_size, workers, seed, num_replicas, rank)
 
 

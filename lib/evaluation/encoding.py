@@ -1,7 +1,7 @@
 """Encoding images and captions in batches: the one loop of each side.
 
-`encoded_images` reads batches of rows of a memory-mapped region-feature array
-(n, R, img_dim) and yields each batch's embeddings; `encoded_captions` does the
+`image_embedding_batches` reads batches of rows of a memory-mapped region-feature array
+(n, R, img_dim) and yields each batch's embeddings; `caption_embedding_batches` does the
 same for captions given as token ids. The callers put the batches where they
 belong: a tensor and `RaggedCaptions` for scoring a split (`encode_split`),
 float16 files of a gallery index (lib.retrieval.index), global vectors of the
@@ -56,8 +56,8 @@ class _ImageRowBatches(Dataset):
         return torch.from_numpy(np.array(block, dtype=np.float32)), lengths, torch.from_numpy(rows)
 
 
-def encoded_images(model, images, rows=None, lengths=None, batch_size=128, workers=0, check_path=None,
-                   progress=True):
+def image_embedding_batches(model, images, rows=None, lengths=None, batch_size=128, workers=0,
+                            check_path=None, progress=True):
     """Encode images batch by batch.
 
     images: (n, R, img_dim) array (a memory map); rows: the items to encode (None: all);
@@ -89,11 +89,11 @@ class TokenIds(Dataset):
         return torch.tensor(self.token_ids[index], dtype=torch.long), index
 
 
-def encoded_captions(model, captions, rows=None, batch_size=128, workers=0, progress=True):
+def caption_embedding_batches(model, captions, rows=None, batch_size=128, workers=0, progress=True):
     """Encode captions batch by batch.
 
     captions: a Dataset whose item i is (token ids (L_i,) int64, i) (precomp.CaptionDataset
-    tokenizes in the loader's workers, TokenIds holds ids already); rows as in encoded_images.
+    tokenizes in the loader's workers, TokenIds holds ids already); rows as in image_embedding_batches.
     Yields (emb (b, L, d) float32 on model.device, lengths (b,) int64, rows (b,) int64),
     each batch padded to its longest caption.
     """
@@ -199,10 +199,10 @@ class RaggedCaptions:
 
 # ---------------------------------------------------------------- a split
 
-def encoded_pixels(model, split, rows=None, batch_size=128, workers=0, progress=True):
+def pixel_embedding_batches(model, split, rows=None, batch_size=128, workers=0, progress=True):
     """Encode the images of a raw-image split (lib.data.images.ImageSplit) batch by batch, each
     file decoded once, through the model's backbone. Yields (emb (b, h*w, d) float32 on
-    model.device, None, rows (b,) int64) like encoded_images."""
+    model.device, None, rows (b,) int64) like image_embedding_batches."""
     from lib.data.images import PixelConfig, image_eval_batches
     config = PixelConfig.for_backbone(model.config.backbone_source, model.config.input_scale_factor)
     batches = image_eval_batches(split, config, batch_size, workers, all_rows(rows, split.n_images))
@@ -210,18 +210,18 @@ def encoded_pixels(model, split, rows=None, batch_size=128, workers=0, progress=
         yield model.encode_images(pixels), None, batch_rows
 
 
-def encode_images(model, split_files, batch_size=128, workers=0, storage="float32", progress=True, rows=None):
+def encode_split_images(model, split_files, batch_size=128, workers=0, storage="float32", progress=True, rows=None):
     """Encode the split's images `rows` (None: all) -> (len(rows), R, d) CPU tensor in the storage dtype.
 
     Region features (precomp.SplitFiles) are read from their memory map, XDimError naming the
     first image whose features hold NaN or inf; a raw-image model's split (images.ImageSplit)
-    goes through its backbone (`encoded_pixels`).
+    goes through its backbone (`pixel_embedding_batches`).
     """
     rows = all_rows(rows, split_files.n_images)
     if model.backbone is not None:
-        batches = encoded_pixels(model, split_files, rows, batch_size, workers, progress)
+        batches = pixel_embedding_batches(model, split_files, rows, batch_size, workers, progress)
     else:
-        batches = encoded_images(model, split_files.images, rows, None, batch_size, workers,
+        batches = image_embedding_batches(model, split_files.images, rows, None, batch_size, workers,
                                  split_files.images_path, progress)
     out, done = None, 0
     for emb, _, _ in batches:
@@ -232,29 +232,29 @@ def encode_images(model, split_files, batch_size=128, workers=0, storage="float3
     return out
 
 
-def encode_captions(model, split_files, caption_encoder, batch_size=128, workers=0,
-                    storage="float32", progress=True, rows=None):
+def encode_split_captions(model, split_files, caption_tokenizer, batch_size=128, workers=0,
+                          storage="float32", progress=True, rows=None):
     """Encode the split's captions `rows` (None: all) -> RaggedCaptions."""
     ragged = None
-    for emb, lengths, _ in encoded_captions(model, CaptionDataset(split_files, caption_encoder), rows,
-                                            batch_size, workers, progress):
+    for emb, lengths, _ in caption_embedding_batches(model, CaptionDataset(split_files, caption_tokenizer),
+                                                     rows, batch_size, workers, progress):
         if ragged is None:
             ragged = RaggedCaptions(emb.shape[-1], storage_dtype(storage))
         ragged.append(emb, lengths)
     return ragged
 
 
-def encode_split(model, split_files, caption_encoder, batch_size=128, workers=0,
+def encode_split(model, split_files, caption_tokenizer, batch_size=128, workers=0,
                  storage="float32", progress=True, image_rows=None, caption_rows=None):
     """-> (img_emb (n_img, R, d) tensor, RaggedCaptions) of the images `image_rows` and
     captions `caption_rows` (None: all), in eval mode without gradients.
 
     Every caption of the split is checked to tokenize to something before any encoding.
     """
-    caption_encoder.check_captions(split_files)
+    caption_tokenizer.check_captions(split_files)
     model.val_start()
     with torch.no_grad():
-        img_emb = encode_images(model, split_files, batch_size, workers, storage, progress, image_rows)
-        captions = encode_captions(model, split_files, caption_encoder, batch_size, workers,
-                                   storage, progress, caption_rows)
+        img_emb = encode_split_images(model, split_files, batch_size, workers, storage, progress, image_rows)
+        captions = encode_split_captions(model, split_files, caption_tokenizer, batch_size, workers,
+                                         storage, progress, caption_rows)
     return img_emb, captions

@@ -17,9 +17,9 @@ and rank 0 gathers the rows (`gather_image_rows`); lib.runtime.distributed has t
 process-group helpers.
 
 Entry points for other modules:
-- `evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0)
+- `evaluate_split(model, split_files, caption_tokenizer, batch_size=128, workers=0)
   -> (sims, metrics)`: the whole pipeline on one split (on rank 0 under torchrun).
-- `validate(model, split_files, caption_encoder, ...) -> metrics` (same, metrics only;
+- `split_metrics(model, split_files, caption_tokenizer, ...) -> metrics` (same, metrics only;
   the training loop's validation).
 """
 import numpy as np
@@ -72,7 +72,7 @@ def open_model_split(model, data_path=None, data_name=None, split="test", image_
     model, default to those it was trained on).
 
     -> (split files: precomp.SplitFiles, or images.ImageSplit for a raw-image model; caption
-    encoder for the model's BERT; table label "data_name split").
+    tokenizer for the model's BERT; table label "data_name split").
     """
     trained_on = model.trained_with or {}
     data_path = data_path or trained_on.get("data_path")
@@ -92,7 +92,7 @@ def open_model_split(model, data_path=None, data_name=None, split="test", image_
             raise
         raise XDimError(f"{error}; this checkpoint was trained on --data_name {trained_name}: add "
                         f"--data_name {trained_name}") from None
-    return files, caption_encoder(model), f"{data_name} {split}"
+    return files, model_caption_tokenizer(model), f"{data_name} {split}"
 
 
 def image_source(split_files):
@@ -101,14 +101,14 @@ def image_source(split_files):
     return getattr(split_files, "images_path", None) or split_files.ids_path
 
 
-def caption_encoder(model):
-    """The CaptionEncoder of a model's BERT: its tokenizer, captions cut to its position limit."""
-    from lib.data.precomp import CaptionEncoder
+def model_caption_tokenizer(model):
+    """The CaptionTokenizer of a model's BERT: its tokenizer, captions cut to its position limit."""
+    from lib.data.precomp import CaptionTokenizer
     from lib.model.bert import load_tokenizer
-    return CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
+    return CaptionTokenizer(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
 
 
-def encode_shares(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
+def encode_shares(model, split_files, caption_tokenizer, batch_size=128, workers=0, storage="float32",
                   progress=True):
     """This process's images and every caption of the split.
 
@@ -121,7 +121,7 @@ def encode_shares(model, split_files, caption_encoder, batch_size=128, workers=0
         image_rows = distributed.shard(split_files.n_images, batch_size, f"images of {image_source(split_files)}")
         caption_rows = distributed.shard(split_files.n_captions, batch_size,
                                          f"captions of {split_files.captions_path}")
-        img_emb, captions = encode_split(model, split_files, caption_encoder, batch_size, workers, storage,
+        img_emb, captions = encode_split(model, split_files, caption_tokenizer, batch_size, workers, storage,
                                          progress, image_rows, caption_rows)
     if not distributed.is_distributed():
         return img_emb, captions
@@ -136,7 +136,7 @@ def gather_image_rows(rows, n_images, batch_size=128):
     return None if whole is None else whole.numpy()
 
 
-def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=0, storage="float32",
+def evaluate_split(model, split_files, caption_tokenizer, batch_size=128, workers=0, storage="float32",
                    rows_per_block=None, progress=True):
     """Encode and score one split (split_files from lib.data.precomp.open_split).
 
@@ -146,7 +146,7 @@ def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=
     rank 0 gets the result, the others (None, None).
     """
     progress = progress and distributed.is_main()
-    img_emb, captions = encode_shares(model, split_files, caption_encoder, batch_size, workers, storage, progress)
+    img_emb, captions = encode_shares(model, split_files, caption_tokenizer, batch_size, workers, storage, progress)
     with distributed.together():
         sims = model_sims(model, img_emb, captions, rows_per_block, progress)
     sims = gather_image_rows(sims, split_files.n_images, batch_size)
@@ -155,8 +155,8 @@ def evaluate_split(model, split_files, caption_encoder, batch_size=128, workers=
     return sims, evaluate_sims(sims, split_files.captions_per_image)[0]
 
 
-def validate(model, split_files, caption_encoder, batch_size=128, workers=0, progress=True):
+def split_metrics(model, split_files, caption_tokenizer, batch_size=128, workers=0, progress=True):
     """Metrics dict (with 'rsum') of `split_files` (e.g. dev) for the training loop; under
     torchrun every process takes part and rank 0 gets the metrics, the others None."""
-    return evaluate_split(model, split_files, caption_encoder, batch_size, workers,
+    return evaluate_split(model, split_files, caption_tokenizer, batch_size, workers,
                           progress=progress)[1]

@@ -8,7 +8,8 @@ Our format, version 2, is a dict:
     model_config  lib.model.config.ModelConfig as a dict (BERT's architecture included)
     train_config  lib.training.config.TrainConfig as a dict, or None
     vocab         BERT's vocabulary, tokens by id (evaluation needs no BERT download)
-    optimizer, epoch, best_rsum, iterations   the training state (resumable files only)
+    optimizer, epoch, best_rsum, iterations   the trainer's state, key by key (resumable files only;
+                  lib.training.trainer.Trainer.state)
     rsum          the validation rSum of these very weights (files written since December 2026;
                   resume uses it to prove that a file holds the best weights)
 
@@ -69,6 +70,9 @@ V1_OPTION_FIELDS = {
     "seed": ("training", "seed"), "mask_padded_regions": ("training", "mask_padded_regions"),
 }
 
+# The model part of our checkpoints (version 1's `opt` and `bert_config` included); every
+# other key of a resumable file is the trainer's state.
+MODEL_KEYS = ("format", "version", "model", "model_config", "train_config", "vocab", "opt", "bert_config")
 # A buffer transformers 4.x saved in 2023 and current versions no longer keep in the state dict.
 LEGACY_BUFFERS = ("txt_enc.bert.embeddings.position_ids",)
 ZIP_MAGIC = b"PK\x03\x04"
@@ -118,18 +122,32 @@ def remove_stale_temp_files(folder):
     return remove_stale(folder, lambda target: target.endswith(".pth"))
 
 
-def new_checkpoint(state, model_config, vocab, train_config=None, optimizer=None, epoch=None,
-                   best_rsum=None, iterations=None, rsum=None):
-    """Our checkpoint dict (version 2, module docstring) from plain parts: state dict, config dicts,
-    vocabulary, and for a resumable file the optimizer state, epoch, best rSum, iteration count and
-    the rSum of these weights."""
-    ckpt = {"format": FORMAT, "version": VERSION, "model": state, "model_config": dict(model_config),
-            "train_config": None if train_config is None else dict(train_config), "vocab": list(vocab)}
-    if optimizer is not None:
-        ckpt.update(optimizer=optimizer, epoch=int(epoch), best_rsum=float(best_rsum), iterations=int(iterations))
-    if rsum is not None:
-        ckpt["rsum"] = float(rsum)
+def new_checkpoint(model, train_config=None, trainer_state=None):
+    """Our checkpoint dict (version 2, module docstring), the one place where it is put together.
+
+    model: an XDimModel (its state dict, ModelConfig and BERT vocabulary are read);
+    train_config: the TrainConfig it was trained with, or None; trainer_state: for a
+    resumable file, the trainer's state as a dict (lib.training.trainer.Trainer.state:
+    optimizer, epoch, best_rsum, iterations, ...), stored beside the model key by key.
+    """
+    ckpt = {"format": FORMAT, "version": VERSION, "model": model.state_dict(),
+            "model_config": model.config.as_dict(),
+            "train_config": None if train_config is None else train_config.as_dict(),
+            "vocab": list(model.vocab())}
+    for key, value in (trainer_state or {}).items():
+        if key in ckpt:
+            raise ValueError(f"trainer state key {key!r} is a key of the model part")
+        ckpt[key] = value
     return ckpt
+
+
+def training_state(ckpt):
+    """The trainer state of a resumable checkpoint of version 1 or 2, as the dict Trainer.state
+    gave: every key beside the model part (version 1's `Eiters` read as `iterations`)."""
+    state = {key: value for key, value in ckpt.items() if key not in MODEL_KEYS}
+    if "Eiters" in state:
+        state["iterations"] = state.pop("Eiters")
+    return state
 
 
 def _looks_like_text(head):
@@ -229,12 +247,6 @@ def checkpoint_configs(ckpt):
             configs["model"]["bert_config"] = ckpt["bert_config"]
         return configs
     return {"model": dict(ckpt["model_config"]), "training": dict(ckpt.get("train_config") or {})}
-
-
-def training_state(ckpt):
-    """(epoch, best_rsum, iterations, optimizer state) of a resumable checkpoint of version 1 or 2."""
-    iterations = ckpt.get("iterations", ckpt.get("Eiters"))
-    return int(ckpt["epoch"]), float(ckpt["best_rsum"]), int(iterations), ckpt["optimizer"]
 
 
 def check_state_dict(state, expected, path="checkpoint"):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from lib.errors import XDimError
 from lib.model.backbone import FULL_WIDTH, SOURCES, check_backbone_source, output_channels
 from lib.model.bert import DEFAULT_BERT
-from lib.model.similarity import DEFAULT_SIMILARITY, check_similarity_name
+from lib.model.similarity import DEFAULT_SIMILARITY, SIMILARITIES, check_similarity_name
 
 # The joint embedding size d: X-Dim's thresholds take a standard deviation over d values (none
 # at d = 1) and its dependency weights are d x d (16384: 1 GiB of float32, 16 times the paper's).
@@ -44,20 +44,36 @@ class ModelConfig:
     bert: the hub name or folder the BERT weights and vocabulary came from;
     bert_config: BERT's architecture (its config.json as a dict), filled in when
     the model is built, so that a checkpoint rebuilds BERT without its source.
+    A field with a help line in its metadata is a command-line option of train.py.
     """
 
-    img_dim: int = 2048
-    embed_size: int = 1024
-    sim: str = DEFAULT_SIMILARITY
-    no_imgnorm: bool = False
-    no_txtnorm: bool = False
-    precomp_enc_type: str = "basic"
+    img_dim: int = field(default=2048, metadata={
+        "help": "region feature size (raw-image mode: the backbone's channels, 32 x --backbone_width)"})
+    embed_size: int = field(default=1024, metadata={"help": "joint embedding size d"})
+    sim: str = field(default=DEFAULT_SIMILARITY, metadata={
+        "help": "similarity function (listed below), stored in checkpoints", "choices": SIMILARITIES,
+        "metavar": "NAME"})
+    no_imgnorm: bool = field(default=False, metadata={"help": "do not L2-normalise image embeddings"})
+    no_txtnorm: bool = field(default=False, metadata={"help": "do not L2-normalise text embeddings"})
+    precomp_enc_type: str = field(default="basic", metadata={
+        "help": "basic: precomputed region features through FC + MLP; backbone: image files through a "
+                "ResNet whose last feature map's cells are the regions, then the FC alone "
+                "(docs/training.md, \"Raw images\")", "choices": ENCODER_TYPES})
+    # Set by --bert_path (lib.cli.options.add_runtime_options), which every script shares.
     bert: str = DEFAULT_BERT
     bert_config: dict = field(default=None, compare=False)
-    backbone_source: str = "detector"
-    backbone_width: int = FULL_WIDTH
-    backbone_path: str = ""
-    input_scale_factor: float = 1.0
+    backbone_source: str = field(default="detector", metadata={
+        "help": "backbone mode: detector (BUTD Faster R-CNN ResNet-101), imagenet (ResNet-101), "
+                "imagenet_res50, imagenet_res152, imagenet_resnext (ResNeXt-101 32x8d), wsl (the same, "
+                "Instagram-pretrained)", "choices": SOURCES})
+    backbone_width: int = field(default=FULL_WIDTH, metadata={
+        "help": "backbone mode: the ResNet's stem width; 64 is the published network, smaller ones "
+                "(the demo's 8) keep its blocks but are only for tests and demos"})
+    backbone_path: str = field(default="", metadata={
+        "help": "backbone mode: the weight file of --backbone_source (docs/data.md says where each comes "
+                "from; nothing is downloaded); 'none' starts from random weights (tests, demo)"})
+    input_scale_factor: float = field(default=1.0, metadata={
+        "help": "backbone mode: images are resized to int(256 x this) pixels square (2.0: 512, a 16 x 16 grid)"})
 
     def __post_init__(self):
         check_similarity_name(self.sim, "model config sim")

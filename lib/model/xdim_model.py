@@ -203,16 +203,6 @@ class XDimModel(nn.Module):
         merged.update({key: own[key] for key in ckpt_io.LEGACY_BUFFERS if key in own})
         return super().load_state_dict(merged, strict=strict)
 
-    def to_checkpoint(self, train_config=None, training_state=None):
-        """Our checkpoint dict (lib.formats.checkpoint.new_checkpoint) of this model.
-
-        train_config: the TrainConfig it was trained with (or None); training_state:
-        {'optimizer', 'epoch', 'best_rsum', 'iterations'} for a resumable checkpoint.
-        """
-        return ckpt_io.new_checkpoint(self.state_dict(), self.config.as_dict(), self.vocab(),
-                                      train_config=None if train_config is None else train_config.as_dict(),
-                                      **(training_state or {}))
-
     @classmethod
     def from_checkpoint(cls, path, bert_path=None, device="cpu", amp="none"):
         """Load our checkpoint (either version) or an official release checkpoint, in eval mode.

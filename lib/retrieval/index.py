@@ -43,8 +43,8 @@ from lib.data.butd import NpyWriter
 from lib.data.precomp import check_features_finite, load_region_features, pad_images, read_captions
 from lib.errors import XDimError, first_line
 from lib.evaluation import metrics
-from lib.evaluation.encoding import TokenIds, encoded_captions, encoded_images
-from lib.evaluation.scoring import caption_encoder
+from lib.evaluation.encoding import TokenIds, caption_embedding_batches, image_embedding_batches
+from lib.evaluation.scoring import model_caption_tokenizer
 from lib.formats.atomic import atomic_file, atomic_folder, write_json
 from lib.formats.checkpoint import weights_fingerprint
 from lib.formats.versioned import FileFormat, check_fields, check_versioned
@@ -315,8 +315,8 @@ def _encode_image_gallery(model, encoder, images, counts, folder, batch_size, pr
     (under torchrun the processes share the batches and rank 0 writes)."""
     n, regions = images.shape[:2]
     batches = _gallery_batches(n, batch_size)
-    encoded = encoded_images(model, images, _my_rows(batches), counts, batch_size,
-                             progress=progress and distributed.is_main())
+    encoded = image_embedding_batches(model, images, _my_rows(batches), counts, batch_size,
+                                      progress=progress and distributed.is_main())
 
     def encode_next():
         emb, lengths, _ = next(encoded)
@@ -331,9 +331,9 @@ def _encode_image_gallery(model, encoder, images, counts, folder, batch_size, pr
     return {"regions": int(regions)}
 
 
-def caption_token_ids(captions, caption_encoder, progress=True):
+def caption_token_ids(captions, caption_tokenizer, progress=True):
     """Token ids (list of lists) of every caption."""
-    return [caption_encoder.encode(c) for c in tqdm(captions, desc="tokenize", disable=not progress)]
+    return [caption_tokenizer.encode(c) for c in tqdm(captions, desc="tokenize", disable=not progress)]
 
 
 def _encode_caption_gallery(model, encoder, token_ids, folder, batch_size, progress):
@@ -341,8 +341,8 @@ def _encode_caption_gallery(model, encoder, token_ids, folder, batch_size, progr
     (under torchrun the processes share the batches and rank 0 writes)."""
     offsets = np.concatenate([[0], np.cumsum([len(ids) for ids in token_ids])]).astype(np.int64)
     batches = _gallery_batches(len(token_ids), batch_size)
-    encoded = encoded_captions(model, TokenIds(token_ids), _my_rows(batches), batch_size,
-                               progress=progress and distributed.is_main())
+    encoded = caption_embedding_batches(model, TokenIds(token_ids), _my_rows(batches), batch_size,
+                                        progress=progress and distributed.is_main())
 
     def encode_next():
         emb, lens, _ = next(encoded)
@@ -440,7 +440,7 @@ def build_index(model, encoder, index_dir, images=None, captions=None, model_pat
         items = read_captions(captions)
         if not items:
             raise XDimError(f"--captions {captions}: holds no captions; give a text file with one caption per line")
-        token_ids = caption_token_ids(items, caption_encoder(model), progress)
+        token_ids = caption_token_ids(items, model_caption_tokenizer(model), progress)
         query_images = _companion(captions, "_ims.npy")
         source = {"captions": os.path.abspath(captions),
                   "query_images": os.path.abspath(query_images) if query_images else None}
@@ -581,7 +581,7 @@ class GalleryIndex:
         self.faiss_index = faiss_index
         self.items = items
         self.embeddings = embeddings
-        self._caption_encoder = None
+        self._caption_tokenizer = None
 
     def close(self):
         self.embeddings[0].close()
@@ -655,10 +655,10 @@ class GalleryIndex:
         return index
 
     # ----- queries
-    def caption_encoder(self):
-        if self._caption_encoder is None:
-            self._caption_encoder = caption_encoder(self.model)
-        return self._caption_encoder
+    def caption_tokenizer(self):
+        if self._caption_tokenizer is None:
+            self._caption_tokenizer = model_caption_tokenizer(self.model)
+        return self._caption_tokenizer
 
     def _shortlist(self, query, k):
         """Stage one for one query vector (1, g) -> (items (<= k,) int64, their global scores)."""
@@ -676,7 +676,7 @@ class GalleryIndex:
         expect_gallery(self.manifest, self.index_dir, "images")
         if not text.strip():
             raise XDimError("empty query: give some words to search for")
-        ids = torch.tensor([self.caption_encoder().encode(text.strip())])
+        ids = torch.tensor([self.caption_tokenizer().encode(text.strip())])
         lens = torch.tensor([ids.shape[1]])
         with torch.no_grad():
             cap_emb = self.model.encode_captions(ids, lens)

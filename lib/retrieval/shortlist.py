@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from lib.data.precomp import CaptionDataset
 from lib.errors import XDimError, first_line
-from lib.evaluation.encoding import encoded_captions, encoded_images
+from lib.evaluation.encoding import caption_embedding_batches, image_embedding_batches
 from lib.formats.checkpoint import save_checkpoint, unreadable_reason, weights_fingerprint
 from lib.formats.versioned import FileFormat, check_versioned
 
@@ -144,17 +144,17 @@ def listwise_kl(student, teacher, temperature):
     return loss
 
 
-def _encode_batch(model, split_files, caption_encoder, image_ids):
+def _encode_batch(model, split_files, caption_tokenizer, image_ids):
     """Frozen embeddings of images `image_ids` (sorted) and all their captions.
 
     -> (img_emb (b, R, d), cap_emb (b * cpi, L, d), cap_lens (b * cpi,)) on model.device.
     """
     cpi = split_files.captions_per_image
     caption_ids = (image_ids[:, None] * cpi + np.arange(cpi)).reshape(-1)
-    img_emb, _, _ = next(encoded_images(model, split_files.images, image_ids, batch_size=len(image_ids),
-                                        progress=False))
-    cap_emb, lens, _ = next(encoded_captions(model, CaptionDataset(split_files, caption_encoder), caption_ids,
-                                             batch_size=len(caption_ids), progress=False))
+    img_emb, _, _ = next(image_embedding_batches(model, split_files.images, image_ids,
+                                                 batch_size=len(image_ids), progress=False))
+    cap_emb, lens, _ = next(caption_embedding_batches(model, CaptionDataset(split_files, caption_tokenizer),
+                                                      caption_ids, batch_size=len(caption_ids), progress=False))
     return img_emb, cap_emb, lens.to(model.device)
 
 
@@ -163,7 +163,7 @@ def _split_image_vectors(model, head, split_files, batch=256):
     head.eval()
     with torch.no_grad():
         out = [head.images(emb).cpu()
-               for emb, _, _ in encoded_images(model, split_files.images, batch_size=batch, progress=False)]
+               for emb, _, _ in image_embedding_batches(model, split_files.images, batch_size=batch, progress=False)]
     head.train()
     return torch.cat(out)
 
@@ -199,7 +199,7 @@ def neighbour_order(vectors, group, generator, chunk=1024):
     return np.array([i for k in torch.randperm(len(groups), generator=generator).tolist() for i in groups[k]])
 
 
-def distill_head(model, split_files, caption_encoder, epochs=30, batch_images=100, lr=2e-3, temperature=0.05,
+def distill_head(model, split_files, caption_tokenizer, epochs=30, batch_images=100, lr=2e-3, temperature=0.05,
                  size=DEFAULT_SIZE, hidden=DEFAULT_HIDDEN, group=4, seed=0, progress=True):
     """Train a ShortlistHead to imitate X-Dim's ranking on `split_files` (the training split).
 
@@ -226,7 +226,7 @@ def distill_head(model, split_files, caption_encoder, epochs=30, batch_images=10
         for start in range(0, n_images, batch_images):
             image_ids = np.sort(order[start:start + batch_images])
             with torch.no_grad():
-                img_emb, cap_emb, cap_lens = _encode_batch(model, split_files, caption_encoder, image_ids)
+                img_emb, cap_emb, cap_lens = _encode_batch(model, split_files, caption_tokenizer, image_ids)
                 teacher = model.forward_sim(img_emb, cap_emb, cap_lens)
             student = head.images(img_emb) @ head.captions(cap_emb, cap_lens).t()
             loss = listwise_kl(student, teacher, temperature)

@@ -4,7 +4,7 @@ Both are resolved once, at an entry point (training, evaluation), right after th
 options are checked, and passed down as arguments.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lib.errors import XDimError, first_line
 
@@ -16,11 +16,16 @@ class RuntimeConfig:
     device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...;
     amp: 'none' or 'bf16' (autocast for the encoders and the similarity);
     threads: torch CPU threads (0: OMP_NUM_THREADS when set, else all cores but one).
+    Each field is also a command-line option of every script (help in its metadata).
     """
 
-    device: str = "auto"
-    amp: str = "none"
-    threads: int = 0
+    device: str = field(default="auto", metadata={
+        "help": "torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."})
+    amp: str = field(default="none", metadata={
+        "help": "autocast precision for encoders and similarity (loss stays float32)", "choices": ("none", "bf16")})
+    threads: int = field(default=0, metadata={
+        "help": "torch CPU threads; 0: OMP_NUM_THREADS if set, else all cores but one "
+                "(docs/training.md, \"CPU threads\")"})
 
     def torch_device(self):
         """The torch.device named by `device`, checked usable here (XDimError otherwise)."""

@@ -1,11 +1,16 @@
 """How a model is trained: data, schedule, loss, optimizer, output folders, seed.
 
 `TrainConfig` is built once by train.py (lib.cli.options.train_configs) and passed
-down; checkpoints store it as a plain dict (`as_dict`). The model's architecture is
+down; checkpoints store it as a plain dict (`as_dict`). Each field is also its
+command-line option (`--NAME`): type and default come from the field, the help line,
+choices and metavar from its metadata (lib.cli.options.add_config_options), so a new
+training option is one field here. The model's architecture is
 lib.model.config.ModelConfig; where the run executes (device, threads, precision)
 is lib.runtime.device.RuntimeConfig.
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+
+from lib.model.loss import DEFAULT_LOSS, LOSSES
 
 
 @dataclass(frozen=True)
@@ -13,36 +18,56 @@ class TrainConfig:
     """The training recipe (the official option names; docs/training.md explains each).
 
     The defaults are the official code's: 30 epochs of AdamW at 5e-4 (BERT x0.1),
-    lr x0.1 at epoch 15, margin 0.2 summing violations for one warm-up epoch, then
-    hardest negatives; gradient norm clipped at 2. The raw-image mode adds the backbone's
-    schedule (`fixed_blocks`, `ramps_loss`), its lr factor and the image folder
-    (`image_root`, '' for the dataset folder's own).
+    lr x0.1 at epoch 15, the VSE hinge loss (`loss`, lib.model.loss) with margin 0.2
+    summing violations for one warm-up epoch, then hardest negatives; gradient norm clipped at 2.
+    The raw-image mode adds the backbone's schedule (`fixed_blocks`, `ramps_loss`), its lr
+    factor and the image folder (`image_root`, '' for the dataset folder's own).
     """
 
-    data_path: str = "../Flickr30K/"
-    data_name: str = "f30k_precomp"
-    margin: float = 0.2
-    num_epochs: int = 30
-    batch_size: int = 128
-    grad_clip: float = 2.0
-    learning_rate: float = 0.0005
-    lr_update: int = 15
-    optim: str = "adam"
-    workers: int = 10
-    log_step: int = 100
-    val_step: int = 500
-    logger_name: str = "../log"
-    model_name: str = "../checkpoint"
-    resume: str = ""
-    max_violation: bool = False
-    vse_mean_warmup_epochs: int = 1
-    reset_start_epoch: bool = False
-    seed: int = 0
-    mask_padded_regions: bool = False
-    image_root: str = ""
-    embedding_warmup_epochs: int = 2
-    backbone_warmup_epochs: int = 5
-    backbone_lr_factor: float = 0.01
+    data_path: str = field(default="../Flickr30K/", metadata={
+        "help": "folder that holds {data_name}/ (backbone mode: the dataset folder itself, holding precomp/, "
+                "id_mapping.json and the images)"})
+    data_name: str = field(default="f30k_precomp", metadata={
+        "help": "{coco,f30k}_precomp (backbone mode: a name containing 'coco' reads images/, any other "
+                "flickr30k-images/)"})
+    margin: float = field(default=0.2, metadata={"help": "rank loss margin"})
+    num_epochs: int = field(default=30, metadata={"help": "number of training epochs"})
+    batch_size: int = field(default=128, metadata={
+        "help": "global mini-batch size (split across processes under torchrun)"})
+    grad_clip: float = field(default=2.0, metadata={"help": "gradient norm clipping threshold (<= 0 disables)"})
+    learning_rate: float = field(default=0.0005, metadata={"help": "base learning rate"})
+    lr_update: int = field(default=15, metadata={"help": "epoch at which every learning rate is multiplied by 0.1"})
+    optim: str = field(default="adam", metadata={
+        "help": "optimizer: adam means AdamW, weight decay 1e-4", "choices": ("adam",)})
+    workers: int = field(default=10, metadata={"help": "data loader worker processes"})
+    log_step: int = field(default=100, metadata={"help": "iterations between log lines"})
+    val_step: int = field(default=500, metadata={
+        "help": "also validate (and keep model_best) every this many iterations inside an epoch"})
+    logger_name: str = field(default="../log", metadata={
+        "help": "folder for the TensorBoard events, the text log and the run's configs (configs.json)"})
+    model_name: str = field(default="../checkpoint", metadata={"help": "folder for checkpoints"})
+    resume: str = field(default="", metadata={"help": "checkpoint to resume from", "metavar": "PATH"})
+    max_violation: bool = field(default=False, metadata={
+        "help": "hardest negatives from the first epoch (otherwise after --vse_mean_warmup_epochs)"})
+    vse_mean_warmup_epochs: int = field(default=1, metadata={
+        "help": "epochs that sum all violations before switching to hardest negatives"})
+    reset_start_epoch: bool = field(default=False, metadata={"help": "with --resume: start again from epoch 0"})
+    seed: int = field(default=0, metadata={"help": "random seed (python, numpy, torch)"})
+    mask_padded_regions: bool = field(default=False, metadata={
+        "help": "exclude zero-padded (dropped) regions from attention; off reproduces the official code"})
+    loss: str = field(default=DEFAULT_LOSS, metadata={
+        "help": "training loss (listed below), recorded with the recipe", "choices": LOSSES, "metavar": "NAME"})
+    image_root: str = field(default="", metadata={
+        "help": "backbone mode: the image folder, when not inside --data_path "
+                "(images/ for COCO, flickr30k-images/ otherwise)"})
+    embedding_warmup_epochs: int = field(default=2, metadata={
+        "help": "backbone mode: first epochs with the whole backbone frozen; the next one ramps the "
+                "loss up linearly from 0"})
+    backbone_warmup_epochs: int = field(default=5, metadata={
+        "help": "backbone mode: epochs with 3, then 2, then 1 fixed blocks after the embedding warm-up, "
+                "before the whole backbone trains"})
+    backbone_lr_factor: float = field(default=0.01, metadata={
+        "help": "backbone mode: the backbone's learning rate is --learning_rate times this"})
 
     def as_dict(self):
         """A plain dict (stored in checkpoints)."""
@@ -57,10 +82,6 @@ class TrainConfig:
     def lr_factor(self, epoch):
         """All learning rates x0.1 from epoch `lr_update` on."""
         return 0.1 if epoch >= self.lr_update else 1.0
-
-    def uses_max_violation(self, epoch):
-        """Hardest negatives after the warm-up epochs (or always with max_violation)."""
-        return bool(self.max_violation) or epoch >= self.vse_mean_warmup_epochs
 
     def fixed_blocks(self, epoch):
         """How many parts of the backbone stay frozen in `epoch` (lib.model.backbone.set_fixed_blocks):

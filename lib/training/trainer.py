@@ -13,6 +13,7 @@ So an epoch's randomness never depends on what ran before it, and resuming
 from an end-of-epoch checkpoint (weights, optimizer state, epoch, best rSum,
 iteration counter) continues exactly as the uninterrupted run would have.
 """
+import dataclasses
 import logging
 import os
 import random
@@ -26,18 +27,20 @@ from tqdm import tqdm
 
 from lib.data import precomp
 from lib.errors import Interrupted, XDimError, first_line
-from lib.evaluation.scoring import validate
+from lib.evaluation.scoring import split_metrics
+from lib.formats.atomic import write_json
 from lib.formats.checkpoint import (
     checkpoint_configs,
     copy_checkpoint,
     load_checkpoint,
+    new_checkpoint,
     remove_stale_temp_files,
     save_checkpoint,
     training_state,
 )
 from lib.model.backbone import ALL_FROZEN
 from lib.model.bert import bert_max_positions, load_tokenizer, resolve_bert_path
-from lib.model.loss import ContrastiveLoss
+from lib.model.loss import build_loss
 from lib.model.xdim_model import XDimModel
 from lib.runtime import distributed
 from lib.training import run_lock
@@ -49,6 +52,7 @@ BERT_LR_FACTOR = 0.1
 TEXT_LOGGERS = (LOGGER_NAME, precomp.LOGGER_NAME)
 CHECKPOINT = "checkpoint.pth"
 BEST = "model_best.pth"
+CONFIGS = "configs.json"
 # TensorBoard tags of the validation metrics, as in the VSE family's logs.
 METRIC_TAGS = {"i2t_r1": "r1", "i2t_r5": "r5", "i2t_r10": "r10", "i2t_medr": "medr",
                "i2t_meanr": "meanr", "t2i_r1": "r1i", "t2i_r5": "r5i", "t2i_r10": "r10i",
@@ -73,7 +77,7 @@ def per_rank_batch(batch_size, world):
     return batch_size // world
 
 
-def make_train_loader(config, caption_encoder, model_config, augment=True):
+def make_train_loader(config, caption_tokenizer, model_config, augment=True):
     """This process's training batches: a per-rank share of each global batch.
 
     Under torchrun each process reads its share of every epoch's shuffle; the
@@ -85,12 +89,12 @@ def make_train_loader(config, caption_encoder, model_config, augment=True):
     if model_config.uses_backbone:
         from lib.data import images
         files = images.open_image_split(config.data_path, config.data_name, "train", config.image_root or None)
-        loader = images.image_train_loader(files, caption_encoder, per_rank_batch(config.batch_size, world),
+        loader = images.image_train_loader(files, caption_tokenizer, per_rank_batch(config.batch_size, world),
                                            pixel_config(model_config), workers=config.workers, seed=config.seed,
                                            num_replicas=world, rank=distributed.rank())
     else:
         files = precomp.open_split(config.data_path, config.data_name, "train", img_dim=model_config.img_dim)
-        loader = precomp.train_loader(files, caption_encoder, batch_size=per_rank_batch(config.batch_size, world),
+        loader = precomp.train_loader(files, caption_tokenizer, batch_size=per_rank_batch(config.batch_size, world),
                                       workers=config.workers, seed=config.seed, augment=augment,
                                       num_replicas=world, rank=distributed.rank())
     if len(loader) == 0:  # the last incomplete batch is dropped
@@ -239,16 +243,16 @@ class Trainer:
     forward uses the bare model.
     """
 
-    def __init__(self, model, config, loader, dev_files, caption_encoder, logger, tb):
+    def __init__(self, model, config, loader, dev_files, caption_tokenizer, logger, tb):
         self.model = model
         self.config = config
         self.loader = loader
         self.dev_files = dev_files
-        self.caption_encoder = caption_encoder
+        self.caption_tokenizer = caption_tokenizer
         self.logger = logger
         self.tb = tb
         self.optimizer = build_optimizer(model, config.learning_rate, config.backbone_lr_factor)
-        self.criterion = ContrastiveLoss(margin=config.margin, max_violation=config.max_violation)
+        self.criterion = build_loss(config.loss, config)
         self.network = model
         self.loss_scale = 1.0
         self.iterations = 0
@@ -303,13 +307,16 @@ class Trainer:
         all processes and the score rows are gathered, so the loss sees the whole
         global batch's negatives. The loss is multiplied by `loss_scale` (the raw-image
         mode's ramp, else 1). A non-finite loss raises XDimError before any weight changes.
+        The similarity still scores in blocks here, but autograd keeps every block's
+        activations for the backward pass, so in training the block size does not bound
+        memory (the batch size does); it does in evaluation, without gradients.
         """
         self.iterations += 1
         region_lengths = image_lengths if self.config.mask_padded_regions else None
-        scores = self.network(images, captions, lengths, region_lengths,
+        scores = self.network(images, captions, lengths, region_lengths,  # forward: (B/world, B)
                               gather_captions=distributed.gather_captions,
                               mask_padded=self.config.mask_padded_regions)
-        loss = self.criterion(distributed.gather_rows(scores)) * self.loss_scale
+        loss = self.criterion(distributed.gather_rows(scores)) * self.loss_scale  # the global (B, B)
         if not torch.isfinite(loss):
             raise XDimError(f"loss is {loss.item()} at iteration {self.iterations}: training stopped "
                             f"({self.saved_so_far()}; try a lower --learning_rate)")
@@ -341,20 +348,31 @@ class Trainer:
             self.logger.info("loaded weights from %s; starting again from epoch 0", path)
             return 0
         try:
-            start_epoch, self.best_rsum, self.iterations, optimizer = training_state(state)
-            self.optimizer.load_state_dict(optimizer)
+            start_epoch = self.load_state(training_state(state))
         except (KeyError, ValueError, TypeError) as error:
             raise XDimError(f"{path}: cannot restore the training state ({error})") from None
         self.logger.info("resumed from %s: epoch %d, iteration %d, best rsum %.2f",
                          path, start_epoch, self.iterations, self.best_rsum)
         return start_epoch
 
-    def checkpoint(self, next_epoch, rsum=None):
-        """The resumable checkpoint dict of the current state (resuming starts at `next_epoch`);
+    def state(self, next_epoch, rsum=None):
+        """The trainer's state, as resumable checkpoints store it (resuming starts at `next_epoch`);
         `rsum`: the validation rSum of the current weights, when known."""
-        return self.model.to_checkpoint(self.config, {
-            "optimizer": self.optimizer.state_dict(), "epoch": next_epoch,
-            "best_rsum": self.best_rsum, "iterations": self.iterations, "rsum": rsum})
+        state = {"optimizer": self.optimizer.state_dict(), "epoch": int(next_epoch),
+                 "best_rsum": float(self.best_rsum), "iterations": int(self.iterations)}
+        if rsum is not None:
+            state["rsum"] = float(rsum)
+        return state
+
+    def load_state(self, state):
+        """Restore what `state` saved (a dict from training_state) -> the epoch to start from."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best_rsum, self.iterations = float(state["best_rsum"]), int(state["iterations"])
+        return int(state["epoch"])
+
+    def checkpoint(self, next_epoch, rsum=None):
+        """The resumable checkpoint dict of the current state (resuming starts at `next_epoch`)."""
+        return new_checkpoint(self.model, self.config, self.state(next_epoch, rsum))
 
     def repair_best(self, state):
         """Resuming into a --model_name folder without model_best.pth: restore it from the resume
@@ -379,8 +397,8 @@ class Trainer:
         """Metrics on dev, scored by all ranks together; the main rank gets and logs them, the others None."""
         # Image files are decoded by --workers processes; region features are read in this one.
         workers = self.config.workers if self.model.backbone is not None else 0
-        metrics = validate(self.model, self.dev_files, self.caption_encoder,
-                           batch_size=self.config.batch_size, workers=workers, progress=True)
+        metrics = split_metrics(self.model, self.dev_files, self.caption_tokenizer,
+                                batch_size=self.config.batch_size, workers=workers, progress=True)
         if distributed.is_main():
             self.last_metrics = metrics
             for key, tag in METRIC_TAGS.items():
@@ -438,7 +456,7 @@ class Trainer:
         seed_everything(config.seed, epoch, distributed.rank())
         precomp.set_loader_epoch(self.loader, epoch)
         self.set_learning_rate_factor(config.lr_factor(epoch))
-        self.criterion.max_violation = config.uses_max_violation(epoch)
+        self.criterion.start_epoch(epoch)
         self.set_backbone_stage(epoch)
         self.model.train()
         self.tb.log_value("epoch", epoch, self.iterations)
@@ -503,18 +521,26 @@ def build_model(model_config, bert_path, seed, device, amp):
     return XDimModel(model_config, bert_path=bert_path, amp=amp).to(device)
 
 
-def open_dev(config, caption_encoder, model_config):
+def open_dev(config, caption_tokenizer, model_config):
     """The dev split (validation), checked whole before training: finite features, no empty caption
     (raw-image mode: every image file present)."""
     if model_config.uses_backbone:
         from lib.data.images import open_image_split
         dev_files = open_image_split(config.data_path, config.data_name, "dev", config.image_root or None)
-        caption_encoder.check_captions(dev_files)
+        caption_tokenizer.check_captions(dev_files)
         return dev_files
     dev_files = precomp.open_split(config.data_path, config.data_name, "dev", img_dim=model_config.img_dim)
     precomp.check_split_finite(dev_files)
-    caption_encoder.check_captions(dev_files)
+    caption_tokenizer.check_captions(dev_files)
     return dev_files
+
+
+def write_run_configs(model_config, config, runtime):
+    """{logger_name}/configs.json: the run's resolved configs (model, training, runtime), as the
+    dataclasses hold them after the command line and its defaults were applied."""
+    model = {k: v for k, v in model_config.as_dict().items() if k != "bert_config"}
+    write_json(os.path.join(config.logger_name, CONFIGS), {
+        "model": model, "training": config.as_dict(), "runtime": dataclasses.asdict(runtime)})
 
 
 def log_run_start(logger, model_config, config, runtime, device, threads):
@@ -541,6 +567,7 @@ def train(model_config, config, runtime, augment=True):
     per_rank_batch(config.batch_size, distributed.world_size())
     main = distributed.is_main()
     logger = setup_text_log(config.logger_name, main)
+    tb = None
     try:
         with run_lock.training_lock((config.model_name, config.logger_name), logger):
             log_run_start(logger, model_config, config, runtime, device, threads)
@@ -549,14 +576,16 @@ def train(model_config, config, runtime, augment=True):
                     logger.info("removed %s, left by an interrupted save", path)
             state = read_resume(config, model_config.sim) if config.resume else None
             bert_path = resolve_bert_path(model_config.bert)
-            caption_encoder = precomp.CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
-            loader = make_train_loader(config, caption_encoder, model_config, augment)
-            dev_files = open_dev(config, caption_encoder, model_config)
+            caption_tokenizer = precomp.CaptionTokenizer(load_tokenizer(bert_path), bert_max_positions(bert_path))
+            loader = make_train_loader(config, caption_tokenizer, model_config, augment)
+            dev_files = open_dev(config, caption_tokenizer, model_config)
             model = build_model(model_config, bert_path, config.seed, device, runtime.amp)
-            trainer = Trainer(model, config, loader, dev_files, caption_encoder, logger, tb=None)
+            trainer = Trainer(model, config, loader, dev_files, caption_tokenizer, logger, tb=None)
             start_epoch = trainer.resume(state) if state else 0
             open_text_log(logger)
-            trainer.tb = TBLogger(config.logger_name, enabled=main)
+            if main:  # the start is accepted: the log folder now holds its files
+                write_run_configs(model_config, config, runtime)
+            trainer.tb = tb = TBLogger(config.logger_name, enabled=main)
             if state and not config.reset_start_epoch:
                 trainer.repair_best(state)
             trainer.set_backbone_stage(start_epoch)
@@ -565,6 +594,8 @@ def train(model_config, config, runtime, augment=True):
             logger.info("done: best rsum %.2f", result["best_rsum"])
             return result
     finally:
+        if tb is not None:
+            tb.close()
         close_text_log()
 
 

@@ -14,7 +14,7 @@ import analyze
 import retrieve
 from lib.analysis import attention
 from lib.cli.options import default_options
-from lib.data.precomp import CaptionEncoder
+from lib.data.precomp import CaptionTokenizer
 from lib.errors import XDimError
 from lib.formats.checkpoint import save_checkpoint
 from lib.model.bert import load_tokenizer
@@ -53,7 +53,7 @@ def test_grid_shape_and_top_regions():
 
 def _direct_score(model, photo, caption):
     pixels = folders.load_pixels(photo, folders.pixel_config(model.config))
-    ids = torch.tensor([CaptionEncoder(load_tokenizer(model.bert_path), 64).encode(caption)])
+    ids = torch.tensor([CaptionTokenizer(load_tokenizer(model.bert_path), 64).encode(caption)])
     with torch.no_grad():
         return float(model.forward_sim(model.encode_images(pixels[None]), model.encode_captions(ids),
                                        torch.tensor([ids.shape[1]]))[0, 0])
@@ -78,7 +78,7 @@ def test_explained_attention_covers_the_grid(grid_model, tmp_path):
     path, model = grid_model
     photo = write_photo(str(tmp_path / "p.png"), (10, 200, 40))
     img_emb, _ = folders.encode_photo(model, path, photo)
-    ids = CaptionEncoder(load_tokenizer(model.bert_path), 64).encode(CAPTION)
+    ids = CaptionTokenizer(load_tokenizer(model.bert_path), 64).encode(CAPTION)
     pair = attention.explain_pair(model, img_emb, ids)
     assert pair["attention"].shape == (len(ids), GRID_CELLS)
     np.testing.assert_allclose(pair["attention"].sum(axis=1), 1.0, atol=1e-6)

@@ -17,7 +17,7 @@ from helpers import (
 )
 
 from lib.analysis import statistics as analysis
-from lib.data.precomp import CaptionEncoder, open_split
+from lib.data.precomp import CaptionTokenizer, open_split
 from lib.errors import XDimError
 from lib.model.bert import load_tokenizer
 from lib.model.config import ModelConfig
@@ -168,7 +168,7 @@ def test_concept_statistics_rank_the_planted_dimensions_first(tiny_precomp, tiny
     tokenizer = load_tokenizer(tiny_bert_dir)
     model = PlantedEmbeddings(tokenizer, word, planted)
     split = open_split(*tiny_precomp, "test")
-    encoder = CaptionEncoder(tokenizer, 64)
+    encoder = CaptionTokenizer(tokenizer, 64)
     found = analysis.occurrences_in_split(encoder, split, [word], progress=False)
     result = analysis.concept_statistics(model, split, encoder, found, top_k=3, progress=False)[word]
     assert result["occurrences"] == whole_word_count(test_captions, word) > 1
@@ -195,7 +195,7 @@ def test_participation_ties_at_the_top_k_boundary_go_to_the_lower_dimension():
 
 def test_an_occurrence_cut_off_by_truncation_is_not_counted(tiny_bert_dir):
     # catches: `position + pieces <= max_len` for `<` (a word whose place [SEP] took would be counted).
-    encoder = CaptionEncoder(load_tokenizer(tiny_bert_dir), 6)  # [CLS], 4 word pieces, [SEP]
+    encoder = CaptionTokenizer(load_tokenizer(tiny_bert_dir), 6)  # [CLS], 4 word pieces, [SEP]
     captions = ["dog cat cat cat", "cat cat cat dog", "cat cat cat cat dog", "dog"]
     found = analysis.find_occurrences(encoder, captions, ["dog"], progress=False)["dog"]
     assert [tuple(o) for o in found] == [(0, 1, 1), (1, 4, 1), (3, 1, 1)]
@@ -215,7 +215,7 @@ def test_occurrence_vectors_pair_each_caption_with_its_image_at_one_caption_per_
     # catches: `caption // 5` for `caption // captions_per_image` (caption 5 scored against image 1).
     torch.manual_seed(0)
     model = XDimModel(ModelConfig(img_dim=TINY_IMG_DIM, embed_size=16, bert=tiny_bert_dir))
-    encoder = CaptionEncoder(load_tokenizer(tiny_bert_dir), 64)
+    encoder = CaptionTokenizer(load_tokenizer(tiny_bert_dir), 64)
     images = np.random.default_rng(0).standard_normal((6, 4, TINY_IMG_DIM)).astype(np.float32)
     captions = [f"a dog and a {thing}" for thing in ("cat", "cow", "bus", "cup", "bed", "car")]
     split = write_split(tmp_path / "all", images, captions)

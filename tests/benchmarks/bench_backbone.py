@@ -90,9 +90,9 @@ def measure_train(device, amp, batch, scale, steps):
     """-> {'ms', 'peak_gib', 'total_gib'} of training steps of `batch` (image, caption) pairs."""
     model = full_model(device, amp, scale)
     model.backbone.set_fixed_blocks(0)
-    trainer = Trainer(model, TrainConfig(batch_size=batch), loader=None, dev_files=None, caption_encoder=None,
+    trainer = Trainer(model, TrainConfig(batch_size=batch), loader=None, dev_files=None, caption_tokenizer=None,
                       logger=None, tb=None)
-    trainer.criterion.max_violation = True
+    trainer.criterion.start_epoch(trainer.config.vse_mean_warmup_epochs)  # past the warm-up: hardest negatives
     model.train()
     gen = torch.Generator().manual_seed(0)
     size = model.config.input_size

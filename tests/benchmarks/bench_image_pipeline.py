@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from lib.data import images  # noqa: E402
-from lib.data.precomp import CaptionEncoder, item_rng, set_loader_epoch  # noqa: E402
+from lib.data.precomp import CaptionTokenizer, item_rng, set_loader_epoch  # noqa: E402
 from lib.data.synthetic import demo_vocabulary, write_tiny_bert  # noqa: E402
 from lib.model.bert import load_tokenizer  # noqa: E402
 
@@ -127,7 +127,7 @@ def main(argv=None):
     try:
         data_path, mean_bytes = write_dataset(args.folder, args.images)
         split = images.open_image_split(data_path, "bench", "train")
-        encoder = CaptionEncoder(load_tokenizer(write_tiny_bert(os.path.join(args.folder, "bert"), demo_vocabulary(),
+        encoder = CaptionTokenizer(load_tokenizer(write_tiny_bert(os.path.join(args.folder, "bert"), demo_vocabulary(),
                                                                 with_weights=False)), 64)
         print(f"{args.images} JPEGs of {WIDTH} x {HEIGHT}, mean {mean_bytes / 1000:.0f} kB; T = {config.size}, "
               f"{config.normalization}; torch {torch.__version__}, {os.cpu_count()} CPUs")

@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from lib.data.butd import NpyWriter  # noqa: E402
-from lib.data.precomp import CaptionEncoder, open_split  # noqa: E402
+from lib.data.precomp import CaptionTokenizer, open_split  # noqa: E402
 from lib.data.synthetic import demo_prototypes, write_demo_split  # noqa: E402
 from lib.evaluation import metrics, scoring
 from lib.formats.checkpoint import weights_fingerprint  # noqa: E402
@@ -137,7 +137,7 @@ def exhaustive_scores(model, img_emb, captions, workdir, name, fingerprint):
 def compare_on_split(model, model_path, split, workdir, k, name, sweep):
     """Exhaustive vs two-stage R@1 on one split: query by query with the checkpoint's head at K = `k`,
     and through eval.py's path for the K of `sweep` with the head and with mean pooling."""
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
+    encoder = CaptionTokenizer(load_tokenizer(model.bert_path), model.bert_config["max_position_embeddings"])
     fingerprint = weights_fingerprint(model.state_dict())
     img_emb, captions = scoring.encode_split(model, split, encoder, progress=False)
     sims, exhaustive_seconds, when = exhaustive_scores(model, img_emb, captions, workdir, name, fingerprint)
@@ -300,7 +300,7 @@ def encoder_throughput(n_images=500):
 
 def stage_times(model, head, gallery, text, k, repeats=5):
     """Where one query's time goes: text encoder, stage one, gathering K rows, X-Dim on them."""
-    ids = torch.tensor([gallery.caption_encoder().encode(text)])
+    ids = torch.tensor([gallery.caption_tokenizer().encode(text)])
     lens = torch.tensor([ids.shape[1]])
     timings = {"encode text": [], "stage one (FAISS)": [], "gather K regions": [], "X-Dim on K": []}
     with torch.no_grad():

@@ -271,7 +271,7 @@ def write_memory_split(folder, n_img, regions, img_dim, max_words, seed):
 
 
 def memory_report(args, device):
-    from lib.data.precomp import CaptionEncoder, open_split
+    from lib.data.precomp import CaptionTokenizer, open_split
     from lib.model.bert import load_tokenizer
     from lib.model.config import ModelConfig
     from lib.model.xdim_model import XDimModel
@@ -280,7 +280,7 @@ def memory_report(args, device):
                                   args.mem_max_words, args.seed)
         model = XDimModel(ModelConfig(img_dim=args.mem_img_dim, embed_size=args.mem_d, bert=bert)).to(device)
         split = open_split(folder, "coco_precomp", "testall", img_dim=args.mem_img_dim)
-        encoder = CaptionEncoder(load_tokenizer(bert), 64)
+        encoder = CaptionTokenizer(load_tokenizer(bert), 64)
         exact_peak = reset_rss_peak()
         before = vm_hwm_bytes() if exact_peak else rss_peak_bytes()
         if device.type == "cuda":

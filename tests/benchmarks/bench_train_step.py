@@ -28,8 +28,8 @@ from lib.training.trainer import Trainer  # noqa: E402
 def step_trainer(model, batch_size):
     """A Trainer of `model` with the paper's optimizer and hardest-negative loss, for bare steps."""
     trainer = Trainer(model, TrainConfig(batch_size=batch_size), loader=None, dev_files=None,
-                      caption_encoder=None, logger=None, tb=None)
-    trainer.criterion.max_violation = True
+                      caption_tokenizer=None, logger=None, tb=None)
+    trainer.criterion.start_epoch(trainer.config.vse_mean_warmup_epochs)  # past the warm-up: hardest negatives
     return trainer
 
 

@@ -7,10 +7,13 @@ from helpers import copy_data, help_text, poison, train_argv, train_from_options
 
 import eval as eval_cli
 import train as train_script
-from lib.cli.options import check_evaluation_options, check_training_options, get_argument_parser
+from lib.cli.options import check_evaluation_options, check_training_options, get_argument_parser, train_configs
 from lib.errors import XDimError
 from lib.formats.checkpoint import load_checkpoint
+from lib.model.config import ModelConfig
 from lib.model.xdim_model import XDimModel
+from lib.runtime.device import RuntimeConfig
+from lib.training.config import TrainConfig
 
 
 def test_options_are_never_rewritten(tmp_path, tiny_precomp, tiny_bert_dir, checkpoint):
@@ -41,6 +44,58 @@ def test_help_hides_noise_and_unused_options():
     old = get_argument_parser().parse_args(["--word_dim", "200"])
     assert old.word_dim == 200
     assert "(default: None)" not in help_text(eval_cli.build_parser())
+
+
+# The official X-Dim parser's options with their defaults, and ours, as train.py parsed them
+# before the options were generated from the config dataclasses.
+OFFICIAL_DEFAULTS = {
+    "data_path": "../Flickr30K/", "data_name": "f30k_precomp", "vocab_path": "./vocab/", "margin": 0.2,
+    "num_epochs": 30, "batch_size": 128, "word_dim": 300, "embed_size": 1024, "grad_clip": 2.0,
+    "learning_rate": 0.0005, "lr_update": 15, "optim": "adam", "workers": 10, "log_step": 100, "val_step": 500,
+    "logger_name": "../log", "model_name": "../checkpoint", "resume": "", "max_violation": False,
+    "img_dim": 2048, "no_imgnorm": False, "no_txtnorm": False, "precomp_enc_type": "basic",
+    "backbone_path": "", "backbone_source": "detector", "vse_mean_warmup_epochs": 1,
+    "reset_start_epoch": False, "backbone_warmup_epochs": 5, "embedding_warmup_epochs": 2,
+    "backbone_lr_factor": 0.01, "input_scale_factor": 1,
+}
+OUR_DEFAULTS = {"bert_path": None, "device": "auto", "amp": "none", "threads": 0, "seed": 0,
+                "mask_padded_regions": False, "sim": "xdim", "loss": "vse_hinge"}
+# A command-line value of each option and what it parses to.
+GIVEN = {
+    "data_path": ("/d", "/d"), "data_name": ("coco_precomp", "coco_precomp"), "vocab_path": ("v", "v"),
+    "margin": ("0.5", 0.5), "num_epochs": ("3", 3), "batch_size": ("8", 8), "word_dim": ("10", 10),
+    "embed_size": ("64", 64), "grad_clip": ("-1", -1.0), "learning_rate": ("1e-3", 0.001),
+    "lr_update": ("2", 2), "optim": ("adam", "adam"), "workers": ("0", 0), "log_step": ("7", 7),
+    "val_step": ("0", 0), "logger_name": ("L", "L"), "model_name": ("M", "M"), "resume": ("r.pth", "r.pth"),
+    "img_dim": ("32", 32), "precomp_enc_type": ("basic", "basic"), "backbone_path": ("b", "b"),
+    "backbone_source": ("imagenet", "imagenet"), "vse_mean_warmup_epochs": ("0", 0), "backbone_warmup_epochs": ("1", 1),
+    "embedding_warmup_epochs": ("1", 1), "backbone_lr_factor": ("0.5", 0.5), "input_scale_factor": ("2", 2.0),
+    "bert_path": ("bert", "bert"), "device": ("cpu", "cpu"), "amp": ("bf16", "bf16"), "threads": ("2", 2),
+    "seed": ("4", 4), "sim": ("cosine", "cosine"), "loss": ("vse_hinge", "vse_hinge"),
+}
+FLAGS = ["max_violation", "no_imgnorm", "no_txtnorm", "reset_start_epoch", "mask_padded_regions"]
+
+
+def test_every_official_option_parses_to_the_same_value():
+    parser = get_argument_parser()
+    defaults = vars(parser.parse_args([]))
+    assert {name: defaults[name] for name in {**OFFICIAL_DEFAULTS, **OUR_DEFAULTS}} == {**OFFICIAL_DEFAULTS,
+                                                                                    **OUR_DEFAULTS}
+    for name, (text, value) in GIVEN.items():
+        parsed = getattr(parser.parse_args([f"--{name}", text]), name)
+        assert parsed == value and type(parsed) is type(value), name
+    for name in FLAGS:
+        assert getattr(parser.parse_args([f"--{name}"]), name) is True, name
+    assert set(GIVEN) | set(FLAGS) == set(OFFICIAL_DEFAULTS) | set(OUR_DEFAULTS)  # a new option may come
+
+
+def test_options_are_the_config_fields():
+    model, training, runtime = train_configs(get_argument_parser().parse_args([]))
+    assert model == ModelConfig() and training == TrainConfig() and runtime == RuntimeConfig()
+    model, training, runtime = train_configs(get_argument_parser().parse_args(
+        ["--embed_size", "64", "--margin", "0.5", "--threads", "3", "--no_txtnorm", "--loss", "vse_hinge"]))
+    assert (model.embed_size, model.no_txtnorm, training.margin, training.loss, runtime.threads) == (
+        64, True, 0.5, "vse_hinge", 3)
 
 
 POSITIVE_FLOAT = "must be a positive number"

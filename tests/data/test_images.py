@@ -24,7 +24,7 @@ from lib.data.images import (
     read_rgb,
     resize_linear,
 )
-from lib.data.precomp import CaptionEncoder, set_loader_epoch
+from lib.data.precomp import CaptionTokenizer, set_loader_epoch
 from lib.data.synthetic import write_demo_images
 from lib.errors import XDimError
 from lib.model.bert import load_tokenizer
@@ -112,7 +112,7 @@ def demo_images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(tiny_bert_dir):
-    return CaptionEncoder(load_tokenizer(tiny_bert_dir), 64)
+    return CaptionTokenizer(load_tokenizer(tiny_bert_dir), 64)
 
 
 # ---------------------------------------------------------------- resize

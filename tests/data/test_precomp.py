@@ -12,7 +12,7 @@ from helpers import ROOT, TINY_IMG_DIM, TINY_REGIONS, TINY_SPLITS, replace_lines
 from lib.data.precomp import (
     REGION_KEEP_PROB,
     CaptionDataset,
-    CaptionEncoder,
+    CaptionTokenizer,
     ImageDataset,
     PrecompDataset,
     collate_pairs,
@@ -58,7 +58,7 @@ def vocab_ids(folder, tokens):
 
 
 def test_tiny_vocab_ids_match_tokenizer_and_hand_lookup(tiny_vocab_dir, tiny_tokenizer):
-    encoder = CaptionEncoder(tiny_tokenizer, max_len=64)
+    encoder = CaptionTokenizer(tiny_tokenizer, max_len=64)
     caption = "A MAN'S dog,  jumping over the Fence!! Unaffable zebra."
     expected_tokens = ["[CLS]", "a", "man", "'", "s", "dog", ",", "jumping", "over", "the", "fence",
                        "!", "!", "un", "##aff", "##able", "[UNK]", ".", "[SEP]"]
@@ -70,14 +70,14 @@ def test_tiny_vocab_ids_match_tokenizer_and_hand_lookup(tiny_vocab_dir, tiny_tok
 
 
 def test_word_pieces_group_sub_tokens_by_word(tiny_tokenizer):
-    encoder = CaptionEncoder(tiny_tokenizer, max_len=64)
+    encoder = CaptionTokenizer(tiny_tokenizer, max_len=64)
     vocab = tiny_tokenizer.get_vocab()
     assert encoder.word_pieces("Unaffable dog!") == [
         [vocab["un"], vocab["##aff"], vocab["##able"]], [vocab["dog"]], [vocab["!"]]]
 
 
 def test_real_vocab_ids(real_tokenizer):
-    encoder = CaptionEncoder(real_tokenizer, max_len=512)
+    encoder = CaptionTokenizer(real_tokenizer, max_len=512)
     caption = "A dog, UNAFFABLE!"
     tokens = ["[CLS]", "a", "dog", ",", "una", "##ffa", "##ble", "!", "[SEP]"]
     expected = vocab_ids(REAL_BERT, tokens)
@@ -101,7 +101,7 @@ def classify(ids, original, mask_id):
 
 
 def test_perturbation_rates(real_tokenizer):
-    encoder = CaptionEncoder(real_tokenizer, max_len=512)
+    encoder = CaptionTokenizer(real_tokenizer, max_len=512)
     original = encoder.word_pieces("unaffable")[0]
     assert len(original) == 3
     rng = np.random.default_rng(0)
@@ -114,7 +114,7 @@ def test_perturbation_rates(real_tokenizer):
 
 
 def test_random_replacement_draws_each_sub_token(real_tokenizer):
-    encoder = CaptionEncoder(real_tokenizer, max_len=512)
+    encoder = CaptionTokenizer(real_tokenizer, max_len=512)
     original = encoder.word_pieces("unaffable")[0]
     rng = np.random.default_rng(1)
     replaced = [encoder.encode("unaffable", rng)[1:-1] for _ in range(3000)]
@@ -125,7 +125,7 @@ def test_random_replacement_draws_each_sub_token(real_tokenizer):
 
 
 def test_words_perturbed_independently(real_tokenizer):
-    encoder = CaptionEncoder(real_tokenizer, max_len=512)
+    encoder = CaptionTokenizer(real_tokenizer, max_len=512)
     rng = np.random.default_rng(2)
     n = 20000
     both_deleted = sum(len(encoder.encode("dog cat", rng)) == 2 for _ in range(n)) / n
@@ -134,7 +134,7 @@ def test_words_perturbed_independently(real_tokenizer):
 
 
 def test_no_perturbation_without_rng(real_tokenizer):
-    encoder = CaptionEncoder(real_tokenizer, max_len=512)
+    encoder = CaptionTokenizer(real_tokenizer, max_len=512)
     caption = "a man rides a horse on the beach"
     plain = real_tokenizer(caption)["input_ids"]
     assert all(encoder.encode(caption) == plain for _ in range(200))
@@ -144,7 +144,7 @@ def test_truncation_keeps_sep_and_logs_once(tiny_bert_dir, caplog):
     max_len = bert_max_positions(tiny_bert_dir)
     assert max_len == 64
     tokenizer = load_tokenizer(tiny_bert_dir)
-    encoder = CaptionEncoder(tokenizer, max_len)
+    encoder = CaptionTokenizer(tokenizer, max_len)
     caption = " ".join(["dog"] * 100)
     with caplog.at_level(logging.WARNING, logger="lib.data"):
         ids = encoder.encode(caption)
@@ -160,7 +160,7 @@ def test_truncation_keeps_sep_and_logs_once(tiny_bert_dir, caplog):
 
 def test_short_caption_not_truncated(tiny_bert_dir):
     tokenizer = load_tokenizer(tiny_bert_dir)
-    encoder = CaptionEncoder(tokenizer, 64)
+    encoder = CaptionTokenizer(tokenizer, 64)
     caption = " ".join(["dog"] * 62)
     assert encoder.encode(caption) == tokenizer(caption)["input_ids"]
     assert len(encoder.encode(caption)) == 64
@@ -319,7 +319,7 @@ def loader_batches(loader, epoch):
 
 def test_train_loader_deterministic_across_workers_and_resume(tiny_precomp, tiny_bert_dir, tokenizer):
     files = open_split(tiny_precomp[0], tiny_precomp[1], "train", img_dim=TINY_IMG_DIM)
-    encoder = CaptionEncoder(tokenizer, 64)
+    encoder = CaptionTokenizer(tokenizer, 64)
     single = train_loader(files, encoder, batch_size=16, workers=0, seed=5)
     epoch0, epoch1 = loader_batches(single, 0), loader_batches(single, 1)
     assert len(epoch0) == 160 // 16
@@ -337,7 +337,7 @@ def test_train_loader_deterministic_across_workers_and_resume(tiny_precomp, tiny
 def test_train_loader_reads_its_replica_share(tiny_precomp, tiny_bert_dir, tokenizer):
     files = open_split(tiny_precomp[0], tiny_precomp[1], "train", img_dim=TINY_IMG_DIM)
     sampler = torch.utils.data.DistributedSampler(range(160), num_replicas=2, rank=1, shuffle=True, seed=0)
-    loader = train_loader(files, CaptionEncoder(tokenizer, 64), batch_size=8, seed=0, num_replicas=2, rank=1)
+    loader = train_loader(files, CaptionTokenizer(tokenizer, 64), batch_size=8, seed=0, num_replicas=2, rank=1)
     batches = loader_batches(loader, 0)
     sampler.set_epoch(0)
     assert torch.cat([b[4] for b in batches]).tolist() == list(sampler)
@@ -433,7 +433,7 @@ def test_captions_that_tokenize_to_nothing_are_rejected_alike(tmp_path, tiny_ber
     data_path, data_name = write_captions(tmp_path, data)
     with pytest.raises(XDimError, match=r"train_caps\.txt: line 3 is empty"):
         files = open_split(data_path, data_name, "train", img_dim=TINY_IMG_DIM)
-        train_loader(files, CaptionEncoder(load_tokenizer(tiny_bert_dir), 64), batch_size=2)
+        train_loader(files, CaptionTokenizer(load_tokenizer(tiny_bert_dir), 64), batch_size=2)
 
 
 def test_evaluation_rejects_a_caption_that_tokenizes_to_nothing(tmp_path, tiny_bert_dir):
@@ -441,7 +441,7 @@ def test_evaluation_rejects_a_caption_that_tokenizes_to_nothing(tmp_path, tiny_b
     split = open_split(data_path, data_name, "train")
     model = tiny_model(tiny_bert_dir, seed=0)
     with pytest.raises(XDimError, match=r"train_caps\.txt: line 2 is empty once tokenized"):
-        scoring.encode_split(model, split, CaptionEncoder(load_tokenizer(tiny_bert_dir), 64), progress=False)
+        scoring.encode_split(model, split, CaptionTokenizer(load_tokenizer(tiny_bert_dir), 64), progress=False)
 
 
 def test_one_trailing_blank_line_is_accepted(tmp_path):
@@ -468,7 +468,7 @@ def test_words_outside_the_vocabulary_warn_once_per_split(tmp_path, tiny_precomp
     folder = writable_split(tiny_precomp, tmp_path)
     captions = (folder / "test_caps.txt").read_text(encoding="utf-8").splitlines()
     replace_lines(folder / "test_caps.txt", {3: captions[2] + " \U0001F436", 7: "\U0001F600 " + captions[6]})
-    encoder = CaptionEncoder(load_tokenizer(tiny_bert_dir), 64)
+    encoder = CaptionTokenizer(load_tokenizer(tiny_bert_dir), 64)
     split = open_split(str(tmp_path / "data"), folder.name, "test")
     with caplog.at_level(logging.WARNING, logger="lib.data"):
         encoder.check_captions(split)

@@ -11,7 +11,7 @@ from lib.data.precomp import (
     open_split,
 )
 from lib.evaluation import encoding, scoring
-from lib.evaluation.encoding import encoded_captions, encoded_images
+from lib.evaluation.encoding import caption_embedding_batches, image_embedding_batches
 from lib.model.xdim_model import XDimModel
 
 
@@ -27,11 +27,11 @@ class IdentityModel:
 
 def test_evaluation_encoding_covers_split_in_order(tiny_precomp, encoder):
     files = open_split(*tiny_precomp, "testall")
-    images = list(encoded_images(IdentityModel(), files.images, batch_size=4, progress=False))
+    images = list(image_embedding_batches(IdentityModel(), files.images, batch_size=4, progress=False))
     assert torch.cat([b[2] for b in images]).tolist() == list(range(10))
     assert all(b[0].shape[1] == TINY_REGIONS for b in images)
     assert torch.equal(torch.cat([b[0] for b in images]), torch.from_numpy(np.array(files.images)))
-    captions = list(encoded_captions(IdentityModel(), CaptionDataset(files, encoder), batch_size=16, progress=False))
+    captions = list(caption_embedding_batches(IdentityModel(), CaptionDataset(files, encoder), batch_size=16, progress=False))
     assert torch.cat([b[2] for b in captions]).tolist() == list(range(50))
 
 
@@ -85,10 +85,10 @@ def test_ragged_rejects_bad_lengths():
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16"])
 def test_storage_dtype_holds_the_image_and_caption_embeddings(trained, tiny_precomp, storage):
-    # catches: encode_images allocating float32 whatever --storage says.
+    # catches: encode_split_images allocating float32 whatever --storage says.
     model = XDimModel.from_checkpoint(os.path.join(trained.model_name, "model_best.pth"))
     split = open_split(*tiny_precomp, "test")
-    encoder = scoring.caption_encoder(model)
+    encoder = scoring.model_caption_tokenizer(model)
     img32, cap32 = scoring.encode_split(model, split, encoder, batch_size=4, progress=False)
     img, cap = scoring.encode_split(model, split, encoder, batch_size=4, storage=storage, progress=False)
     dtype = encoding.STORAGE_DTYPES[storage]

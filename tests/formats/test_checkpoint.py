@@ -25,6 +25,7 @@ from lib.formats import checkpoint
 from lib.formats.checkpoint import (
     LEGACY_BUFFERS,
     load_checkpoint,
+    new_checkpoint,
     remove_stale_temp_files,
     save_checkpoint,
     training_state,
@@ -203,8 +204,30 @@ def test_version_1_checkpoint_loads_and_scores_as_the_model_it_holds(tiny_bert_d
     assert loaded.trained_with["data_path"] == "/data" and loaded.trained_with["learning_rate"] == 0.002
     assert "device" not in loaded.trained_with and "vocab_path" not in loaded.trained_with
     assert torch.equal(scores_of(loaded), scores_of(model))
-    epoch, best_rsum, iterations, _ = training_state(load_checkpoint(path))
-    assert (epoch, best_rsum, iterations) == (3, 123.5, 42)
+    state = training_state(load_checkpoint(path))
+    assert (state["epoch"], state["best_rsum"], state["iterations"]) == (3, 123.5, 42)
+    assert set(state) == {"optimizer", "epoch", "best_rsum", "iterations"}
+
+
+def test_trainer_state_round_trips_key_by_key(tiny_bert_dir, tmp_path):
+    opt = tiny_opt(tiny_bert_dir)
+    model = model_from_options(opt)
+    trainer = trainer_for(model, opt)
+    model.train()
+    trainer.train_step(*tiny_batch())
+    trainer.best_rsum = 12.5
+    path = str(tmp_path / "resumable.pth")
+    save_checkpoint(trainer.checkpoint(next_epoch=2), path)
+    state = training_state(load_checkpoint(path))
+    assert (state["epoch"], state["best_rsum"], state["iterations"]) == (2, 12.5, 1)
+    fresh = trainer_for(model_from_options(opt), opt)
+    assert fresh.load_state(state) == 2 and (fresh.best_rsum, fresh.iterations) == (12.5, 1)
+    assert fresh.optimizer.state_dict()["state"].keys() == trainer.optimizer.state_dict()["state"].keys()
+    # A further trainer field is stored and read back with no change to the format's code.
+    ckpt = new_checkpoint(model, None, {**trainer.state(3), "sampler_position": 17})
+    assert training_state(ckpt)["sampler_position"] == 17 and ckpt["model_config"] == model.config.as_dict()
+    with pytest.raises(ValueError, match="'vocab' is a key of the model part"):
+        new_checkpoint(model, None, {"vocab": []})
 
 
 def test_unknown_checkpoint_version_is_refused(tiny_bert_dir, tmp_path):

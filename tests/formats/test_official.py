@@ -4,9 +4,10 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import official_opt, official_parts, reference_scores, write_official_checkpoint
+from helpers import official_opt, official_parts, write_official_checkpoint
 
 from lib.errors import XDimError
+from lib.model.similarity.transcription import xdim_scores as reference_scores
 from lib.model.xdim_model import XDimModel
 
 

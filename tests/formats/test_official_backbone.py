@@ -5,6 +5,7 @@ official network would; saved again in our format they load to the same model.""
 import torch
 from helpers import official_opt, official_parts, write_official_checkpoint
 
+from lib.formats.checkpoint import new_checkpoint
 from lib.model.backbone import ResNet
 from lib.model.encoders import l2norm
 from lib.model.xdim_model import XDimModel
@@ -65,7 +66,7 @@ def test_official_backbone_checkpoint_loads_and_encodes_as_the_official_network(
     assert torch.allclose(encoded, expected, atol=1e-5)
 
     ours = tmp_path / "ours.pth"
-    torch.save(model.to_checkpoint(), ours)
+    torch.save(new_checkpoint(model), ours)
     again = XDimModel.from_checkpoint(str(ours))
     assert again.config.as_dict() == model.config.as_dict()
     with torch.no_grad():

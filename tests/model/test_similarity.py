@@ -6,6 +6,7 @@ import types
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 from helpers import (
     ROOT,
     _reference_scores,
@@ -14,7 +15,6 @@ from helpers import (
     official_opt,
     official_parts,
     random_inputs,
-    reference_scores,
     relative_error,
     save_v1_checkpoint,
     tiny_batch,
@@ -40,24 +40,139 @@ from lib.model.similarity import (
 )
 from lib.model.similarity.blocks import plan, score_padded
 from lib.model.similarity.cosine import CosineSimilarity
+from lib.model.similarity.transcription import xdim_scores as reference_scores
 from lib.model.similarity.xdim import XDimSimilarity
 from lib.model.xdim_model import XDimModel
 from lib.training import trainer as training
 from lib.training.ablation import DEFAULT_VARIANTS
 
-# Each variant's equation as switches of the numpy transcription in tests/helpers.py (reference_scores).
-TRANSCRIPTIONS = {
-    "xdim": {},
-    "reference": {},
-    "xdim_fixed_threshold": {},
-    "xdim_nomask": {"masked": False},
-    "xdim_nodelta": {"weighted": False},
-    "cosine": {"word_score": "cosine"},
-}
+
+def documented_example():
+    """docs/similarity.md's section "Adding a similarity": -> (its module, run; its registry name; its
+    registry entry, the page's expression evaluated with the module's names and SimilarityEntry)."""
+    page = open(os.path.join(ROOT, "docs", "similarity.md"), encoding="utf-8").read()
+    section = page.split("## Adding a similarity", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    name, expression = re.search(r'^\s*"(\w+)": (.+),$', section, re.M).groups()
+    module = types.ModuleType("documented_example")
+    exec(compile(code, "docs/similarity.md", "exec"), module.__dict__)
+    return module, name, eval(expression, {**vars(module), "SimilarityEntry": SimilarityEntry})
+
+
+class MeanCosine(Similarity):
+    """Registered by a test at run time: the cosine of the mean real region and the mean real
+    word, times a learned scale. Nothing else in the code base knows it."""
+
+    def __init__(self, embed_size):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(0.5))
+
+    def score(self, img, cap, cap_lens, img_lens, prepared):
+        regions = torch.ones(img.shape[:2], dtype=img.dtype, device=img.device)
+        if img_lens is not None:
+            regions = (torch.arange(img.shape[1], device=img.device) < img_lens[:, None]).to(img.dtype)
+        words = (torch.arange(cap.shape[1], device=cap.device) < cap_lens[:, None]).to(cap.dtype)
+        image = nn.functional.normalize((img * regions[..., None]).sum(1), dim=-1)  # (b, d)
+        caption = nn.functional.normalize((cap * words[..., None]).sum(1), dim=-1)  # (n, d)
+        return self.log_scale.exp() * image @ caption.T
+
+
+def mean_cosine_reference(sim, img, cap, cap_lens):
+    img, cap = img.double().numpy(), cap.double().numpy()
+    scale = np.exp(float(sim.log_scale.detach()))
+    unit = lambda x: x / np.linalg.norm(x)
+    return np.array([[scale * unit(img[i].sum(0)) @ unit(cap[c, :cap_lens[c]].sum(0)) for c in range(len(cap))]
+                     for i in range(len(img))])
+
+
+def runtime_entry():
+    return "mean_cosine", SimilarityEntry(MeanCosine, "a test's variant: cosine of mean region and mean word",
+                                          in_ablation=False, reference=mean_cosine_reference)
+
+
+# Every registry entry, the worked example of docs/similarity.md and a variant registered at run
+# time go through the same checks: a new entry needs no edit here.
+ADDED = {"documented_example": lambda: documented_example()[1:], "runtime_entry": runtime_entry}
+ENTRIES = list(SIMILARITIES) + list(ADDED)
+WITH_REFERENCE = [name for name in SIMILARITIES if SIMILARITIES[name].reference is not None] + list(ADDED)
+
+
+@pytest.fixture
+def entry_name(request, monkeypatch):
+    """The registry name of the parametrized entry, registered first when a test adds it."""
+    if request.param not in ADDED:
+        return request.param
+    name, entry = ADDED[request.param]()
+    monkeypatch.setitem(SIMILARITIES, name, entry)
+    return name
+
+
+@pytest.mark.parametrize("entry_name", ENTRIES, indirect=True)
+def test_entry_contract_shapes_and_padding(entry_name):
+    entry = similarity_entry(entry_name)
+    torch.manual_seed(0)
+    sim = build_similarity(entry_name, 12)
+    assert isinstance(sim, Similarity) and type(sim) is entry.cls
+    img, cap, lens = random_inputs(12, n_img=3, n_cap=5, regions=6, seed=4)
+    with torch.no_grad():
+        scores = sim(img, cap, lens)
+        assert scores.shape == (3, 5) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
+        # A caption's scores depend neither on the other captions nor on its padding, nor on the block size.
+        for c in range(5):
+            alone = sim(img, cap[c:c + 1, :lens[c]], lens[c:c + 1])
+            assert torch.allclose(alone[:, 0], scores[:, c], atol=1e-5), c
+        assert torch.allclose(sim(img, cap, lens, rows_per_block=7), scores, atol=1e-5)
+        # Masked regions take no part, whatever they hold.
+        padded = img.clone()
+        padded[0, 4:] = 5.0
+        masked = sim(padded, cap, lens, torch.tensor([4, 6, 6]))
+        assert torch.allclose(masked[0], sim(img[:1, :4], cap, lens)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("entry_name", ENTRIES, indirect=True)
+def test_entry_gradients_reach_every_learned_parameter(entry_name):
+    torch.manual_seed(0)
+    sim = build_similarity(entry_name, 12)
+    img, cap, lens = random_inputs(12, n_img=3, n_cap=4, seed=6)
+    sim(img, cap, lens).square().sum().backward()
+    for key, parameter in sim.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), key
+            assert parameter.grad.abs().max() > 0, key
+        else:
+            assert parameter.grad is None, key
+
+
+@pytest.mark.parametrize("entry_name", WITH_REFERENCE, indirect=True)
+def test_entry_matches_its_float64_reference(entry_name):
+    torch.manual_seed(7)
+    sim = build_similarity(entry_name, 33).double()
+    img, cap, lens = random_inputs(33, n_img=4, n_cap=6, seed=2)
+    img, cap = img.double(), cap.double()
+    expected = similarity_entry(entry_name).reference(sim, img, cap, lens)
+    with torch.no_grad():
+        float64 = sim(img, cap, lens, rows_per_block=20).numpy()
+        float32 = sim.float()(img.float(), cap.float(), lens, rows_per_block=20).numpy()
+    assert relative_error(float64, expected) <= 1e-12
+    assert relative_error(float32, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("entry_name", ENTRIES, indirect=True)
+def test_entry_traits_drive_help_analysis_and_ablation(entry_name):
+    entry = similarity_entry(entry_name)
+    parser = get_argument_parser()
+    assert parser.parse_args(["--sim", entry_name]).sim == entry_name
+    assert re.search(rf"^  {entry_name} +{re.escape(entry.help)}$", parser.format_help(), re.M)
+    assert (entry_name in ablation_variants()) == entry.in_ablation
+    assert (entry_name in xdim_equation_similarities()) == entry.xdim_equations
+    if entry.xdim_equations:
+        check_xdim_equations(entry_name)
+    else:
+        with pytest.raises(XDimError, match=f"similarity is '{entry_name}', whose equations differ"):
+            check_xdim_equations(entry_name)
 
 
 def test_every_variant_is_a_sim_choice_with_its_help_line(capsys):
-    assert set(TRANSCRIPTIONS) == set(SIMILARITIES)
     parser = get_argument_parser()
     assert parser.parse_args([]).sim == "xdim"
     assert parser.parse_args(["--sim", "xdim_nomask"]).sim == "xdim_nomask"
@@ -72,13 +187,15 @@ def test_every_variant_is_a_sim_choice_with_its_help_line(capsys):
 def test_unknown_name_in_library_use_is_one_line():
     with pytest.raises(XDimError) as info:
         build_similarity("bogus", 8)
-    assert str(info.value) == ("--sim: unknown similarity 'bogus' (known: xdim, reference, cosine, "
-                               "xdim_nomask, xdim_fixed_threshold, xdim_nodelta)")
+    assert str(info.value) == f"--sim: unknown similarity 'bogus' (known: {', '.join(SIMILARITIES)})"
+    assert "xdim, reference, cosine, xdim_nomask, xdim_fixed_threshold, xdim_nodelta" in str(info.value)
 
 
 def test_the_traits_of_the_built_in_entries():
-    assert xdim_equation_similarities() == ["xdim", "reference", "xdim_fixed_threshold"]
-    assert ablation_variants() == ["xdim", "cosine", "xdim_nomask", "xdim_fixed_threshold", "xdim_nodelta"]
+    built_in = ["xdim", "reference", "cosine", "xdim_nomask", "xdim_fixed_threshold", "xdim_nodelta"]
+    assert [n for n in xdim_equation_similarities() if n in built_in] == ["xdim", "reference", "xdim_fixed_threshold"]
+    assert [n for n in ablation_variants() if n in built_in] == [
+        "xdim", "cosine", "xdim_nomask", "xdim_fixed_threshold", "xdim_nodelta"]
     assert DEFAULT_VARIANTS == ablation_variants()  # ablate.py's default is the registry's
 
 
@@ -101,9 +218,9 @@ def test_a_new_entry_s_traits_drive_help_analysis_and_ablation(monkeypatch):
 def test_a_plain_pair_is_an_entry_with_the_default_traits(monkeypatch):
     monkeypatch.setitem(SIMILARITIES, "pair", (CosineSimilarity, "given as (class, help)"))
     assert similarity_entry("pair") == SimilarityEntry(CosineSimilarity, "given as (class, help)",
-                                                       xdim_equations=False, in_ablation=True)
+                                                       xdim_equations=False, in_ablation=True, reference=None)
     assert type(build_similarity("pair", 8)) is CosineSimilarity
-    assert similarity_help().endswith("\n  pair                  given as (class, help)")
+    assert re.search(r"\n  pair +given as \(class, help\)$", similarity_help())
     assert "pair" in ablation_variants() and "pair" not in xdim_equation_similarities()
 
 
@@ -178,18 +295,15 @@ def test_scheduler_edge_cases():
     assert len(runs) == 1 and runs[0].columns.tolist() == [1, 2, 0] and runs[0].images == [(0, 5)]
 
 
-@pytest.mark.parametrize("name", list(TRANSCRIPTIONS))
-def test_variant_matches_float64_transcription_of_its_equation(name):
-    torch.manual_seed(7)
-    sim = build_similarity(name, 33).double()
-    img, cap, lens = random_inputs(33, n_img=4, n_cap=6, seed=2)
-    img, cap = img.double(), cap.double()
-    expected = reference_scores(sim, img, cap, lens, **TRANSCRIPTIONS[name])
-    with torch.no_grad():
-        float64 = sim(img, cap, lens, rows_per_block=20).numpy()
-        float32 = sim.float()(img.float(), cap.float(), lens, rows_per_block=20).numpy()
-    assert relative_error(float64, expected) <= 1e-12
-    assert relative_error(float32, expected) <= 1e-5
+def test_built_in_entries_name_the_transcription_of_their_equation():
+    switches = {"xdim": {}, "reference": {}, "xdim_fixed_threshold": {}, "xdim_nomask": {"masked": False},
+                "xdim_nodelta": {"weighted": False}, "cosine": {"word_score": "cosine"}}
+    img, cap, lens = random_inputs(9, n_img=2, n_cap=3, seed=1)
+    for name, switch in switches.items():
+        torch.manual_seed(3)
+        sim = build_similarity(name, 9)
+        expected = reference_scores(sim, img, cap, lens, **switch)
+        assert np.array_equal(similarity_entry(name).reference(sim, img, cap, lens), expected), name
 
 
 def test_variants_really_change_the_scores():
@@ -226,15 +340,15 @@ def test_frozen_parameters_stay_out_of_training_and_in_checkpoints(name, tiny_be
     assert torch.equal(loaded.sim.lam, frozen["lam"]) and not loaded.sim.lam.requires_grad
 
 
-def test_masked_regions_take_no_part_in_every_variant():
+@pytest.mark.parametrize("name", list(SIMILARITIES))
+def test_masked_regions_take_no_part_in_every_variant(name):
     img, cap, lens = random_inputs(12, n_img=2, n_cap=3, regions=6, seed=4)
     padded = img.clone()
     padded[0, 4:] = 5.0
-    for name in SIMILARITIES:
-        sim = build_similarity(name, 12)
-        with torch.no_grad():
-            masked = sim(padded, cap, lens, torch.tensor([4, 6]))
-            assert torch.allclose(masked[0], sim(img[:1, :4], cap, lens)[0], atol=1e-6), name
+    sim = build_similarity(name, 12)
+    with torch.no_grad():
+        masked = sim(padded, cap, lens, torch.tensor([4, 6]))
+        assert torch.allclose(masked[0], sim(img[:1, :4], cap, lens)[0], atol=1e-6), name
 
 
 def eval_scores(path, tiny_precomp, tmp_path, capsys):
@@ -249,12 +363,13 @@ def eval_scores(path, tiny_precomp, tmp_path, capsys):
     return code, (np.load(sims) if code == 0 else None), err
 
 
-@pytest.mark.parametrize("name", list(SIMILARITIES))
-def test_variant_trains_round_trips_and_evaluates(name, tiny_bert_dir, tiny_precomp, tmp_path, capsys):
+@pytest.mark.parametrize("entry_name", ENTRIES, indirect=True)
+def test_variant_trains_round_trips_and_evaluates(entry_name, tiny_bert_dir, tiny_precomp, tmp_path, capsys):
+    name = entry_name
     torch.manual_seed(0)
     opt = tiny_opt(tiny_bert_dir, sim=name, data_path=tiny_precomp[0], data_name=tiny_precomp[1])
     model = model_from_options(opt)
-    assert type(model.sim) is SIMILARITIES[name][0]
+    assert type(model.sim) is similarity_entry(name).cls
     learned = {key: p.detach().clone() for key, p in model.sim.named_parameters() if p.requires_grad}
     model.train()
     loss = trainer_for(model, opt).train_step(*tiny_batch())
@@ -265,7 +380,7 @@ def test_variant_trains_round_trips_and_evaluates(name, tiny_bert_dir, tiny_prec
     save_checkpoint(checkpoint_of(model, opt), path)
     assert load_checkpoint(path)["model_config"]["sim"] == name
     loaded = XDimModel.from_checkpoint(path, device="cpu")
-    assert type(loaded.sim) is SIMILARITIES[name][0] and loaded.config.sim == name
+    assert type(loaded.sim) is similarity_entry(name).cls and loaded.config.sim == name
     code, sims, err = eval_scores(path, tiny_precomp, tmp_path, capsys)
     assert code == 0, err
     from lib.data.precomp import open_split
@@ -312,18 +427,6 @@ def test_resume_refuses_another_variant(tiny_bert_dir, tmp_path):
     assert trainer.resume(training.read_resume(train_configs(opt)[1], "xdim_nomask")) == 0
     assert trainer.best_rsum == 0.0 and trainer.iterations == 0
     assert torch.equal(nomask.sim.E, model.sim.E)
-
-
-def documented_example():
-    """docs/similarity.md's section "Adding a similarity": -> (its module, run; its registry name; its
-    registry entry, the page's expression evaluated with the module's names and SimilarityEntry)."""
-    page = open(os.path.join(ROOT, "docs", "similarity.md"), encoding="utf-8").read()
-    section = page.split("## Adding a similarity", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    name, expression = re.search(r'^\s*"(\w+)": (.+),$', section, re.M).groups()
-    module = types.ModuleType("documented_example")
-    exec(compile(code, "docs/similarity.md", "exec"), module.__dict__)
-    return module, name, eval(expression, {**vars(module), "SimilarityEntry": SimilarityEntry})
 
 
 def test_documented_example_variant_trains_and_evaluates(tiny_bert_dir, tiny_precomp, tmp_path, capsys,

@@ -1,9 +1,10 @@
 """lib/model/similarity/xdim.py against a float64, one-pair-at-a-time transcription of the equations."""
 import pytest
 import torch
-from helpers import random_inputs, reference_scores, relative_error
+from helpers import random_inputs, relative_error
 
 from lib.model.similarity import build_similarity, reference
+from lib.model.similarity.transcription import xdim_scores as reference_scores
 from lib.model.similarity.xdim import XDimSimilarity
 
 

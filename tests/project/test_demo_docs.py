@@ -138,7 +138,7 @@ def test_the_training_code_still_gives_the_recorded_first_loss(tmp_path, log_lin
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the recorded run's threads: float sums in the same order
     try:
-        encoder = precomp.CaptionEncoder(load_tokenizer(bert_path), bert_max_positions(bert_path))
+        encoder = precomp.CaptionTokenizer(load_tokenizer(bert_path), bert_max_positions(bert_path))
         loader = trainer.make_train_loader(config, encoder, model_config)
         model = trainer.build_model(model_config, bert_path, config.seed, "cpu", "none")
         steps = trainer.Trainer(model, config, loader, None, encoder, None, TBLogger(str(tmp_path), enabled=False))

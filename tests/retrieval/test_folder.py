@@ -14,7 +14,7 @@ from photos import GRID_CELLS, backbone_checkpoint, tree_state, write_album, wri
 import retrieve
 from lib.cli.options import default_options
 from lib.data.images import PixelConfig
-from lib.data.precomp import CaptionEncoder
+from lib.data.precomp import CaptionTokenizer
 from lib.errors import XDimError
 from lib.formats.checkpoint import save_checkpoint
 from lib.model.bert import load_tokenizer
@@ -45,7 +45,7 @@ def direct_scores(model, album, items, text):
     """float32 X-Dim scores of `text` against the photos `items`, decoded and encoded here."""
     pixels = torch.stack([folders.load_pixels(os.path.join(album, item), folders.pixel_config(model.config))
                           for item in items])
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
+    encoder = CaptionTokenizer(load_tokenizer(model.bert_path), 64)
     ids = torch.tensor([encoder.encode(text)])
     with torch.no_grad():
         return model.forward_sim(model.encode_images(pixels), model.encode_captions(ids), torch.tensor([ids.shape[1]]))[:, 0].numpy()

@@ -22,7 +22,7 @@ from helpers import (
 
 import convert_features
 import retrieve
-from lib.data.precomp import CaptionEncoder
+from lib.data.precomp import CaptionTokenizer
 from lib.errors import XDimError
 from lib.model.bert import load_tokenizer
 from lib.model.xdim_model import XDimModel
@@ -52,7 +52,7 @@ FLOAT16_ATOL = 2e-2
 
 def _direct_scores(model, split, captions):
     """float32 X-Dim scores (n_img, len(captions)) of the split's images, one forward_sim call."""
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
+    encoder = CaptionTokenizer(load_tokenizer(model.bert_path), 64)
     ids = [torch.tensor(encoder.encode(c)) for c in captions]
     lens = torch.tensor([len(i) for i in ids])
     with torch.no_grad():
@@ -126,7 +126,7 @@ def test_converted_features_end_to_end(setup, tmp_path, capsys, source):
     run_main(retrieve.main, ["query", "--index", index, "--query", query, "--top_k", "4",
                              "--json", str(tmp_path / "hits.json")])
     hits = [retrieval.Hit(**h) for h in json.load(open(tmp_path / "hits.json"))[0]["hits"]]
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
+    encoder = CaptionTokenizer(load_tokenizer(model.bert_path), 64)
     ids = torch.tensor([encoder.encode(query)])
     with torch.no_grad():
         img = model.encode_images(torch.from_numpy(images))

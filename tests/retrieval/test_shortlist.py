@@ -10,7 +10,7 @@ from helpers import EMBED, run_main
 
 import eval as eval_cli
 import retrieve
-from lib.data.precomp import CaptionEncoder, open_split
+from lib.data.precomp import CaptionTokenizer, open_split
 from lib.errors import XDimError
 from lib.formats.checkpoint import weights_fingerprint
 from lib.model.bert import load_tokenizer
@@ -25,7 +25,7 @@ def test_shortlist_is_the_faiss_top_k_of_global_vectors(setup):
     gallery = retrieval.GalleryIndex.open(setup["images_index"], model, shortlist.MeanPooling(EMBED))
     text = split.captions[7]
     hits = gallery.search_text(text, top_k=3, shortlist_size=3)
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
+    encoder = CaptionTokenizer(load_tokenizer(model.bert_path), 64)
     ids = torch.tensor([encoder.encode(text)])
     with torch.no_grad():
         img = model.encode_images(torch.from_numpy(np.array(split.images)))
@@ -74,7 +74,7 @@ def test_distillation_learns_and_leaves_the_model_unchanged(setup, tiny_precomp,
     model = setup["model"]
     data_path, data_name = tiny_precomp
     split = open_split(data_path, data_name, "train")
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
+    encoder = CaptionTokenizer(load_tokenizer(model.bert_path), 64)
     before = weights_fingerprint(model.state_dict())
 
     def shortlist_hits(head):
@@ -178,7 +178,7 @@ def test_a_distillation_is_a_function_of_its_seed(tiny_precomp, tiny_bert_dir):
     torch.manual_seed(0)
     model = XDimModel(ModelConfig(img_dim=32, embed_size=EMBED, bert=tiny_bert_dir))
     split = open_split(*tiny_precomp, "train")
-    encoder = CaptionEncoder(load_tokenizer(tiny_bert_dir), 64)
+    encoder = CaptionTokenizer(load_tokenizer(tiny_bert_dir), 64)
 
     def distill(seed, global_seed):
         torch.manual_seed(global_seed)  # whatever ran before must not matter

@@ -26,7 +26,7 @@ from helpers import (
 
 import eval as eval_cli
 from lib.cli.options import default_options
-from lib.data.precomp import CaptionEncoder, open_split, train_loader
+from lib.data.precomp import CaptionTokenizer, open_split, train_loader
 from lib.evaluation import metrics, score_files, scoring
 from lib.formats.checkpoint import (
     save_checkpoint,
@@ -47,7 +47,7 @@ def trained(tmp_path_factory, tiny_bert_dir, tiny_precomp):
     model.train()
     trainer = trainer_for(model, opt)
     files = open_split(data_path, data_name, "train", img_dim=32)
-    loader = train_loader(files, CaptionEncoder(load_tokenizer(tiny_bert_dir), 64), batch_size=8)
+    loader = train_loader(files, CaptionTokenizer(load_tokenizer(tiny_bert_dir), 64), batch_size=8)
     for _, batch in zip(range(2), loader):
         images, image_lengths, captions, lengths = batch[:4]
         trainer.train_step(images, captions, lengths, image_lengths)
@@ -190,8 +190,8 @@ def test_sharded_model_scores_equal_one_call(trained, tiny_precomp):
     _, model = trained
     data_path, data_name = tiny_precomp
     split = open_split(data_path, data_name, "dev")
-    from lib.data.precomp import CaptionEncoder
-    encoder = CaptionEncoder(load_tokenizer(model.bert_path), 64)
+    from lib.data.precomp import CaptionTokenizer
+    encoder = CaptionTokenizer(load_tokenizer(model.bert_path), 64)
     img_emb, captions = scoring.encode_split(model, split, encoder, batch_size=4, progress=False)
     assert img_emb.shape == (10, 36, EMBED) and len(captions) == 50
     with torch.no_grad():

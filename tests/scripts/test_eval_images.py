@@ -14,7 +14,7 @@ from helpers import checkpoint_of, join_group, run_command, run_main, spawn, wri
 import eval as eval_cli
 from lib.cli.options import default_options, train_configs
 from lib.data import images as image_data
-from lib.data.precomp import CaptionEncoder, pad_tokens
+from lib.data.precomp import CaptionTokenizer, pad_tokens
 from lib.formats.checkpoint import save_checkpoint
 from lib.model.bert import load_tokenizer
 from lib.model.xdim_model import XDimModel
@@ -61,7 +61,7 @@ def reference_sims(checkpoint, data, bert_dir):
     split = image_data.open_image_split(*data, "test")
     config = image_data.PixelConfig.for_backbone("detector", 0.25)
     pixels = torch.cat([batch for batch, _ in image_data.image_eval_batches(split, config, batch_size=100)])
-    encoder = CaptionEncoder(load_tokenizer(bert_dir), 64)
+    encoder = CaptionTokenizer(load_tokenizer(bert_dir), 64)
     captions, lengths = pad_tokens([torch.tensor(encoder.encode(c)) for c in split.captions])
     with torch.no_grad():
         img_emb, cap_emb, cap_lens = model.forward_emb(pixels, captions, lengths)

@@ -13,7 +13,7 @@ from helpers import checkpoint_of, join_group, spawn
 import eval as eval_cli
 import retrieve
 from lib.cli.options import default_options, train_configs
-from lib.data.precomp import CaptionEncoder, open_split
+from lib.data.precomp import CaptionTokenizer, open_split
 from lib.errors import XDimError
 from lib.evaluation import scoring
 from lib.formats.checkpoint import save_checkpoint
@@ -66,11 +66,11 @@ def failing_on_rank_1(step):
 
 
 def validation_job(checkpoint, data, bert_dir):
-    """scoring.validate of the dev split with the encoders inside DDP, as in training."""
+    """scoring.split_metrics of the dev split with the encoders inside DDP, as in training."""
     model = XDimModel.from_checkpoint(checkpoint)
     network = distributed.wrap_model(model)  # noqa: F841  (alive while validating, as in training)
-    encoder = CaptionEncoder(load_tokenizer(bert_dir), 64)
-    return scoring.validate(model, open_split(*data, "dev"), encoder, batch_size=3, progress=False)
+    encoder = CaptionTokenizer(load_tokenizer(bert_dir), 64)
+    return scoring.split_metrics(model, open_split(*data, "dev"), encoder, batch_size=3, progress=False)
 
 
 def jobs_worker(rank, world, out_dir, jobs):

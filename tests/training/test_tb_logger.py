@@ -5,6 +5,7 @@ import sys
 import pytest
 from helpers import ROOT, read_scalars, run_command
 
+from lib.training import tb_logger
 from lib.training.tb_logger import TBLogger
 
 
@@ -30,11 +31,25 @@ def test_tb_logger_without_tensorboard_logger_is_noop(tmp_path, monkeypatch):
     assert not logger.active and not (tmp_path / "x").exists()
 
 
-def test_tb_logger_falls_back_when_protobuf_backend_is_foreign(tmp_path):
+def test_tb_logger_works_whatever_was_imported_first_and_leaves_protobuf_alone(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
-    code = ("import google.protobuf.descriptor\n"
+    code = ("import os\n"
+            "import google.protobuf.descriptor\n"
+            "from google.protobuf.internal import api_implementation\n"
+            "before = api_implementation.Type()\n"
             "from lib.training.tb_logger import TBLogger\n"
-            f"l = TBLogger({str(tmp_path)!r}); l.log_value('a', 1, 1); print('active', l.active)\n")
+            f"l = TBLogger({str(tmp_path)!r}); l.log_value('a', 1, 1); l.log_value('a', 2.5, 2); l.close()\n"
+            "print('active', l.active is False, 'backend', before == api_implementation.Type(),\n"
+            "      os.environ.get('PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION'))\n")
     res = run_command([sys.executable, "-c", code], cwd=ROOT, env=env, timeout=60)
-    assert "active False" in res.out
-    assert "TensorBoard logging disabled" in res.err
+    assert res.out.split() == ["active", "True", "backend", "True", "None"]
+    assert "TensorBoard logging disabled" not in res.err
+    assert read_scalars(tmp_path) == {"a": [(1, 1.0), (2, 2.5)]}
+
+
+def test_tb_logger_names_a_writer_that_cannot_load(tmp_path, monkeypatch):
+    monkeypatch.setattr(tb_logger, "WRITER", "print('error TypeError: Descriptors cannot be created directly.')")
+    with pytest.warns(UserWarning, match=r"could not be imported \(TypeError: Descriptors cannot be created"):
+        logger = TBLogger(str(tmp_path / "x"))
+    logger.log_value("loss", 1.0, 1)
+    assert not logger.active

@@ -1,5 +1,6 @@
 """lib/training/trainer.py: checkpoints and logs, resume, validation, clipping, DDP, learning, and the
 loss of each epoch."""
+import json
 import math
 import os
 import re
@@ -28,12 +29,12 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import train as train_script
 from lib.cli.options import default_options, train_configs
-from lib.data.precomp import CaptionEncoder, open_split
+from lib.data.precomp import CaptionTokenizer, open_split
 from lib.data.synthetic import write_demo_dataset
 from lib.errors import XDimError
 from lib.formats.checkpoint import load_checkpoint
 from lib.model.bert import load_tokenizer
-from lib.model.loss import ContrastiveLoss
+from lib.model.loss import ContrastiveLoss, build_loss
 from lib.model.similarity.xdim import XDimSimilarity
 from lib.model.xdim_model import XDimModel
 from lib.runtime import distributed
@@ -98,26 +99,26 @@ def test_training_start_warnings_reach_train_log(tmp_path, tiny_precomp, tiny_be
 
 
 def scripted_validation(rsums):
-    """A stand-in for lib.evaluation.scoring.validate returning the next rSum of `rsums` each call."""
+    """A stand-in for lib.evaluation.scoring.split_metrics returning the next rSum of `rsums` each call."""
     values = iter(rsums)
 
-    def validate(model, dev_files, caption_encoder, **kwargs):
+    def split_metrics(model, dev_files, caption_tokenizer, **kwargs):
         rsum = next(values)
         return {key: rsum / 6 for key in training.METRIC_TAGS} | {"rsum": rsum}
-    return validate
+    return split_metrics
 
 
 def test_mid_epoch_best_records_its_epoch_and_resumes_it(tmp_path, tiny_precomp, tiny_bert_dir, monkeypatch):
     # catches: every save recording epoch + 1 (a mid-epoch best would skip the rest of its epoch).
     # 5 steps, validation at iterations 2 and 4 (mid-epoch) and 5 (end): the best is iteration 4's.
-    monkeypatch.setattr(training, "validate", scripted_validation([10.0, 50.0, 20.0]))
+    monkeypatch.setattr(training, "split_metrics", scripted_validation([10.0, 50.0, 20.0]))
     opt = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, num_epochs=1, val_step=2)
     run_training(opt)
     best = load_checkpoint(os.path.join(opt.model_name, "model_best.pth"))
     last = load_checkpoint(os.path.join(opt.model_name, "checkpoint.pth"))
     assert (best["epoch"], best["iterations"], best["best_rsum"]) == (0, 4, 50.0)
     assert (last["epoch"], last["iterations"]) == (1, 5)
-    monkeypatch.setattr(training, "validate", scripted_validation([1.0, 2.0, 3.0]))
+    monkeypatch.setattr(training, "split_metrics", scripted_validation([1.0, 2.0, 3.0]))
     resumed = make_opt(tmp_path, tiny_precomp, tiny_bert_dir, name="resumed", num_epochs=1, val_step=2,
                        resume=os.path.join(opt.model_name, "model_best.pth"))
     assert run_training(resumed)["iterations"] == 4 + 5  # epoch 0 again, whole
@@ -195,6 +196,19 @@ def test_one_epoch_writes_checkpoints_and_logs(one_epoch):
         assert scalars[tag][-1][1] == pytest.approx(value, rel=1e-6)
     assert re.search(r"epoch 0 \[5/5\] .* mask_density [0-9.e-]+ mean_threshold [0-9.e-]+ t_mask [0-9.]+ "
                      r"t_attn [0-9.]+\n", log)
+
+
+def test_a_run_writes_its_resolved_configs_beside_its_log(one_epoch):
+    opt, _ = one_epoch
+    with open(os.path.join(opt.logger_name, "configs.json"), encoding="utf-8") as f:
+        configs = json.load(f)
+    model, training, runtime = train_configs(opt)
+    assert set(configs) == {"model", "training", "runtime"}
+    assert configs["training"] == training.as_dict() and TrainConfig.from_dict(configs["training"]) == training
+    assert configs["model"]["embed_size"] == opt.embed_size == 32 and configs["model"]["sim"] == "xdim"
+    assert configs["model"]["bert"] == opt.bert_path and "bert_config" not in configs["model"]
+    assert configs["training"]["loss"] == "vse_hinge" and configs["training"]["num_epochs"] == 1
+    assert configs["runtime"] == {"device": "cpu", "amp": "none", "threads": opt.threads}
 
 
 def test_resume_continues_exactly(tmp_path, one_epoch, tiny_precomp, tiny_bert_dir):
@@ -356,10 +370,10 @@ def demo_opt(tmp_path, demo, bert_dir, name, **overrides):
 @pytest.fixture(scope="module")
 def demo_float32(tmp_path_factory, demo, tiny_bert_dir):
     """(untrained rSum on dev, training result) of a float32 run on `demo`."""
-    from lib.evaluation.scoring import validate
+    from lib.evaluation.scoring import split_metrics
     opt = demo_opt(tmp_path_factory.mktemp("demo_f32"), demo, tiny_bert_dir, "f32")
-    encoder = CaptionEncoder(load_tokenizer(tiny_bert_dir), 64)
-    untrained = validate(training.build_model(train_configs(opt)[0], opt.bert_path, opt.seed, "cpu", "none"),
+    encoder = CaptionTokenizer(load_tokenizer(tiny_bert_dir), 64)
+    untrained = split_metrics(training.build_model(train_configs(opt)[0], opt.bert_path, opt.seed, "cpu", "none"),
                          open_split(demo[0], demo[1], "dev"), encoder,
                          progress=False)["rsum"]
     return untrained, train_from_options(opt)
@@ -430,5 +444,10 @@ def test_summed_violations_during_the_warm_up_then_hardest_negatives(tmp_path, t
 @pytest.mark.parametrize("warmup, max_violation, hardest_from", [(1, False, 1), (2, False, 2), (0, False, 0),
                                                                  (3, True, 0)])
 def test_the_epoch_where_hardest_negatives_start(warmup, max_violation, hardest_from):
-    config = TrainConfig(vse_mean_warmup_epochs=warmup, max_violation=max_violation)
-    assert [config.uses_max_violation(epoch) for epoch in range(5)] == [epoch >= hardest_from for epoch in range(5)]
+    loss = build_loss("vse_hinge", TrainConfig(vse_mean_warmup_epochs=warmup, max_violation=max_violation))
+
+    def hardest_negatives(epoch):
+        loss.start_epoch(epoch)
+        return loss.max_violation
+
+    assert [hardest_negatives(epoch) for epoch in range(5)] == [epoch >= hardest_from for epoch in range(5)]

@@ -15,19 +15,21 @@ as `cls(embed_size)`, with
 Calling the module scores all images against all captions through the one block
 scheduler (lib/model/similarity/blocks.py), which training and evaluation share: a similarity
 never handles memory. Adding one = one module plus one entry in SIMILARITIES below (a
-SimilarityEntry: the class, its --help line and its traits); `--sim NAME` then picks it,
-checkpoints store the name, evaluation rebuilds it.
+SimilarityEntry: the class, its --help line, its traits and optionally a float64 reference);
+`--sim NAME` then picks it, checkpoints store the name, evaluation rebuilds it, and the
+registry's tests (tests/model/test_similarity.py) check it with no edit of theirs.
 
 `xdim` is the fast X-Dim kernel, `reference` the same equations step by step
 (lib/model/similarity/reference.py); the others change one equation each (docs/method.md).
 """
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from lib.errors import XDimError
 from lib.model.similarity.ablations import XDimFixedThreshold, XDimNoDelta, XDimNoMask
 from lib.model.similarity.base import Similarity
 from lib.model.similarity.cosine import CosineSimilarity
 from lib.model.similarity.reference import ReferenceSimilarity
+from lib.model.similarity.transcription import cosine_words, without_delta, without_mask, xdim_scores
 from lib.model.similarity.xdim import XDimSimilarity
 
 DEFAULT_SIMILARITY = "xdim"
@@ -44,24 +46,30 @@ class SimilarityEntry(NamedTuple):
     # False for a variant that changes one (analyze.py refuses its checkpoints).
     xdim_equations: bool = False
     in_ablation: bool = True  # ablate.py trains it when --variants is not given
+    # (sim, img, cap, cap_lens) -> (n_img, n_cap) float64 numpy scores written plainly from the
+    # equation (lib/model/similarity/transcription.py); the registry's tests check the module with it.
+    reference: Callable = None
 
 
 SIMILARITIES = {
     "xdim": SimilarityEntry(
         XDimSimilarity, "X-Dim: step 5 aggregates s = (u * w) W^T through the masked dependency W",
-        xdim_equations=True),
+        xdim_equations=True, reference=xdim_scores),
     # Computes xdim's scores (slowly): a debugging aid, not an ablation.
     "reference": SimilarityEntry(
         ReferenceSimilarity, "xdim's equations step by step on padded tensors (slow; debugging)",
-        xdim_equations=True, in_ablation=False),
+        xdim_equations=True, in_ablation=False, reference=xdim_scores),
     "cosine": SimilarityEntry(
-        CosineSimilarity, "no dimension dependency: delta = 1 in step 1, word score cos(u, w) in step 5"),
-    "xdim_nomask": SimilarityEntry(XDimNoMask, "no sparse mask: W = row-l2n(P), every dependency kept"),
+        CosineSimilarity, "no dimension dependency: delta = 1 in step 1, word score cos(u, w) in step 5",
+        reference=cosine_words),
+    "xdim_nomask": SimilarityEntry(XDimNoMask, "no sparse mask: W = row-l2n(P), every dependency kept",
+                                   reference=without_mask),
     "xdim_fixed_threshold": SimilarityEntry(
         XDimFixedThreshold, "mask not learned: lam and t_mask frozen at their initial values",
-        xdim_equations=True),
+        xdim_equations=True, reference=xdim_scores),
     "xdim_nodelta": SimilarityEntry(
-        XDimNoDelta, "no dimension weights in step 1: a = tanh(w . v) (W still in step 5)"),
+        XDimNoDelta, "no dimension weights in step 1: a = tanh(w . v) (W still in step 5)",
+        reference=without_delta),
 }
 
 __all__ = ["DEFAULT_SIMILARITY", "SIMILARITIES", "Similarity", "SimilarityEntry", "ablation_variants",
