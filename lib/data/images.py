@@ -263,6 +263,11 @@ class PixelConfig:
         """T = int(256 * input_scale_factor); 'detector' normalisation for the BUTD backbone, else ImageNet's."""
         return cls(int(BASE_SIZE * input_scale_factor), "detector" if backbone_source == "detector" else "imagenet")
 
+    @classmethod
+    def for_model(cls, model_config):
+        """The settings of a raw-image model's backbone (its ModelConfig's source and scale factor)."""
+        return cls.for_backbone(model_config.backbone_source, model_config.input_scale_factor)
+
 
 def crop_window(height, width, rng):
     """(top, left, crop height, crop width) of a training crop of an image `height` x `width`.

@@ -204,8 +204,7 @@ def pixel_embedding_batches(model, split, rows=None, batch_size=128, workers=0, 
     file decoded once, through the model's backbone. Yields (emb (b, h*w, d) float32 on
     model.device, None, rows (b,) int64) like image_embedding_batches."""
     from lib.data.images import PixelConfig, image_eval_batches
-    config = PixelConfig.for_backbone(model.config.backbone_source, model.config.input_scale_factor)
-    batches = image_eval_batches(split, config, batch_size, workers, all_rows(rows, split.n_images))
+    batches = image_eval_batches(split, PixelConfig.for_model(model.config), batch_size, workers, all_rows(rows, split.n_images))
     for pixels, batch_rows in tqdm(batches, desc="encode images", disable=not progress):
         yield model.encode_images(pixels), None, batch_rows
 

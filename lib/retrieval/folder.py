@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lib.data.butd import NpyWriter
+from lib.data.images import PixelConfig, pixel_tensor, read_rgb
 from lib.errors import XDimError, first_line
 from lib.formats.atomic import atomic_folder, write_json, write_text
 from lib.formats.checkpoint import weights_fingerprint
@@ -100,15 +101,8 @@ def scan_image_folder(root):
 
 # ---------------------------------------------------------------- decoding and encoding
 
-def pixel_config(model_config):
-    """The evaluation pixel settings (lib.data.images.PixelConfig) of a backbone-mode model."""
-    from lib.data.images import PixelConfig
-    return PixelConfig.for_backbone(model_config.backbone_source, model_config.input_scale_factor)
-
-
 def load_pixels(path, pixels):
     """One image file through the evaluation pipeline -> (3, T, T) float32; XDimError when it cannot be read."""
-    from lib.data.images import pixel_tensor, read_rgb
     return pixel_tensor(read_rgb(path)[0], pixels)
 
 
@@ -135,7 +129,7 @@ def encode_photo(model, model_path, path, option="--query_image"):
     check_backbone_model(model, model_path, option)
     check_photo_file(path, option)
     try:
-        pixels = load_pixels(path, pixel_config(model.config))
+        pixels = load_pixels(path, PixelConfig.for_model(model.config))
     except XDimError as err:
         raise XDimError(f"{option} {err}; give a photo (JPEG, PNG or WebP)") from None
     model.val_start()
@@ -195,7 +189,7 @@ def encode_files(model, encoder, root, files, scratch, batch_size, workers=0, pr
     embeddings (k, R, d) float16 and global vectors (k, g) float32 as memory maps;
     failed: [(position, reason)]). Undecodable files are warned about on stderr.
     """
-    dataset = FolderPixels(root, files, pixel_config(model.config))
+    dataset = FolderPixels(root, files, PixelConfig.for_model(model.config))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_decoded)
     regions = ScratchRows(os.path.join(scratch, "new_regions.raw"), np.float16)

@@ -90,7 +90,7 @@ def make_train_loader(config, caption_tokenizer, model_config, augment=True):
         from lib.data import images
         files = images.open_image_split(config.data_path, config.data_name, "train", config.image_root or None)
         loader = images.image_train_loader(files, caption_tokenizer, per_rank_batch(config.batch_size, world),
-                                           pixel_config(model_config), workers=config.workers, seed=config.seed,
+                                           images.PixelConfig.for_model(model_config), workers=config.workers, seed=config.seed,
                                            num_replicas=world, rank=distributed.rank())
     else:
         files = precomp.open_split(config.data_path, config.data_name, "train", img_dim=model_config.img_dim)
@@ -207,12 +207,6 @@ def read_resume(config, sim):
 
 
 # ---------------------------------------------------------------- the trainer
-
-def pixel_config(model_config):
-    """The pixel pipeline's settings of a raw-image model (lib.data.images.PixelConfig)."""
-    from lib.data.images import PixelConfig
-    return PixelConfig.for_backbone(model_config.backbone_source, model_config.input_scale_factor)
-
 
 def build_optimizer(model, learning_rate, backbone_lr_factor=0.01):
     """AdamW, weight decay 1e-4: base lr for the image encoder, text projection and similarity;

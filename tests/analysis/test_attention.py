@@ -14,6 +14,7 @@ import analyze
 import retrieve
 from lib.analysis import attention
 from lib.cli.options import default_options
+from lib.data.images import PixelConfig
 from lib.data.precomp import CaptionTokenizer
 from lib.errors import XDimError
 from lib.formats.checkpoint import save_checkpoint
@@ -52,7 +53,7 @@ def test_grid_shape_and_top_regions():
 
 
 def _direct_score(model, photo, caption):
-    pixels = folders.load_pixels(photo, folders.pixel_config(model.config))
+    pixels = folders.load_pixels(photo, PixelConfig.for_model(model.config))
     ids = torch.tensor([CaptionTokenizer(load_tokenizer(model.bert_path), 64).encode(caption)])
     with torch.no_grad():
         return float(model.forward_sim(model.encode_images(pixels[None]), model.encode_captions(ids),

@@ -33,7 +33,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from lib.data.images import pixel_tensor, read_rgb  # noqa: E402
+from lib.data.images import PixelConfig, pixel_tensor, read_rgb  # noqa: E402
 from lib.data.synthetic import demo_vocabulary, write_tiny_bert  # noqa: E402
 from lib.model.bert import BUNDLED_BERT_BASE, bert_config_dict  # noqa: E402
 from lib.model.config import ModelConfig  # noqa: E402
@@ -92,7 +92,7 @@ def load():
 def run_part(name, model, photos_root, workdir, queries):
     n = len(folders.scan_image_folder(photos_root))
     encoder = MeanPooling(model.config.embed_size)
-    config = folders.pixel_config(model.config)
+    config = PixelConfig.for_model(model.config)
     files = folders.scan_image_folder(photos_root)
     start = time.perf_counter()
     for f in files:

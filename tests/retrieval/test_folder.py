@@ -43,7 +43,7 @@ def built(tmp_path_factory, tiny_bert_dir):
 
 def direct_scores(model, album, items, text):
     """float32 X-Dim scores of `text` against the photos `items`, decoded and encoded here."""
-    pixels = torch.stack([folders.load_pixels(os.path.join(album, item), folders.pixel_config(model.config))
+    pixels = torch.stack([folders.load_pixels(os.path.join(album, item), PixelConfig.for_model(model.config))
                           for item in items])
     encoder = CaptionTokenizer(load_tokenizer(model.bert_path), 64)
     ids = torch.tensor([encoder.encode(text)])
