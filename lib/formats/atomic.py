@@ -290,8 +290,10 @@ def journal_path(folder, group):
     return os.path.join(folder, group + JOURNAL_SUFFIX)
 
 
-def _read_journal(path):
-    """{'pid', 'files': [[temporary name, final name], ...]} of a journal, or None when unreadable."""
+def read_pid_record(path):
+    """The JSON object of a file that records its writer's 'pid' (a group's journal:
+    {'pid', 'files': [[temporary name, final name], ...]}; a lock file: {'pid', 'host', 'started'}),
+    or None when the file is gone, unreadable or half written."""
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
@@ -323,7 +325,7 @@ def complete_interrupted_group(folder, group):
     remove_stale(folder, lambda target: target == os.path.basename(path))
     if not os.path.lexists(path):
         return []
-    record = _read_journal(path)
+    record = read_pid_record(path)
     if record is not None and process_alive(record["pid"]):
         raise XDimError(f"{folder}: process {record['pid']} is writing the files of {group} right now "
                         f"({path}); wait for it to finish")
@@ -365,7 +367,7 @@ def check_group_complete(folder, group, fix):
     path = journal_path(folder, group)
     if not os.path.lexists(path):
         return
-    record = _read_journal(path)
+    record = read_pid_record(path)
     if record is not None and process_alive(record["pid"]):
         raise XDimError(f"{folder}: the files of {group} are being replaced right now (process "
                         f"{record['pid']}, {path}); wait a moment and run again")

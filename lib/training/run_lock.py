@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch.distributed as dist
 
 from lib.errors import XDimError
-from lib.formats.atomic import process_alive
+from lib.formats.atomic import process_alive, read_pid_record
 from lib.runtime import distributed
 
 LOCK_NAME = "train.lock"
@@ -45,16 +45,6 @@ def lock_owner():
     """This process as a lock file records it: {'pid', 'host', 'started'} (UTC, ISO 8601)."""
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def read_owner(path):
-    """The owner recorded in a lock file, or None when the file is gone or unreadable (half written)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            owner = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
 
 
 def owner_is_gone(owner):
@@ -105,20 +95,20 @@ def acquire(folder, owner, logger, name=LOCK_NAME, use=TRAINING):
     for _ in range(2):
         if _create(path, owner):
             return HeldLock(path, created_folder)
-        holder = read_owner(path)
+        holder = read_pid_record(path)
         if holder is None or not owner_is_gone(holder):
             raise XDimError(refusal(folder, path, holder, use))
         # Re-read just before removing, so that a lock another run took over meanwhile stays.
-        if read_owner(path) == holder:
+        if read_pid_record(path) == holder:
             os.remove(path)
             logger.warning("took over %s: its run (pid %d, started %s) is no longer running",
                            path, holder["pid"], holder.get("started"))
-    raise XDimError(refusal(folder, path, read_owner(path), use))
+    raise XDimError(refusal(folder, path, read_pid_record(path), use))
 
 
 def release(lock, owner):
     """Remove `lock` if it still is `owner`'s, and its folder if the run created it and left it empty."""
-    if read_owner(lock.path) == owner:
+    if read_pid_record(lock.path) == owner:
         os.remove(lock.path)
     if lock.created_folder and not os.listdir(os.path.dirname(lock.path)):
         os.rmdir(os.path.dirname(lock.path))
