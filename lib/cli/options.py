@@ -19,7 +19,9 @@ the first bad one stops the run with one line naming it.
 import argparse
 import math
 import os
-from dataclasses import fields
+import types
+import typing
+from dataclasses import MISSING, fields
 
 from lib.errors import XDimError
 from lib.model.backbone import NO_BACKBONE_WEIGHTS, output_channels
@@ -45,22 +47,61 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+def option_type(config_field):
+    """The argparse `type` of a config field: `X` for `X`, `X | None` and `tuple[X, ...]`."""
+    kind = config_field.type
+    if typing.get_origin(kind) in (types.UnionType, typing.Union, tuple):
+        kind = next(arg for arg in typing.get_args(kind) if arg not in (type(None), Ellipsis))
+    return kind
+
+
 def add_config_options(parser, config_class, skip=()):
     """Declare an option for each field of the dataclass `config_class` whose metadata holds a
-    help line (except `skip`): `--NAME` with the field's type and default, a flag for a bool
-    field (default False), and the metadata's `choices` and `metavar`. The configs' fields are
-    thus the one place where an option, its type and its default are written."""
+    help line (except `skip`): `--NAME` with the field's type (`option_type`) and default.
+
+    A bool field is a flag (default False), or `--NAME/--no-NAME` when its metadata says
+    `negatable`. The metadata's `choices`, `metavar`, `nargs` and `required` pass through; fields
+    that share a metadata `one_of` name form a group of which exactly one must be given. The
+    configs' fields are thus the one place where an option, its type and its default are written.
+    """
+    groups = {}
     for f in fields(config_class):
         if "help" not in f.metadata or f.name in skip:
             continue
-        if f.type is bool:
-            if f.default is not False:
+        target = parser
+        if "one_of" in f.metadata:
+            target = groups.setdefault(f.metadata["one_of"], parser.add_mutually_exclusive_group(required=True))
+        extra = {key: f.metadata[key] for key in ("choices", "metavar", "nargs", "required") if key in f.metadata}
+        if option_type(f) is bool:
+            if f.metadata.get("negatable"):
+                extra["action"] = argparse.BooleanOptionalAction
+            elif f.default is not False:
                 raise TypeError(f"{config_class.__name__}.{f.name}: a flag must default to False")
-            parser.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+            else:
+                extra["action"] = "store_true"
+            target.add_argument(f"--{f.name}", default=f.default, help=f.metadata["help"], **extra)
             continue
-        extra = {key: f.metadata[key] for key in ("choices", "metavar") if key in f.metadata}
-        parser.add_argument(f"--{f.name}", type=f.type, default=f.default, help=f.metadata["help"], **extra)
+        target.add_argument(f"--{f.name}", type=option_type(f), default=argparse_default(f), help=f.metadata["help"],
+                            **extra)
     return parser
+
+
+def argparse_default(config_field):
+    """The option's default: the field's, a list for a tuple default (as argparse gives for nargs)."""
+    default = config_field.default
+    if default is MISSING:
+        default = config_field.default_factory()
+    return list(default) if isinstance(default, tuple) else default
+
+
+def config_from_args(config_class, args, **values):
+    """`config_class` built from the parsed options of its option fields (add_config_options; each must
+    be in `args`), lists turned into tuples, and `values` for fields that are not options."""
+    for f in fields(config_class):
+        if "help" in f.metadata and f.name not in values:
+            value = getattr(args, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return config_class(**values)
 
 
 def add_runtime_options(parser):
@@ -99,14 +140,9 @@ def default_options(**overrides):
     return opt
 
 
-def _fields_of(config_class, args):
-    """The values in `args` of `config_class`'s option fields (add_config_options); each must be there."""
-    return {f.name: getattr(args, f.name) for f in fields(config_class) if "help" in f.metadata}
-
-
 def runtime_config(args):
     """The RuntimeConfig of parsed options that include `add_runtime_options`."""
-    return RuntimeConfig(**_fields_of(RuntimeConfig, args))
+    return config_from_args(RuntimeConfig, args)
 
 
 def train_configs(args):
@@ -115,11 +151,11 @@ def train_configs(args):
     --bert_path (default bert-base-uncased) becomes ModelConfig.bert; in the backbone mode
     --img_dim left at its default becomes the backbone's channel count.
     """
-    model = _fields_of(ModelConfig, args)
-    model["bert"] = args.bert_path or DEFAULT_BERT
-    if args.precomp_enc_type == "backbone" and args.img_dim == 2048:
-        model["img_dim"] = output_channels(args.backbone_width)
-    return ModelConfig(**model), TrainConfig(**_fields_of(TrainConfig, args)), runtime_config(args)
+    img_dim = args.img_dim
+    if args.precomp_enc_type == "backbone" and img_dim == 2048:
+        img_dim = output_channels(args.backbone_width)
+    model = config_from_args(ModelConfig, args, bert=args.bert_path or DEFAULT_BERT, img_dim=img_dim)
+    return model, config_from_args(TrainConfig, args), runtime_config(args)
 
 
 # ---------------------------------------------------------------- checks
