@@ -38,11 +38,11 @@ OFFICIAL_UNUSED = {"vocab_path": (str, "./vocab/"), "word_dim": (int, 300)}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Option help with a default only when it says something (not None, False, '' or []);
-    the epilog (e.g. the list of similarities) kept line by line."""
+    """Option help with a default only when it says something (not None, False, '' or []; a default
+    of 0 is shown); the epilog (e.g. the list of similarities) kept line by line."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, "", []):
+        if action.default is None or action.default is False or action.default in ("", []):
             return action.help
         return super()._get_help_string(action)
 
@@ -70,7 +70,9 @@ def add_config_options(parser, config_class, skip=()):
             continue
         target = parser
         if "one_of" in f.metadata:
-            target = groups.setdefault(f.metadata["one_of"], parser.add_mutually_exclusive_group(required=True))
+            if f.metadata["one_of"] not in groups:
+                groups[f.metadata["one_of"]] = parser.add_mutually_exclusive_group(required=True)
+            target = groups[f.metadata["one_of"]]
         extra = {key: f.metadata[key] for key in ("choices", "metavar", "nargs", "required") if key in f.metadata}
         if option_type(f) is bool:
             if f.metadata.get("negatable"):
@@ -87,10 +89,11 @@ def add_config_options(parser, config_class, skip=()):
 
 
 def argparse_default(config_field):
-    """The option's default: the field's, a list for a tuple default (as argparse gives for nargs)."""
+    """The option's default: the field's, a list for a tuple default (as argparse gives for nargs),
+    None for a field without a default (a required option)."""
     default = config_field.default
     if default is MISSING:
-        default = config_field.default_factory()
+        default = None if config_field.default_factory is MISSING else config_field.default_factory()
     return list(default) if isinstance(default, tuple) else default
 
 
