@@ -16,6 +16,7 @@ import time
 from lib.cli.options import (
     AT_LEAST_1,
     POSITIVE,
+    WORKERS,
     HelpFormatter,
     add_config_options,
     add_runtime_options,
@@ -42,6 +43,7 @@ COMMANDS = {"distill": (DistillConfig, "train a shortlist head that imitates X-D
 # A temperature of 0 divides by zero (an all-NaN head), a negative one inverts the ranking learned.
 DISTILL_RANGES = {"epochs": AT_LEAST_1, "batch_images": AT_LEAST_1, "learning_rate": POSITIVE, "size": AT_LEAST_1,
                   "group": AT_LEAST_1, "temperature": POSITIVE}
+BUILD_RANGES = {"workers": WORKERS}  # and --batch_size when given
 QUERY_RANGES = {"top_k": AT_LEAST_1, "shortlist": AT_LEAST_1}
 # The inputs of a build that its index must not overwrite or contain.
 BUILD_INPUTS = ("images", "captions", "model_path", "head", "bert_path")
@@ -81,10 +83,11 @@ def check_distill(config):
 
 
 def check_build(config):
-    """--batch_size in range, the index's parent writable, and the target and gallery usable:
-    a photo folder (lib.retrieval.folder.check_folder_build) or any other (check_index_target)."""
+    """Numbers in range, the index's parent writable, and the target and gallery usable: a photo
+    folder (lib.retrieval.folder.check_folder_build) or any other (check_index_target)."""
     if config.batch_size is not None:  # None: the default of the gallery's kind
         check_ranges(config, {"batch_size": AT_LEAST_1})
+    check_ranges(config, BUILD_RANGES)
     check_output_folder("--index", os.path.dirname(os.path.abspath(config.index)), shown=config.index)
     if config.image_folder is not None:
         folder.check_folder_build(config.index, config.image_folder, config.overwrite, config.update,

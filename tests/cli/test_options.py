@@ -1,13 +1,23 @@
 """lib/cli/options.py: options are never rewritten; --help hides noise; the range checks at their boundaries
 (zero, negative and non-finite refused in one `error:` line before any work, each lower bound accepted)."""
+import argparse
 import os
+from dataclasses import dataclass, field
 
 import pytest
 from helpers import copy_data, help_text, poison, train_argv, train_from_options
 
 import eval as eval_cli
 import train as train_script
-from lib.cli.options import check_evaluation_options, check_training_options, get_argument_parser, train_configs
+from lib.cli.options import (
+    HelpFormatter,
+    add_config_options,
+    check_evaluation_options,
+    check_training_options,
+    config_from_args,
+    get_argument_parser,
+    train_configs,
+)
 from lib.errors import XDimError
 from lib.formats.checkpoint import load_checkpoint
 from lib.model.config import ModelConfig
@@ -198,3 +208,27 @@ def test_evaluation_option_at_its_lower_bound_is_accepted(tmp_path, option, valu
     args = eval_cli.build_parser().parse_args(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu",
                                                option, value])
     assert str(check_evaluation_options(args)) == "cpu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """A config with a required field, a group of three exclusive fields and a count defaulting to 0."""
+    path: str = field(metadata={"help": "where", "required": True})
+    text: str | None = field(default=None, metadata={"help": "a text", "one_of": "source"})
+    row: int | None = field(default=None, metadata={"help": "a row", "one_of": "source"})
+    photo: str | None = field(default=None, metadata={"help": "a photo", "one_of": "source"})
+    count: int = field(default=0, metadata={"help": "how many"})
+
+
+def test_one_of_fields_make_one_required_exclusive_group(capsys):
+    parser = add_config_options(argparse.ArgumentParser(formatter_class=HelpFormatter), SourceConfig)
+    assert config_from_args(SourceConfig, parser.parse_args(["--path", "p", "--row", "3"])) == SourceConfig(
+        path="p", row=3)
+    for argv, refused in ((["--path", "p", "--text", "x", "--photo", "y"], "argument --photo: not allowed with "
+                                                                            "argument --text"),
+                          (["--path", "p"], "one of the arguments --text --row --photo is required"),
+                          (["--row", "1"], "the following arguments are required: --path")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert refused in capsys.readouterr().err
+    assert "how many (default: 0)" in help_text(parser) and "where (default" not in help_text(parser)
