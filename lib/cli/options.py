@@ -1,20 +1,18 @@
-"""Command-line options, their checks, and their conversion into typed configs.
+"""Command-line options: generated from the typed configs, checked, and turned into configs.
 
-`get_argument_parser()` keeps every option of the official X-Dim parser with the
-same name and default (some are accepted only so that old command lines keep
-working; they are hidden from --help), and adds the options this codebase
-introduces. The options are generated from the fields of the configs
-(`add_config_options`: TrainConfig, ModelConfig, RuntimeConfig), so each default is
-written once, in its dataclass. `add_runtime_options` declares the options every
-script shares (--bert_path and RuntimeConfig's --device, --amp, --threads) once.
+The machinery every entry point uses: `add_config_options` declares one option per field
+of a config dataclass (type, default, help, choices ... from the field), so each default is
+written once, in its dataclass; `config_from_args` builds the config back from the parsed
+options; `add_runtime_options` declares the options every script shares (--bert_path and
+RuntimeConfig's --device, --amp, --threads). The range rules (POSITIVE, AT_LEAST_1, ...),
+`check_ranges` and the output-path checks are here too, shared by every command.
 
-`train_configs(args)` turns train.py's parsed options into (ModelConfig,
-TrainConfig, RuntimeConfig) once, at the entry point; nothing below it sees the
-namespace.
-
-`check_training_options` and `check_evaluation_options` are the one place where
-each entry point checks its options, right after parsing and before any work:
-the first bad one stops the run with one line naming it.
+train.py's options live here as well: `get_argument_parser()` keeps every option of the
+official X-Dim parser with the same name and default (some are accepted only so that old
+command lines keep working; they are hidden from --help), `check_training_options` checks
+them before any work, and `train_configs(args)` turns them into (ModelConfig, TrainConfig,
+RuntimeConfig) once, at the entry point; nothing below it sees the namespace. eval.py's
+options, checks and run are in lib.cli.evaluate, retrieve.py's in lib.cli.retrieve.
 """
 import argparse
 import math
@@ -48,9 +46,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def option_type(config_field):
-    """The argparse `type` of a config field: `X` for `X`, `X | None` and `tuple[X, ...]`."""
+    """The argparse `type` of a config field: its metadata's `type` (the command line's form of a
+    field that the entry point converts), else `X` for `X`, `X | None`, `tuple[X, ...]` and their mixes."""
+    if "type" in config_field.metadata:
+        return config_field.metadata["type"]
     kind = config_field.type
-    if typing.get_origin(kind) in (types.UnionType, typing.Union, tuple):
+    while typing.get_origin(kind) in (types.UnionType, typing.Union, tuple):
         kind = next(arg for arg in typing.get_args(kind) if arg not in (type(None), Ellipsis))
     return kind
 
@@ -177,10 +178,7 @@ TRAINING_RANGES = {
     "embedding_warmup_epochs": COUNT, "backbone_warmup_epochs": COUNT, "backbone_lr_factor": NON_NEGATIVE,
     "backbone_width": AT_LEAST_1, "input_scale_factor": POSITIVE,
 }
-EVALUATION_RANGES = {
-    "batch_size": AT_LEAST_1, "workers": WORKERS, "fold_images": AT_LEAST_1, "rows_per_block": COUNT,
-    "threads": THREADS,
-}
+
 
 
 def check_ranges(opt, ranges):
@@ -244,22 +242,3 @@ def check_training_options(opt):
     check_output_folder("--logger_name", opt.logger_name)
     check_output_folder("--model_name", opt.model_name)
     return resolve_device(opt.device)
-
-
-def check_evaluation_options(args):
-    """Check eval.py's (test.py's, testall.py's) options before any work -> the torch.device.
-
-    Something to evaluate must be given, numbers must lie in their range, the --json
-    and --save_sims files must be writable and the device must exist here. Raises
-    XDimError naming the first bad option.
-    """
-    if not args.model_path and not args.ensemble:
-        raise XDimError("nothing to evaluate: give --model_path and/or --ensemble FILE...")
-    if args.shortlist is not None and (args.shortlist < 1 or not args.model_path):
-        raise XDimError(f"--shortlist {args.shortlist}: needs K >= 1 and --model_path "
-                        f"(the global vectors come from the model)")
-    check_ranges(args, EVALUATION_RANGES)
-    for option, path in (("--json", args.json), ("--save_sims", args.save_sims)):
-        if path:
-            check_output_file(option, path)
-    return resolve_device(args.device)

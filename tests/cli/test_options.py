@@ -5,9 +5,8 @@ import os
 import pytest
 from helpers import copy_data, help_text, poison, train_argv, train_from_options
 
-import eval as eval_cli
 import train as train_script
-from lib.cli.options import check_evaluation_options, check_training_options, get_argument_parser, train_configs
+from lib.cli.options import check_training_options, get_argument_parser, train_configs
 from lib.errors import XDimError
 from lib.formats.checkpoint import load_checkpoint
 from lib.model.config import ModelConfig
@@ -43,7 +42,6 @@ def test_help_hides_noise_and_unused_options():
         assert shown in text
     old = get_argument_parser().parse_args(["--word_dim", "200"])
     assert old.word_dim == 200
-    assert "(default: None)" not in help_text(eval_cli.build_parser())
 
 
 # The official X-Dim parser's options with their defaults, and ours, as train.py parsed them
@@ -164,37 +162,3 @@ def test_non_finite_count_is_refused_by_the_parser_in_one_error_line(tmp_path, c
     assert stop.value.code == 2
     [line] = error_lines(capsys)
     assert line.endswith(f" error: argument {option}: invalid int value: '{value}'")
-
-
-EVALUATION_REFUSED = [
-    ("--batch_size", ["0", "-1"], AT_LEAST_1),
-    ("--fold_images", ["0", "-1000"], AT_LEAST_1),
-    ("--rows_per_block", ["-1"], COUNT),
-    ("--workers", ["-1"], "must be 0 (load in the main process) or more"),
-    ("--threads", ["-1"], "must be 0 (automatic) or more"),
-]
-EVALUATION_LOWEST = [("--batch_size", "1"), ("--fold_images", "1"), ("--rows_per_block", "0"), ("--workers", "0"),
-                     ("--threads", "0"), ("--shortlist", "1")]
-
-
-@pytest.mark.parametrize("option, value, requirement",
-                         [(option, value, requirement) for option, values, requirement in EVALUATION_REFUSED
-                          for value in values])
-def test_evaluation_option_out_of_range_is_one_error_line(tmp_path, capsys, option, value, requirement):
-    assert eval_cli.main(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu", option, value]) == 2
-    assert error_lines(capsys) == [f"error: {option} {value}: {requirement}"]
-
-
-@pytest.mark.parametrize("value", ["0", "-5"])
-def test_shortlist_of_no_item_is_refused(tmp_path, capsys, value):
-    # catches: `shortlist < 0` for `< 1`, or `if args.shortlist and ...` (0 would skip the two-stage report).
-    assert eval_cli.main(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu", "--shortlist", value]) == 2
-    assert error_lines(capsys) == [f"error: --shortlist {value}: needs K >= 1 and --model_path "
-                                   "(the global vectors come from the model)"]
-
-
-@pytest.mark.parametrize("option, value", EVALUATION_LOWEST)
-def test_evaluation_option_at_its_lower_bound_is_accepted(tmp_path, option, value):
-    args = eval_cli.build_parser().parse_args(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu",
-                                               option, value])
-    assert str(check_evaluation_options(args)) == "cpu"
