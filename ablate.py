@@ -15,7 +15,8 @@ import os
 import sys
 
 from lib.cli.entry import entry_point
-from lib.cli.options import check_output_folder, check_training_options, get_argument_parser, train_configs
+from lib.cli.options import check_output_folder
+from lib.cli.train import check_training_options, get_argument_parser, train_configs
 from lib.data.synthetic import DEMO_TRAINING
 from lib.errors import XDimError
 from lib.evaluation.compare import check_resamples, check_scipy

@@ -25,7 +25,7 @@ from helpers import (
 
 import eval as eval_cli
 from lib.analysis.statistics import check_xdim_equations
-from lib.cli.options import get_argument_parser, train_configs
+from lib.cli.train import get_argument_parser, train_configs
 from lib.errors import XDimError
 from lib.formats.checkpoint import load_checkpoint, save_checkpoint
 from lib.model.similarity import (

@@ -6,7 +6,7 @@ import torch
 from helpers import run_eval, run_train, train_argv
 
 from lib.cli.evaluate import evaluation_parser
-from lib.cli.options import get_argument_parser
+from lib.cli.train import get_argument_parser
 from lib.runtime import device as runtime
 
 

@@ -26,7 +26,7 @@ from helpers import (
 
 import eval as eval_cli
 from lib.cli.evaluate import evaluation_parser
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.data.precomp import CaptionTokenizer, open_split, train_loader
 from lib.evaluation import metrics, score_files, scoring
 from lib.formats.checkpoint import (
