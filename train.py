@@ -10,7 +10,7 @@ Options: `python train.py --help`. Bad input prints one `error: ...` line and ex
 import sys
 
 from lib.cli.entry import entry_point
-from lib.cli.options import check_training_options, get_argument_parser, train_configs
+from lib.cli.train import check_training_options, get_argument_parser, train_configs
 
 
 @entry_point

@@ -39,7 +39,7 @@ from helpers import (
 )
 
 import retrieve
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.data.precomp import (
     CaptionTokenizer,
     open_split,

@@ -28,7 +28,7 @@ from transformers import BertModel
 import eval as eval_cli
 import retrieve
 import train as train_script
-from lib.cli.options import check_training_options, default_options, train_configs
+from lib.cli.train import check_training_options, default_options, train_configs
 from lib.data.synthetic import DEMO_OBJECTS
 from lib.formats.checkpoint import (
     new_checkpoint,

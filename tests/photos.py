@@ -6,7 +6,7 @@ import torch
 from helpers import checkpoint_of, model_from_options
 from PIL import Image
 
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.formats.checkpoint import save_checkpoint
 from lib.model.xdim_model import XDimModel
 

@@ -1,20 +1,15 @@
-"""Command-line options, their checks, and their conversion into typed configs.
+"""Command-line options: generated from the typed configs, checked, and turned back into configs.
 
-`get_argument_parser()` keeps every option of the official X-Dim parser with the
-same name and default (some are accepted only so that old command lines keep
-working; they are hidden from --help), and adds the options this codebase
-introduces. The options are generated from the fields of the configs
-(`add_config_options`: TrainConfig, ModelConfig, RuntimeConfig), so each default is
-written once, in its dataclass. `add_runtime_options` declares the options every
-script shares (--bert_path and RuntimeConfig's --device, --amp, --threads) once.
+The machinery every entry point uses: `add_config_options` declares one option per field
+of a config dataclass (type, default, help, choices ... from the field), so each default is
+written once, in its dataclass; `config_from_args` builds the config back from the parsed
+options; `add_runtime_options` declares the options every script shares (--bert_path and
+RuntimeConfig's --device, --amp, --threads). The range rules (POSITIVE, AT_LEAST_1, ...),
+`check_ranges` and the output-path checks are here too, shared by every command.
 
-`train_configs(args)` turns train.py's parsed options into (ModelConfig,
-TrainConfig, RuntimeConfig) once, at the entry point; nothing below it sees the
-namespace.
-
-`check_training_options` and `check_evaluation_options` are the one place where
-each entry point checks its options, right after parsing and before any work:
-the first bad one stops the run with one line naming it.
+Each command's own options, checks and configs are in its module beside this one:
+lib.cli.train (train.py, ablate.py), lib.cli.evaluate (eval.py, test.py, testall.py),
+lib.cli.retrieve (retrieve.py).
 """
 import argparse
 import math
@@ -24,17 +19,8 @@ import typing
 from dataclasses import MISSING, fields
 
 from lib.errors import XDimError
-from lib.model.backbone import NO_BACKBONE_WEIGHTS, output_channels
 from lib.model.bert import DEFAULT_BERT
-from lib.model.config import MAX_EMBED_SIZE, MIN_EMBED_SIZE, ModelConfig
-from lib.model.loss import loss_help
-from lib.model.similarity import similarity_help
-from lib.runtime.device import RuntimeConfig, resolve_device
-from lib.training.config import TrainConfig
-
-# Options of the official parser that nothing uses: accepted with their type and default, so
-# that old command lines run, and hidden from --help.
-OFFICIAL_UNUSED = {"vocab_path": (str, "./vocab/"), "word_dim": (int, 300)}
+from lib.runtime.device import RuntimeConfig
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -48,9 +34,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def option_type(config_field):
-    """The argparse `type` of a config field: `X` for `X`, `X | None` and `tuple[X, ...]`."""
+    """The argparse `type` of a config field: its metadata's `type` (the command line's form of a
+    field that the entry point converts), else `X` for `X`, `X | None`, `tuple[X, ...]` and their mixes."""
+    if "type" in config_field.metadata:
+        return config_field.metadata["type"]
     kind = config_field.type
-    if typing.get_origin(kind) in (types.UnionType, typing.Union, tuple):
+    while typing.get_origin(kind) in (types.UnionType, typing.Union, tuple):
         kind = next(arg for arg in typing.get_args(kind) if arg not in (type(None), Ellipsis))
     return kind
 
@@ -117,48 +106,9 @@ def add_runtime_options(parser):
     return add_config_options(parser, RuntimeConfig)
 
 
-def get_argument_parser(with_sim=True):
-    """train.py's options: one per field of TrainConfig, ModelConfig and RuntimeConfig, plus the
-    official parser's unused ones (hidden); with_sim=False leaves --sim out (for scripts that set it)."""
-    parser = argparse.ArgumentParser(
-        description="Train X-Dim on precomputed region features (precomp layout), or on image files "
-                    "with a CNN backbone (--precomp_enc_type backbone).",
-        epilog=similarity_help() + "\n\n" + loss_help(), formatter_class=HelpFormatter)
-    add_config_options(parser.add_argument_group("training"), TrainConfig)
-    add_config_options(parser.add_argument_group("model"), ModelConfig, skip=() if with_sim else ("sim",))
-    add_runtime_options(parser.add_argument_group("runtime"))
-    for name, (kind, default) in OFFICIAL_UNUSED.items():
-        parser.add_argument(f"--{name}", type=kind, default=default, help=argparse.SUPPRESS)
-    return parser
-
-
-def default_options(**overrides):
-    """train.py's options as parsed from an empty command line, with `overrides` applied
-    (what a command line would give; for tests and notebooks)."""
-    opt = get_argument_parser().parse_args([])
-    for key, value in overrides.items():
-        if not hasattr(opt, key):
-            raise ValueError(f"unknown option {key!r}")
-        setattr(opt, key, value)
-    return opt
-
-
 def runtime_config(args):
     """The RuntimeConfig of parsed options that include `add_runtime_options`."""
     return config_from_args(RuntimeConfig, args)
-
-
-def train_configs(args):
-    """train.py's parsed options -> (ModelConfig, TrainConfig, RuntimeConfig).
-
-    --bert_path (default bert-base-uncased) becomes ModelConfig.bert; in the backbone mode
-    --img_dim left at its default becomes the backbone's channel count.
-    """
-    img_dim = args.img_dim
-    if args.precomp_enc_type == "backbone" and img_dim == 2048:
-        img_dim = output_channels(args.backbone_width)
-    model = config_from_args(ModelConfig, args, bert=args.bert_path or DEFAULT_BERT, img_dim=img_dim)
-    return model, config_from_args(TrainConfig, args), runtime_config(args)
 
 
 # ---------------------------------------------------------------- checks
@@ -166,26 +116,10 @@ def train_configs(args):
 # Rules for numeric options: (test, what the value must be).
 POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a positive number")
 NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
-CLIP = (math.isfinite, "a finite number (<= 0 disables clipping)")
 AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 COUNT = (lambda v: v >= 0, "0 or more")
 WORKERS = (lambda v: v >= 0, "0 (load in the main process) or more")
 THREADS = (lambda v: v >= 0, "0 (automatic) or more")
-EMBED_SIZE = (lambda v: MIN_EMBED_SIZE <= v <= MAX_EMBED_SIZE, f"in {MIN_EMBED_SIZE}..{MAX_EMBED_SIZE} (the paper uses 1024)")
-# Checked in this order; the first failure is reported.
-TRAINING_RANGES = {
-    "learning_rate": POSITIVE, "margin": NON_NEGATIVE, "grad_clip": CLIP, "num_epochs": AT_LEAST_1,
-    "lr_update": COUNT, "vse_mean_warmup_epochs": COUNT, "batch_size": AT_LEAST_1, "embed_size": EMBED_SIZE,
-    "img_dim": AT_LEAST_1, "workers": WORKERS, "log_step": AT_LEAST_1, "seed": COUNT, "threads": THREADS,
-    "embedding_warmup_epochs": COUNT, "backbone_warmup_epochs": COUNT, "backbone_lr_factor": NON_NEGATIVE,
-    "backbone_width": AT_LEAST_1, "input_scale_factor": POSITIVE,
-}
-EVALUATION_RANGES = {
-    "batch_size": AT_LEAST_1, "workers": WORKERS, "fold_images": AT_LEAST_1, "rows_per_block": COUNT,
-    "threads": THREADS,
-}
-
-
 def check_ranges(opt, ranges):
     """XDimError naming the first option of `ranges` ({name: (test, requirement)}) whose value fails its test."""
     for name, (test, requirement) in ranges.items():
@@ -221,48 +155,3 @@ def check_output_file(option, path):
         raise XDimError(f"{option} {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise XDimError(f"{option} {path}: not writable")
-
-
-def check_backbone_path(path, source):
-    """XDimError unless --backbone_path names a file (or 'none'); its content is checked when it loads."""
-    from lib.model.backbone import WEIGHT_FILES
-    if not path:
-        raise XDimError(f"--backbone_path: the backbone mode needs the weight file of --backbone_source "
-                        f"{source}: {WEIGHT_FILES[source]} ('{NO_BACKBONE_WEIGHTS}': random weights)")
-    if path != NO_BACKBONE_WEIGHTS and not os.path.isfile(path):
-        raise XDimError(f"--backbone_path {path}: no such file; --backbone_source {source} expects "
-                        f"{WEIGHT_FILES[source]}")
-
-
-def check_training_options(opt):
-    """Check train.py's options before any work -> the torch.device that --device names.
-
-    Numbers must lie in their range, --logger_name and --model_name must be writable
-    folders (or creatable), and the device must exist here. Raises XDimError naming the
-    first bad option.
-    """
-    check_ranges(opt, TRAINING_RANGES)
-    if opt.precomp_enc_type == "backbone":
-        check_backbone_path(opt.backbone_path, opt.backbone_source)
-    check_output_folder("--logger_name", opt.logger_name)
-    check_output_folder("--model_name", opt.model_name)
-    return resolve_device(opt.device)
-
-
-def check_evaluation_options(args):
-    """Check eval.py's (test.py's, testall.py's) options before any work -> the torch.device.
-
-    Something to evaluate must be given, numbers must lie in their range, the --json
-    and --save_sims files must be writable and the device must exist here. Raises
-    XDimError naming the first bad option.
-    """
-    if not args.model_path and not args.ensemble:
-        raise XDimError("nothing to evaluate: give --model_path and/or --ensemble FILE...")
-    if args.shortlist is not None and (args.shortlist < 1 or not args.model_path):
-        raise XDimError(f"--shortlist {args.shortlist}: needs K >= 1 and --model_path "
-                        f"(the global vectors come from the model)")
-    check_ranges(args, EVALUATION_RANGES)
-    for option, path in (("--json", args.json), ("--save_sims", args.save_sims)):
-        if path:
-            check_output_file(option, path)
-    return resolve_device(args.device)

@@ -13,7 +13,7 @@ encoder weights.
 """
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,11 +21,30 @@ from lib.data.synthetic import DEMO_DATA_NAME, write_demo_dataset
 from lib.evaluation.compare import COMPARED_KEYS, comparison_dict, paired_bootstrap, per_image_scores
 from lib.evaluation.score_files import infer_captions_per_image, load_score_file, save_score_file
 from lib.evaluation.scoring import evaluate_split, open_model_split
-from lib.model.similarity import ablation_variants
+from lib.model.similarity import SIMILARITIES, ablation_variants
 from lib.model.xdim_model import XDimModel
 from lib.training.trainer import BEST, train
 
-DEFAULT_VARIANTS = ablation_variants()  # the registry entries with in_ablation
+DEFAULT_VARIANTS = tuple(ablation_variants())  # the registry entries with in_ablation
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """What ablate.py adds to the training configs: the variants, where they are evaluated and
+    written, how many seeds, and the bootstrap of their differences. Each field is also an
+    option of ablate.py (help in its metadata)."""
+
+    variants: tuple[str, ...] = field(default=DEFAULT_VARIANTS, metadata={
+        "help": "similarities to train (listed below)", "nargs": "+", "choices": SIMILARITIES,
+        "metavar": "NAME"})
+    split: str = field(default="test", metadata={"help": "split every variant is evaluated on"})
+    out: str = field(default=os.path.join("runs", "ablation"), metadata={
+        "help": "folder for each variant's checkpoint/ and log/, and the table as ablation.json"})
+    seeds: int = field(default=1, metadata={
+        "help": "train every variant with seeds --seed, --seed + 1, ..., --seed + N - 1 "
+                "(into OUT/seed_S/NAME when N > 1); the table shows mean ± std over them", "metavar": "N"})
+    n_resamples: int = field(default=10000, metadata={
+        "help": "bootstrap resamples of the interval of each variant's difference to the first (needs scipy)"})
 
 
 def ensure_demo_data(data_path, data_name, img_dim):

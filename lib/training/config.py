@@ -1,6 +1,6 @@
 """How a model is trained: data, schedule, loss, optimizer, output folders, seed.
 
-`TrainConfig` is built once by train.py (lib.cli.options.train_configs) and passed
+`TrainConfig` is built once by train.py (lib.cli.train.train_configs) and passed
 down; checkpoints store it as a plain dict (`as_dict`). Each field is also its
 command-line option (`--NAME`): type and default come from the field, the help line,
 choices and metavar from its metadata (lib.cli.options.add_config_options), so a new

@@ -13,7 +13,7 @@ from photos import GRID_CELLS, backbone_checkpoint, write_album, write_photo
 import analyze
 import retrieve
 from lib.analysis import attention
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.data.images import PixelConfig
 from lib.data.precomp import CaptionTokenizer
 from lib.errors import XDimError

@@ -28,7 +28,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from lib.cli.options import default_options  # noqa: E402
+from lib.cli.train import default_options  # noqa: E402
 from lib.data.synthetic import write_demo_dataset  # noqa: E402
 from lib.formats.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 from lib.training.trainer import build_model  # noqa: E402

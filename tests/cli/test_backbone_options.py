@@ -4,7 +4,7 @@ import torch
 from helpers import run_main, write_image_layout
 
 import train as train_script
-from lib.cli.options import default_options, train_configs
+from lib.cli.train import default_options, train_configs
 
 
 def train_argv(tmp_path, *extra):

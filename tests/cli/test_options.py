@@ -1,234 +1,121 @@
-"""lib/cli/options.py: options are never rewritten; --help hides noise; the range checks at their boundaries
-(zero, negative and non-finite refused in one `error:` line before any work, each lower bound accepted)."""
+"""lib/cli/options.py: options generated from a config's fields (types, defaults, flags, groups) and the
+config built back from them; the shared range and output checks."""
 import argparse
-import os
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
-from helpers import copy_data, help_text, poison, train_argv, train_from_options
 
-import eval as eval_cli
-import train as train_script
 from lib.cli.options import (
+    AT_LEAST_1,
+    POSITIVE,
     HelpFormatter,
     add_config_options,
-    check_evaluation_options,
-    check_training_options,
+    check_output_file,
+    check_ranges,
     config_from_args,
-    get_argument_parser,
-    train_configs,
 )
 from lib.errors import XDimError
-from lib.formats.checkpoint import load_checkpoint
-from lib.model.config import ModelConfig
-from lib.model.xdim_model import XDimModel
-from lib.runtime.device import RuntimeConfig
-from lib.training.config import TrainConfig
 
 
-def test_options_are_never_rewritten(tmp_path, tiny_precomp, tiny_bert_dir, checkpoint):
-    data_path, data_name, folder = copy_data(tiny_precomp, tmp_path)
-    poison(folder, "dev", 0)  # stops training right after everything is resolved
-    opt = get_argument_parser().parse_args(train_argv(tmp_path, data_path, data_name, tiny_bert_dir,
-                                                      "--device", "auto"))
-    before = dict(vars(opt))
-    with pytest.raises(XDimError):
-        train_from_options(opt)
-    assert vars(opt) == before
-    saved = load_checkpoint(checkpoint)
-    model = XDimModel.from_checkpoint(checkpoint, device="cpu", amp="bf16")
-    assert model.config.as_dict() == saved["model_config"] and model.trained_with == saved["train_config"]
-    assert model.amp == "bf16" and "amp" not in saved["train_config"]
-    assert model.config.bert == tiny_bert_dir and model.bert_path != tiny_bert_dir  # carried in the file
+@dataclass(frozen=True)
+class Toy:
+    """Every kind of field add_config_options knows."""
+
+    count: int = field(default=3, metadata={"help": "an int"})
+    rate: float = field(default=0.5, metadata={"help": "a float"})
+    name: str | None = field(default=None, metadata={"help": "optional", "metavar": "NAME"})
+    files: tuple[str, ...] = field(default=(), metadata={"help": "several", "nargs": "+", "metavar": "FILE"})
+    pair: tuple[int, int] | None = field(default=None, metadata={"help": "two", "nargs": 2})
+    kind: str = field(default="a", metadata={"help": "a choice", "choices": ("a", "b")})
+    flag: bool = field(default=False, metadata={"help": "a flag"})
+    both: bool = field(default=False, metadata={"help": "negatable", "negatable": True})
+    words: tuple[str, ...] = field(default=(), metadata={"help": "comma list", "type": str})
+    left: str | None = field(default=None, metadata={"help": "one side", "one_of": "side"})
+    right: int | None = field(default=None, metadata={"help": "other side", "one_of": "side"})
+    hidden: str = "not an option"
 
 
-def test_help_hides_noise_and_unused_options():
-    text = help_text(get_argument_parser())
-    assert "(default: None)" not in text and "(default: False)" not in text and "(default: )" not in text
-    assert "(default: 0.0005)" in text
-    for hidden in ("--vocab_path", "--word_dim"):
-        assert hidden not in text
-    for shown in ("--backbone_path", "--backbone_source", "--backbone_warmup_epochs",
-                  "--embedding_warmup_epochs", "--backbone_lr_factor", "--input_scale_factor"):
-        assert shown in text
-    old = get_argument_parser().parse_args(["--word_dim", "200"])
-    assert old.word_dim == 200
-    assert "(default: None)" not in help_text(eval_cli.build_parser())
+def toy_parser():
+    return add_config_options(argparse.ArgumentParser(formatter_class=HelpFormatter), Toy)
 
 
-# The official X-Dim parser's options with their defaults, and ours, as train.py parsed them
-# before the options were generated from the config dataclasses.
-OFFICIAL_DEFAULTS = {
-    "data_path": "../Flickr30K/", "data_name": "f30k_precomp", "vocab_path": "./vocab/", "margin": 0.2,
-    "num_epochs": 30, "batch_size": 128, "word_dim": 300, "embed_size": 1024, "grad_clip": 2.0,
-    "learning_rate": 0.0005, "lr_update": 15, "optim": "adam", "workers": 10, "log_step": 100, "val_step": 500,
-    "logger_name": "../log", "model_name": "../checkpoint", "resume": "", "max_violation": False,
-    "img_dim": 2048, "no_imgnorm": False, "no_txtnorm": False, "precomp_enc_type": "basic",
-    "backbone_path": "", "backbone_source": "detector", "vse_mean_warmup_epochs": 1,
-    "reset_start_epoch": False, "backbone_warmup_epochs": 5, "embedding_warmup_epochs": 2,
-    "backbone_lr_factor": 0.01, "input_scale_factor": 1,
-}
-OUR_DEFAULTS = {"bert_path": None, "device": "auto", "amp": "none", "threads": 0, "seed": 0,
-                "mask_padded_regions": False, "sim": "xdim", "loss": "vse_hinge"}
-# A command-line value of each option and what it parses to.
-GIVEN = {
-    "data_path": ("/d", "/d"), "data_name": ("coco_precomp", "coco_precomp"), "vocab_path": ("v", "v"),
-    "margin": ("0.5", 0.5), "num_epochs": ("3", 3), "batch_size": ("8", 8), "word_dim": ("10", 10),
-    "embed_size": ("64", 64), "grad_clip": ("-1", -1.0), "learning_rate": ("1e-3", 0.001),
-    "lr_update": ("2", 2), "optim": ("adam", "adam"), "workers": ("0", 0), "log_step": ("7", 7),
-    "val_step": ("0", 0), "logger_name": ("L", "L"), "model_name": ("M", "M"), "resume": ("r.pth", "r.pth"),
-    "img_dim": ("32", 32), "precomp_enc_type": ("basic", "basic"), "backbone_path": ("b", "b"),
-    "backbone_source": ("imagenet", "imagenet"), "vse_mean_warmup_epochs": ("0", 0), "backbone_warmup_epochs": ("1", 1),
-    "embedding_warmup_epochs": ("1", 1), "backbone_lr_factor": ("0.5", 0.5), "input_scale_factor": ("2", 2.0),
-    "bert_path": ("bert", "bert"), "device": ("cpu", "cpu"), "amp": ("bf16", "bf16"), "threads": ("2", 2),
-    "seed": ("4", 4), "sim": ("cosine", "cosine"), "loss": ("vse_hinge", "vse_hinge"),
-}
-FLAGS = ["max_violation", "no_imgnorm", "no_txtnorm", "reset_start_epoch", "mask_padded_regions"]
+def test_each_field_with_help_is_an_option_of_its_type_and_default():
+    args = toy_parser().parse_args(["--left", "x"])
+    assert (args.count, args.rate, args.name, args.files, args.pair, args.kind) == (3, 0.5, None, [], None, "a")
+    assert (args.flag, args.both, args.words, args.left, args.right) == (False, False, [], "x", None)
+    assert not hasattr(args, "hidden")
+    args = toy_parser().parse_args(["--count", "7", "--rate", "2", "--name", "n", "--files", "a", "b",
+                                    "--pair", "1", "2", "--kind", "b", "--flag", "--both", "--words", "x,y",
+                                    "--right", "4"])
+    # catches: `X | None` or `tuple[X, ...]` passed to argparse as a type (a TypeError), or ints read as str.
+    assert (args.count, args.rate, args.name, args.files, args.pair, args.kind) == (7, 2.0, "n", ["a", "b"],
+                                                                                   [1, 2], "b")
+    assert (args.flag, args.both, args.words, args.right) == (True, True, "x,y", 4)
+    assert toy_parser().parse_args(["--left", "x", "--both", "--no-both"]).both is False
 
 
-def test_every_official_option_parses_to_the_same_value():
-    parser = get_argument_parser()
-    defaults = vars(parser.parse_args([]))
-    assert {name: defaults[name] for name in {**OFFICIAL_DEFAULTS, **OUR_DEFAULTS}} == {**OFFICIAL_DEFAULTS,
-                                                                                    **OUR_DEFAULTS}
-    for name, (text, value) in GIVEN.items():
-        parsed = getattr(parser.parse_args([f"--{name}", text]), name)
-        assert parsed == value and type(parsed) is type(value), name
-    for name in FLAGS:
-        assert getattr(parser.parse_args([f"--{name}"]), name) is True, name
-    assert set(GIVEN) | set(FLAGS) == set(OFFICIAL_DEFAULTS) | set(OUR_DEFAULTS)  # a new option may come
-
-
-def test_options_are_the_config_fields():
-    model, training, runtime = train_configs(get_argument_parser().parse_args([]))
-    assert model == ModelConfig() and training == TrainConfig() and runtime == RuntimeConfig()
-    model, training, runtime = train_configs(get_argument_parser().parse_args(
-        ["--embed_size", "64", "--margin", "0.5", "--threads", "3", "--no_txtnorm", "--loss", "vse_hinge"]))
-    assert (model.embed_size, model.no_txtnorm, training.margin, training.loss, runtime.threads) == (
-        64, True, 0.5, "vse_hinge", 3)
-
-
-POSITIVE_FLOAT = "must be a positive number"
-NON_NEGATIVE_FLOAT = "must be a number >= 0"
-FINITE = "must be a finite number (<= 0 disables clipping)"
-AT_LEAST_1 = "must be at least 1"
-COUNT = "must be 0 or more"
-
-# (option, refused values, what the message says it must be)
-TRAINING_REFUSED = [
-    ("--learning_rate", ["0", "-0.0005", "nan", "inf", "-inf"], POSITIVE_FLOAT),
-    ("--margin", ["-0.2", "nan", "inf"], NON_NEGATIVE_FLOAT),
-    ("--grad_clip", ["nan", "inf", "-inf"], FINITE),
-    ("--num_epochs", ["0", "-1"], AT_LEAST_1),
-    ("--batch_size", ["0", "-128"], AT_LEAST_1),
-    ("--img_dim", ["0", "-1"], AT_LEAST_1),
-    ("--log_step", ["0", "-1"], AT_LEAST_1),
-    ("--lr_update", ["-1"], COUNT),
-    ("--vse_mean_warmup_epochs", ["-1"], COUNT),
-    ("--seed", ["-1"], COUNT),
-    ("--workers", ["-1"], "must be 0 (load in the main process) or more"),
-    ("--threads", ["-1"], "must be 0 (automatic) or more"),
-]
-# The lower bound of each option above (learning_rate has none: a tiny positive rate stands in).
-TRAINING_LOWEST = [("--learning_rate", "1e-12"), ("--margin", "0"), ("--grad_clip", "0"), ("--grad_clip", "-1"),
-                   ("--num_epochs", "1"), ("--batch_size", "1"), ("--img_dim", "1"), ("--log_step", "1"),
-                   ("--lr_update", "0"), ("--vse_mean_warmup_epochs", "0"), ("--seed", "0"), ("--workers", "0"),
-                   ("--threads", "0")]
-INT_OPTIONS = ["--num_epochs", "--batch_size", "--embed_size", "--img_dim", "--log_step", "--lr_update",
-               "--vse_mean_warmup_epochs", "--seed", "--workers", "--threads"]
-
-
-def training_argv(tmp_path, *extra):
-    return ["--device", "cpu", "--logger_name", str(tmp_path / "log"), "--model_name", str(tmp_path / "ckpt"),
-            *extra]
-
-
-def error_lines(capsys):
-    return [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-
-
-@pytest.mark.parametrize("option, value, requirement",
-                         [(option, value, requirement) for option, values, requirement in TRAINING_REFUSED
-                          for value in values])
-def test_training_option_out_of_range_is_one_error_line_before_any_work(tmp_path, capsys, option, value, requirement):
-    # catches: a range test loosened at its boundary (e.g. learning_rate `v >= 0`, num_epochs `v >= 0`)
-    # or one that lets NaN through (a comparison with NaN is False either way).
-    assert train_script.main(training_argv(tmp_path, f"{option}={value}")) == 2
-    shown = value if option in INT_OPTIONS else float(value)  # the message shows the parsed number
-    assert error_lines(capsys) == [f"error: {option} {shown}: {requirement}"]
-    assert os.listdir(tmp_path) == []
-
-
-@pytest.mark.parametrize("option, value", TRAINING_LOWEST)
-def test_training_option_at_its_lower_bound_is_accepted(tmp_path, option, value):
-    # catches: a bound made strict (`v > 1`, margin `v > 0`) that refuses the documented lowest value.
-    opt = get_argument_parser().parse_args(training_argv(tmp_path, option, value))
-    assert str(check_training_options(opt)) == "cpu"
-
-
-@pytest.mark.parametrize("option", INT_OPTIONS)
-@pytest.mark.parametrize("value", ["nan", "inf"])
-def test_non_finite_count_is_refused_by_the_parser_in_one_error_line(tmp_path, capsys, option, value):
+@pytest.mark.parametrize("argv", [[], ["--left", "x", "--right", "1"], ["--left", "x", "--kind", "c"],
+                                  ["--left", "x", "--count", "1.5"]])
+def test_a_missing_side_two_sides_or_a_bad_value_stop_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as stop:
-        train_script.main(training_argv(tmp_path, option, value))
-    assert stop.value.code == 2
-    [line] = error_lines(capsys)
-    assert line.endswith(f" error: argument {option}: invalid int value: '{value}'")
+        toy_parser().parse_args(argv)
+    assert stop.value.code == 2 and "error:" in capsys.readouterr().err
 
 
-EVALUATION_REFUSED = [
-    ("--batch_size", ["0", "-1"], AT_LEAST_1),
-    ("--fold_images", ["0", "-1000"], AT_LEAST_1),
-    ("--rows_per_block", ["-1"], COUNT),
-    ("--workers", ["-1"], "must be 0 (load in the main process) or more"),
-    ("--threads", ["-1"], "must be 0 (automatic) or more"),
-]
-EVALUATION_LOWEST = [("--batch_size", "1"), ("--fold_images", "1"), ("--rows_per_block", "0"), ("--workers", "0"),
-                     ("--threads", "0"), ("--shortlist", "1")]
+def test_the_config_is_built_back_with_tuples_and_the_given_values():
+    args = toy_parser().parse_args(["--left", "x", "--files", "a", "b", "--words", "x,y"])
+    config = config_from_args(Toy, args, words=("x", "y"), hidden="set")
+    assert config == Toy(files=("a", "b"), words=("x", "y"), left="x", hidden="set")
+    assert config_from_args(Toy, toy_parser().parse_args(["--left", "x"])) == Toy(left="x")
 
 
-@pytest.mark.parametrize("option, value, requirement",
-                         [(option, value, requirement) for option, values, requirement in EVALUATION_REFUSED
-                          for value in values])
-def test_evaluation_option_out_of_range_is_one_error_line(tmp_path, capsys, option, value, requirement):
-    assert eval_cli.main(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu", option, value]) == 2
-    assert error_lines(capsys) == [f"error: {option} {value}: {requirement}"]
+def test_a_flag_that_defaults_to_true_is_refused():
+    @dataclass
+    class Wrong:
+        on: bool = field(default=True, metadata={"help": "cannot be turned off"})
+
+    with pytest.raises(TypeError, match="Wrong.on: a flag must default to False"):
+        add_config_options(argparse.ArgumentParser(), Wrong)
 
 
-@pytest.mark.parametrize("value", ["0", "-5"])
-def test_shortlist_of_no_item_is_refused(tmp_path, capsys, value):
-    # catches: `shortlist < 0` for `< 1`, or `if args.shortlist and ...` (0 would skip the two-stage report).
-    assert eval_cli.main(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu", "--shortlist", value]) == 2
-    assert error_lines(capsys) == [f"error: --shortlist {value}: needs K >= 1 and --model_path "
-                                   "(the global vectors come from the model)"]
+def test_help_shows_only_defaults_that_say_something():
+    text = toy_parser().format_help()
+    assert "(default: 3)" in text and "(default: 0.5)" in text
+    assert "(default: None)" not in text and "(default: [])" not in text and "(default: False)" not in text
 
 
-@pytest.mark.parametrize("option, value", EVALUATION_LOWEST)
-def test_evaluation_option_at_its_lower_bound_is_accepted(tmp_path, option, value):
-    args = eval_cli.build_parser().parse_args(["--model_path", str(tmp_path / "m.pth"), "--device", "cpu",
-                                               option, value])
-    assert str(check_evaluation_options(args)) == "cpu"
+def test_check_ranges_names_the_first_bad_option():
+    @dataclass
+    class Numbers:
+        lr: float = 1.0
+        epochs: int = 1
+
+    check_ranges(Numbers(), {"lr": POSITIVE, "epochs": AT_LEAST_1})
+    with pytest.raises(XDimError, match=r"^--lr nan: must be a positive number$"):
+        check_ranges(Numbers(lr=float("nan"), epochs=0), {"lr": POSITIVE, "epochs": AT_LEAST_1})
+    with pytest.raises(XDimError, match=r"^--epochs 0: must be at least 1$"):
+        check_ranges(dataclasses.replace(Numbers(), epochs=0), {"lr": POSITIVE, "epochs": AT_LEAST_1})
 
 
-@dataclass(frozen=True, kw_only=True)
-class SourceConfig:
-    """A config with a required field, a group of three exclusive fields and a count defaulting to 0."""
-    path: str = field(metadata={"help": "where", "required": True})
-    text: str | None = field(default=None, metadata={"help": "a text", "one_of": "source"})
-    row: int | None = field(default=None, metadata={"help": "a row", "one_of": "source"})
-    photo: str | None = field(default=None, metadata={"help": "a photo", "one_of": "source"})
-    count: int = field(default=0, metadata={"help": "how many"})
+def test_an_output_file_in_a_missing_folder_or_a_folder_is_refused(tmp_path):
+    check_output_file("--json", str(tmp_path / "out.json"))
+    with pytest.raises(XDimError, match="--json .*: is a folder, give a file name"):
+        check_output_file("--json", str(tmp_path))
+    with pytest.raises(XDimError, match="--json .*: folder .*missing does not exist"):
+        check_output_file("--json", str(tmp_path / "missing" / "out.json"))
 
 
-def test_one_of_fields_make_one_required_exclusive_group(capsys):
-    parser = add_config_options(argparse.ArgumentParser(formatter_class=HelpFormatter), SourceConfig)
-    assert config_from_args(SourceConfig, parser.parse_args(["--path", "p", "--row", "3"])) == SourceConfig(
-        path="p", row=3)
-    for argv, refused in ((["--path", "p", "--text", "x", "--photo", "y"], "argument --photo: not allowed with "
-                                                                            "argument --text"),
-                          (["--path", "p"], "one of the arguments --text --row --photo is required"),
-                          (["--row", "1"], "the following arguments are required: --path")):
-        with pytest.raises(SystemExit):
-            parser.parse_args(argv)
-        assert refused in capsys.readouterr().err
-    assert "how many (default: 0)" in help_text(parser) and "where (default" not in help_text(parser)
+def test_a_field_without_default_is_a_required_option_and_a_default_of_0_is_shown(capsys):
+    @dataclass(frozen=True, kw_only=True)
+    class Needed:
+        path: str = field(metadata={"help": "where", "required": True})
+        count: int = field(default=0, metadata={"help": "how many"})
+
+    parser = add_config_options(argparse.ArgumentParser(formatter_class=HelpFormatter), Needed)
+    assert config_from_args(Needed, parser.parse_args(["--path", "p"])) == Needed(path="p", count=0)
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert "the following arguments are required: --path" in capsys.readouterr().err
+    text = " ".join(parser.format_help().split())
+    assert "how many (default: 0)" in text and "where (default" not in text

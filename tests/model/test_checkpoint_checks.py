@@ -4,7 +4,7 @@ import torch
 from helpers import checkpoint_of, model_from_options, run_main
 
 import eval as eval_cli
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.formats.checkpoint import save_checkpoint
 
 

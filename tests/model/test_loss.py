@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from helpers import model_from_options, tiny_batch, tiny_opt, trainer_for
 
-from lib.cli.options import get_argument_parser
+from lib.cli.train import get_argument_parser
 from lib.errors import XDimError
 from lib.model.loss import LOSSES, ContrastiveLoss, Loss, LossEntry, build_loss
 from lib.training.config import TrainConfig

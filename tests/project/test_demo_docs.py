@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from lib.cli.options import default_options, get_argument_parser, train_configs
+from lib.cli.train import default_options, get_argument_parser, train_configs
 from lib.data import precomp
 from lib.data.synthetic import DEMO_IMG_DIM, DEMO_SPLITS, DEMO_TRAINING, write_demo_dataset
 from lib.model.bert import bert_max_positions, load_tokenizer

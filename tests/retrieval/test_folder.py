@@ -12,7 +12,7 @@ from helpers import checkpoint_of, model_from_options, run_main
 from photos import GRID_CELLS, backbone_checkpoint, tree_state, write_album, write_photo
 
 import retrieve
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.data.images import PixelConfig
 from lib.data.precomp import CaptionTokenizer
 from lib.errors import XDimError

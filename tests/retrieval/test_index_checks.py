@@ -11,7 +11,7 @@ import torch
 from helpers import checkpoint_of, model_from_options, run_main
 
 import retrieve
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.data.precomp import open_split
 from lib.formats.checkpoint import save_checkpoint
 

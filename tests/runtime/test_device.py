@@ -5,8 +5,8 @@ import pytest
 import torch
 from helpers import run_eval, run_train, train_argv
 
-import eval as eval_cli
-from lib.cli.options import get_argument_parser
+from lib.cli.evaluate import evaluation_parser
+from lib.cli.train import get_argument_parser
 from lib.runtime import device as runtime
 
 
@@ -37,4 +37,4 @@ def test_thread_policy(monkeypatch):
     torch.set_num_threads(2)
     assert runtime.apply_threads(0) == 2  # the environment's choice stands
     assert get_argument_parser().parse_args(["--threads", "4"]).threads == 4
-    assert eval_cli.build_parser().parse_args(["--threads", "4"]).threads == 4
+    assert evaluation_parser("eval").parse_args(["--threads", "4"]).threads == 4

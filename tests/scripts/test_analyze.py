@@ -29,7 +29,7 @@ import analyze as analyze_cli
 import convert_features
 from lib.analysis import figures
 from lib.analysis import statistics as analysis
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.data.precomp import open_split
 from lib.formats.checkpoint import save_checkpoint
 from lib.model.bert import load_tokenizer

@@ -25,7 +25,8 @@ from helpers import (
 )
 
 import eval as eval_cli
-from lib.cli.options import default_options
+from lib.cli.evaluate import evaluation_parser
+from lib.cli.train import default_options
 from lib.data.precomp import CaptionTokenizer, open_split, train_loader
 from lib.evaluation import metrics, score_files, scoring
 from lib.formats.checkpoint import (
@@ -282,7 +283,7 @@ def test_ensemble_messages_name_the_file(tmp_path, capsys):
 
 
 def test_testall_folds_can_be_turned_off():
-    parser = eval_cli.build_parser(fold5=True)
+    parser = evaluation_parser("testall", fold5=True)
     assert parser.parse_args([]).fold5 is True and parser.parse_args(["--no-fold5"]).fold5 is False
     assert "--fold5, --no-fold5" in help_text(parser) and "(default: True)" in help_text(parser)
 

@@ -12,7 +12,7 @@ import torch
 from helpers import checkpoint_of, join_group, run_command, run_main, spawn, write_image_layout
 
 import eval as eval_cli
-from lib.cli.options import default_options, train_configs
+from lib.cli.train import default_options, train_configs
 from lib.data import images as image_data
 from lib.data.precomp import CaptionTokenizer, pad_tokens
 from lib.formats.checkpoint import save_checkpoint

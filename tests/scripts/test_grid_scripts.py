@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from lib.cli.options import get_argument_parser, train_configs
+from lib.cli.train import get_argument_parser, train_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -9,7 +9,7 @@ from helpers import checkpoint_of, model_from_options, run_main
 import ablate
 import convert_features
 import eval as eval_cli
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.data.precomp import open_split
 from lib.formats.checkpoint import save_checkpoint
 

@@ -12,7 +12,7 @@ from helpers import checkpoint_of, join_group, spawn
 
 import eval as eval_cli
 import retrieve
-from lib.cli.options import default_options, train_configs
+from lib.cli.train import default_options, train_configs
 from lib.data.precomp import CaptionTokenizer, open_split
 from lib.errors import XDimError
 from lib.evaluation import scoring

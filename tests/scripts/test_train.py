@@ -11,7 +11,7 @@ import torch
 from helpers import ROOT, TINY_IMG_DIM, copy_data, poison, run_train, train_argv, train_from_options
 
 import train as train_script
-from lib.cli.options import get_argument_parser
+from lib.cli.train import get_argument_parser
 from lib.errors import XDimError
 from lib.model.config import ModelConfig
 from lib.runtime import distributed

@@ -7,6 +7,7 @@ from helpers import TINY_IMG_DIM, run_main
 
 import ablate
 import eval as eval_cli
+from lib.cli.ablate import ablation_parser
 from lib.evaluation.metrics import METRIC_KEYS
 from lib.formats.checkpoint import load_checkpoint
 
@@ -62,7 +63,7 @@ def test_ablation_figures_equal_eval_py_on_each_checkpoint(ablation, tiny_precom
 
 def test_ablation_rejects_an_unknown_variant(capsys):
     with pytest.raises(SystemExit) as info:
-        ablate.build_parser().parse_args(["--variants", "xdim", "nope"])
+        ablation_parser("ablate").parse_args(["--variants", "xdim", "nope"])
     assert info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
 
 

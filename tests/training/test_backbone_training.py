@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import join_group, model_from_options, spawn, train_from_options, trainer_for, write_image_layout
 
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.formats.checkpoint import load_checkpoint
 from lib.training import trainer as training
 from lib.training.config import TrainConfig
@@ -76,7 +76,7 @@ def staged_run(tmp_path_factory, images, tiny_bert_dir):
 
 
 def _model_build_args(opt):
-    from lib.cli.options import train_configs
+    from lib.cli.train import train_configs
     return train_configs(opt)[0], opt.bert_path, opt.seed, "cpu", "none"
 
 

@@ -8,7 +8,7 @@ import torch
 from helpers import model_from_options, run_main, trainer_for
 
 import train
-from lib.cli.options import default_options
+from lib.cli.train import default_options
 from lib.errors import XDimError
 from lib.training import tb_logger, trainer
 from lib.training.tb_logger import TBLogger

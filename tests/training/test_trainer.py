@@ -28,7 +28,7 @@ from helpers import (
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import train as train_script
-from lib.cli.options import default_options, train_configs
+from lib.cli.train import default_options, train_configs
 from lib.data.precomp import CaptionTokenizer, open_split
 from lib.data.synthetic import write_demo_dataset
 from lib.errors import XDimError
