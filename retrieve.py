@@ -22,14 +22,14 @@ Bad input prints one `error: ...` line and exits 2; an existing index is never d
 import sys
 
 from lib.cli.entry import entry_point
-from lib.cli.retrieve import build_parser, check_options, command_config, run
+from lib.cli.retrieve import check_retrieval_options, retrieval_configs, retrieval_parser, run_retrieval_command
 
 
 @entry_point
 def main(argv=None):
-    config, runtime = command_config(build_parser(__doc__).parse_args(argv))
-    check_options(config)
-    run(config, runtime)
+    config, runtime = retrieval_configs(retrieval_parser(__doc__).parse_args(argv))
+    check_retrieval_options(config)
+    run_retrieval_command(config, runtime)
 
 
 if __name__ == "__main__":

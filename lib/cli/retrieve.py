@@ -1,12 +1,12 @@
 """retrieve.py's three commands: their options, their checks, and the runs.
 
-`build_parser(doc)` declares the subcommands distill, build and query, each with one option
-per field of its config (lib.retrieval.config, through lib.cli.options.add_config_options)
-and the runtime options. `command_config(args)` turns the parsed options into (the command's
-config, RuntimeConfig) once; `check_options(config)` checks everything that can be checked
-before a model loads, the first bad option stopping the run with one line naming it; `run`
-hands the configs to `run_distill`, `run_build` or `run_query`. Nothing below reads the
-parsed namespace.
+`retrieval_parser(doc)` declares the subcommands distill, build and query, each with one
+option per field of its config (lib.retrieval.config, through add_config_options) and the
+runtime options. `retrieval_configs(args)` turns the parsed options into (the command's
+config, RuntimeConfig) once; `check_retrieval_options(config)` checks all that can be
+checked before a model loads, the first bad option stopping the run with one line naming
+it; `run_retrieval_command` hands the configs to `run_distill`, `run_build` or `run_query`.
+Nothing below reads the parsed namespace.
 """
 import argparse
 import os
@@ -49,7 +49,7 @@ QUERY_RANGES = {"top_k": AT_LEAST_1, "shortlist": AT_LEAST_1}
 BUILD_INPUTS = ("images", "captions", "model_path", "head", "bert_path")
 
 
-def build_parser(doc):
+def retrieval_parser(doc):
     """retrieve.py's parser; `doc`, the script's docstring, gives its first line as the description
     and the rest (the examples) as the epilog."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -61,7 +61,7 @@ def build_parser(doc):
     return parser
 
 
-def command_config(args):
+def retrieval_configs(args):
     """retrieve.py's parsed options -> (DistillConfig, BuildConfig or QueryConfig, RuntimeConfig)."""
     config_class = COMMANDS[args.command][0]
     return config_from_args(config_class, args, bert_path=args.bert_path), runtime_config(args)
@@ -69,7 +69,7 @@ def command_config(args):
 
 # ---------------------------------------------------------------- checks
 
-def check_options(config):
+def check_retrieval_options(config):
     """Check a command's options before any model loads (XDimError naming the first bad one)."""
     {DistillConfig: check_distill, BuildConfig: check_build, QueryConfig: check_query}[type(config)](config)
 
@@ -134,7 +134,7 @@ def check_against_index(config, manifest):
 
 # ---------------------------------------------------------------- runs
 
-def run(config, runtime):
+def run_retrieval_command(config, runtime):
     """Do the command that `config` describes."""
     {DistillConfig: run_distill, BuildConfig: run_build, QueryConfig: run_query}[type(config)](config, runtime)
 

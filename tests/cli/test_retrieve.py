@@ -9,7 +9,7 @@ from helpers import help_text, one_error_line, run_main
 
 import retrieve
 from lib.cli import retrieve as retrieve_cli
-from lib.cli.retrieve import build_parser, check_options, command_config
+from lib.cli.retrieve import check_retrieval_options, retrieval_configs, retrieval_parser
 from lib.errors import XDimError
 from lib.retrieval.config import BuildConfig, DistillConfig, QueryConfig
 from lib.runtime.device import RuntimeConfig
@@ -22,7 +22,7 @@ MINIMAL = {
 
 
 def parse(argv):
-    return command_config(build_parser(retrieve.__doc__).parse_args(argv))
+    return retrieval_configs(retrieval_parser(retrieve.__doc__).parse_args(argv))
 
 
 def test_distill_defaults_are_todays():
@@ -78,7 +78,7 @@ def test_every_option_reaches_its_field_with_its_type():
                "--head"}),
 ])
 def test_each_command_has_exactly_todays_options(command, options):
-    parser = build_parser(retrieve.__doc__)
+    parser = retrieval_parser(retrieve.__doc__)
     sub = parser._subparsers._group_actions[0].choices[command]
     declared = {name for action in sub._actions for name in action.option_strings}
     assert declared == options | {"-h", "--help", "--bert_path", "--device", "--amp", "--threads"}
@@ -104,7 +104,7 @@ def test_each_command_has_exactly_todays_options(command, options):
 ])
 def test_the_parser_refuses_what_it_refused(argv, refused, capsys):
     with pytest.raises(SystemExit) as stop:
-        build_parser(retrieve.__doc__).parse_args(argv)
+        retrieval_parser(retrieve.__doc__).parse_args(argv)
     assert stop.value.code == 2 and refused in capsys.readouterr().err
 
 
@@ -121,11 +121,11 @@ def test_configs_are_frozen_and_hold_no_namespace(command):
 
 def test_help_states_each_default_once():
     for command in MINIMAL:
-        parser = build_parser(retrieve.__doc__)
+        parser = retrieval_parser(retrieve.__doc__)
         text = help_text(parser._subparsers._group_actions[0].choices[command])
         assert "(default:" in text and "(default: None)" not in text and "(default: False)" not in text
         assert "default %(default)s" not in text
-    distill = help_text(build_parser(retrieve.__doc__)._subparsers._group_actions[0].choices["distill"])
+    distill = help_text(retrieval_parser(retrieve.__doc__)._subparsers._group_actions[0].choices["distill"])
     assert "random seed (default: 0)" in distill and "(default: 30)" in distill
 
 
@@ -165,7 +165,7 @@ def test_a_bad_queries_file_is_reported_before_the_outputs(tmp_path):
     queries.write_text("a dog\n\na cat\n")
     config = QueryConfig(index="idx", queries=str(queries), json=str(tmp_path / "nowhere" / "h.json"))
     with pytest.raises(XDimError, match="q.txt"):
-        check_options(config)
+        check_retrieval_options(config)
 
 
 def test_each_config_goes_to_its_own_check(monkeypatch):
@@ -173,5 +173,5 @@ def test_each_config_goes_to_its_own_check(monkeypatch):
     for name in ("check_distill", "check_build", "check_query"):
         monkeypatch.setattr(retrieve_cli, name, lambda config, name=name: seen.append((name, type(config))))
     for command in ("query", "distill", "build"):
-        check_options(parse(MINIMAL[command])[0])
+        check_retrieval_options(parse(MINIMAL[command])[0])
     assert seen == [("check_query", QueryConfig), ("check_distill", DistillConfig), ("check_build", BuildConfig)]
