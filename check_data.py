@@ -20,6 +20,7 @@ images are warnings; truncated or unreadable files are errors).
 import argparse
 import sys
 
+from lib.cli.entry import entry_point
 from lib.data.check import check_folders, check_image_dataset, is_image_dataset, report_table
 from lib.errors import XDimError
 
@@ -58,13 +59,10 @@ def run_checks(args):
                                progress=not args.no_progress, workers=args.workers)
 
 
+@entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        reports = run_checks(args)
-    except (XDimError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    reports = run_checks(args)
     for report in reports:
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)

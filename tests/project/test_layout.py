@@ -57,3 +57,25 @@ def test_a_planted_upward_import_is_caught(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
     with pytest.raises(AssertionError, match="training is not below model"):
         test_imports_point_down(os.path.join("lib", "model", "bad.py"))
+
+
+def top_level_scripts():
+    """The entry points beside lib/ (and data/make_demo.py): every .py file with a `main`."""
+    paths = [name for name in os.listdir(ROOT) if name.endswith(".py")] + [os.path.join("data", "make_demo.py")]
+    return sorted(path for path in paths if "def main" in open(os.path.join(ROOT, path), encoding="utf-8").read())
+
+
+@pytest.mark.parametrize("path", top_level_scripts())
+def test_every_script_goes_through_the_one_error_wrapper(path):
+    # catches: a script with its own try/except printing `error: {error}` (an OSError then reads
+    # "[Errno 2] ..." and a torchrun failure is printed by every process); cleaning up and raising is fine.
+    tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read(), path)
+    [main] = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main"]
+    assert [ast.unparse(decorator) for decorator in main.decorator_list] == ["entry_point"]
+    handlers = [node for node in ast.walk(main) if isinstance(node, ast.ExceptHandler)]
+    assert all(isinstance(handler.body[-1], ast.Raise) for handler in handlers), "main answers an error itself"
+
+
+def test_the_scripts_are_found():
+    assert {"train.py", "eval.py", "check_data.py", "retrieve.py", os.path.join("data", "make_demo.py")} <= set(
+        top_level_scripts())
