@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lib.analysis import figures
+from lib.data.precomp import split_file
 from lib.errors import XDimError
 
 TOP_REGIONS = 3
@@ -164,7 +165,7 @@ def photo_report(model, model_path, image_path, caption, out):
 
 def boxes_path(split):
     """The {split}_boxes.npy beside a split's {split}_ims.npy (convert_features.py writes it)."""
-    return split.images_path[:-len("_ims.npy")] + "_boxes.npy"
+    return split_file(split.images_path, "_boxes.npy")
 
 
 def read_boxes(split, image):

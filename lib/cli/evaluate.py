@@ -162,24 +162,17 @@ def model_scores(config, model, split, encoder):
     """Encode and score the split -> (sims (n_img, n_cap) float32, the global
     vectors of lib.retrieval.index.evaluation_vectors with --shortlist, else None).
 
-    Under torchrun every process encodes and scores its share (scoring.encode_shares) and
-    rank 0 gets the result; the others get (None, None).
+    Under torchrun every process encodes and scores its share (scoring.split_scores) and
+    rank 0 gets the result; the others get (None, None or vectors of None).
     """
-    progress = config.progress and distributed.is_main()
-    img_emb, captions = scoring.encode_shares(model, split, encoder, config.batch_size, config.workers,
-                                              config.storage, progress)
+    sims, img_emb, captions = scoring.split_scores(model, split, encoder, config.batch_size, config.workers,
+                                                   config.storage, config.rows_per_block, config.progress)
+    if not config.shortlist:
+        return sims, None
+    from lib.retrieval.index import evaluation_vectors
     with distributed.together():
-        sims = scoring.model_sims(model, img_emb, captions, config.rows_per_block, progress)
-        global_vectors = None
-        if config.shortlist:
-            from lib.retrieval.index import evaluation_vectors
-            global_vectors = evaluation_vectors(model, config.model_path, img_emb, captions)
-    sims = scoring.gather_image_rows(sims, split.n_images, config.batch_size)
-    if global_vectors:
-        img_global, cap_global, description = global_vectors
-        global_vectors = (scoring.gather_image_rows(img_global, split.n_images, config.batch_size),
-                          cap_global, description)
-    return sims, global_vectors
+        img_global, cap_global, description = evaluation_vectors(model, config.model_path, img_emb, captions)
+    return sims, (scoring.gather_image_rows(img_global, split.n_images, config.batch_size), cap_global, description)
 
 
 def split_ids_file(config, split):

@@ -207,6 +207,15 @@ def read_captions(path):
     return list(iter_captions(path))
 
 
+def split_file(path, suffix):
+    """The file of the same split beside `path`: 'x/test_ims.npy' or 'x/test_caps.txt' -> 'x/test' + suffix
+    (e.g. '_ids.txt', '_boxes.npy', '_image_info.npy'), whether it exists or not; None for another name."""
+    for ending in ("_ims.npy", "_caps.txt"):
+        if path.endswith(ending):
+            return path[:-len(ending)] + suffix
+    return None
+
+
 def iter_captions(path):
     """read_captions' captions one at a time, reading the file line by line (same rules, same errors)."""
     with open(path, "rb") as f:

@@ -26,6 +26,7 @@ from importlib.metadata import version
 import numpy as np
 from tqdm import tqdm
 
+from lib.data.precomp import split_file
 from lib.errors import XDimError
 
 PROTOCOLS = ("coco", "cxc", "eccv", "pmrp")
@@ -365,8 +366,9 @@ def protocols_table(results):
 def ids_file(images_path=None, data_path=None, data_name=None, split="testall"):
     """The split's image-id file: beside its features (S_ims.npy -> S_ids.txt), else
     data_path/data_name/S_ids.txt; None when neither is known (score files alone)."""
-    if images_path and images_path.endswith("_ims.npy"):
-        return images_path[:-len("_ims.npy")] + "_ids.txt"
+    beside_features = split_file(images_path, "_ids.txt") if images_path else None
+    if beside_features:
+        return beside_features
     if data_path and data_name:
         return os.path.join(data_path, data_name, f"{split}_ids.txt")
     return None

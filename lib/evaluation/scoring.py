@@ -136,20 +136,29 @@ def gather_image_rows(rows, n_images, batch_size=128):
     return None if whole is None else whole.numpy()
 
 
-def evaluate_split(model, split_files, caption_tokenizer, batch_size=128, workers=0, storage="float32",
-                   rows_per_block=None, progress=True):
+def split_scores(model, split_files, caption_tokenizer, batch_size=128, workers=0, storage="float32",
+                 rows_per_block=None, progress=True):
     """Encode and score one split (split_files from lib.data.precomp.open_split).
 
-    -> (sims float32 numpy (n_img, n_cap), metrics dict of the whole matrix:
-    METRIC_KEYS, 'rsum' included). Leaves the model in eval mode. Under torchrun every
-    process calls this and scores its own images against all captions (encode_shares);
-    rank 0 gets the result, the others (None, None).
+    -> (sims float32 numpy (n_img, n_cap) on rank 0, None on the other processes; this
+    process's img_emb (n_k, R, d) and the RaggedCaptions of every caption, for more work on
+    the same embeddings, e.g. the shortlist's global vectors). Leaves the model in eval mode.
+    Under torchrun every process calls this and scores its own images against all captions
+    (encode_shares).
     """
     progress = progress and distributed.is_main()
     img_emb, captions = encode_shares(model, split_files, caption_tokenizer, batch_size, workers, storage, progress)
     with distributed.together():
         sims = model_sims(model, img_emb, captions, rows_per_block, progress)
-    sims = gather_image_rows(sims, split_files.n_images, batch_size)
+    return gather_image_rows(sims, split_files.n_images, batch_size), img_emb, captions
+
+
+def evaluate_split(model, split_files, caption_tokenizer, batch_size=128, workers=0, storage="float32",
+                   rows_per_block=None, progress=True):
+    """split_scores' sims and the metrics dict of the whole matrix (METRIC_KEYS, 'rsum' included);
+    (None, None) on processes other than rank 0."""
+    sims, _, _ = split_scores(model, split_files, caption_tokenizer, batch_size, workers, storage, rows_per_block,
+                              progress)
     if sims is None:
         return None, None
     return sims, evaluate_sims(sims, split_files.captions_per_image)[0]

@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from lib.data.butd import NpyWriter
-from lib.data.precomp import check_features_finite, load_region_features, pad_images, read_captions
+from lib.data.precomp import check_features_finite, load_region_features, pad_images, read_captions, split_file
 from lib.errors import XDimError, first_line
 from lib.evaluation import metrics
 from lib.evaluation.encoding import TokenIds, caption_embedding_batches, image_embedding_batches
@@ -209,11 +209,8 @@ class Hit:
 
 def _companion(path, suffix):
     """'x/test_ims.npy' -> 'x/test' + suffix if that file exists, else None."""
-    for ending in ("_ims.npy", "_caps.txt"):
-        if path.endswith(ending):
-            candidate = path[:-len(ending)] + suffix
-            return candidate if os.path.isfile(candidate) else None
-    return None
+    candidate = split_file(path, suffix)
+    return candidate if candidate and os.path.isfile(candidate) else None
 
 
 def read_image_ids(images_path, n_images):

@@ -33,7 +33,7 @@ def test_a_weight_file_of_another_network_stops_training_in_one_line(tmp_path, t
     data_path, _ = write_image_layout(str(tmp_path), sizes={"train": 1, "dev": 1})
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "resnet50.pth")
     argv = train_argv(tmp_path, "--backbone_path", str(tmp_path / "resnet50.pth"), "--bert_path", tiny_bert_dir,
-                      "--data_path", data_path, "--batch_size", "5")  # one batch: the 1 image's 5 captions
+                      "--data_path", data_path, "--batch_size", "5", "--workers", "0")  # one batch: the 1 image's 5 captions
     run = run_main(train_script.main, argv, expect=2)
     last = run.err.splitlines()[-1]  # (after BERT's loading bar)
     assert last.startswith("error: --backbone_path ") and "resnet50.pth: holds keys ['conv1.weight'], not the two parts 'base' and 'top'" in last

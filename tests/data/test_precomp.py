@@ -20,6 +20,7 @@ from lib.data.precomp import (
     first_non_finite,
     open_split,
     set_loader_epoch,
+    split_file,
     train_loader,
 )
 from lib.data.synthetic import demo_vocabulary, write_tiny_bert
@@ -495,3 +496,11 @@ def test_half_and_double_features_are_read_as_float32(tmp_path, tiny_precomp, ca
     image, index = ImageDataset(split)[2]
     assert index == 2 and image.dtype == torch.float32
     assert torch.equal(image, torch.from_numpy(stored[2].astype(np.float32)))
+
+
+def test_split_file_names_the_same_split_beside_features_or_captions():
+    assert split_file(os.path.join("d", "test_ims.npy"), "_ids.txt") == os.path.join("d", "test_ids.txt")
+    assert split_file("d/testall_caps.txt", "_ims.npy") == "d/testall_ims.npy"
+    # catches: str.replace of the ending anywhere in the path rather than at its end.
+    assert split_file("x_ims.npy_old/dev_caps.txt", "_boxes.npy") == "x_ims.npy_old/dev_boxes.npy"
+    assert split_file("d/test.npy", "_ids.txt") is None
