@@ -77,11 +77,12 @@ def test_every_option_reaches_its_field_with_its_type():
                "--top_k", "--shortlist", "--json", "--html", "--explain", "--image_folder", "--model_path",
                "--head"}),
 ])
-def test_each_command_has_exactly_todays_options(command, options):
+def test_each_command_keeps_todays_options(command, options):
     parser = retrieval_parser(retrieve.__doc__)
     sub = parser._subparsers._group_actions[0].choices[command]
     declared = {name for action in sub._actions for name in action.option_strings}
-    assert declared == options | {"-h", "--help", "--bert_path", "--device", "--amp", "--threads"}
+    # a new option may come (one field of the command's config), none of today's may go
+    assert options | {"-h", "--help", "--bert_path", "--device", "--amp", "--threads"} <= declared
 
 
 @pytest.mark.parametrize("argv, refused", [
