@@ -28,7 +28,7 @@ from lib.cli.retrieve import check_retrieval_options, retrieval_configs, retriev
 @entry_point
 def main(argv=None):
     config, runtime = retrieval_configs(retrieval_parser(__doc__).parse_args(argv))
-    check_retrieval_options(config)
+    check_retrieval_options(config, runtime)
     run_retrieval_command(config, runtime)
 
 

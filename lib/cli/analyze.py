@@ -13,10 +13,12 @@ import os
 
 from lib.analysis.config import AnalyzeConfig
 from lib.cli.options import (
+    RUNTIME_RANGES,
     HelpFormatter,
     add_config_options,
     add_runtime_options,
     check_output_folder,
+    check_ranges,
     config_from_args,
 )
 from lib.errors import XDimError
@@ -37,8 +39,10 @@ def analyze_config(args):
 
 def check_analyze_options(args):
     """Check analyze.py's options before any work (XDimError naming the first bad one): --image goes
-    with --caption (and nothing of a split), --photo with --pair, the files exist, --out is writable."""
+    with --caption (and nothing of a split), --photo with --pair, the files exist, --out is writable,
+    --threads is not negative."""
     from lib.retrieval.folder import check_photo_file
+    check_ranges(args, RUNTIME_RANGES)
     if (args.image is None) != (args.caption is None):
         raise XDimError("--image and --caption go together: a photo and the sentence whose words to draw on it")
     if args.image is not None:

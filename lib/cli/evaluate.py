@@ -15,7 +15,7 @@ import os
 from lib.cli.options import (
     AT_LEAST_1,
     COUNT,
-    THREADS,
+    RUNTIME_RANGES,
     WORKERS,
     HelpFormatter,
     add_config_options,
@@ -34,7 +34,7 @@ from lib.runtime.device import resolve_device
 
 EVALUATION_RANGES = {
     "batch_size": AT_LEAST_1, "workers": WORKERS, "fold_images": AT_LEAST_1, "rows_per_block": COUNT,
-    "threads": THREADS,
+    **RUNTIME_RANGES,
 }
 
 

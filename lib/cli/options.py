@@ -120,6 +120,8 @@ AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 COUNT = (lambda v: v >= 0, "0 or more")
 WORKERS = (lambda v: v >= 0, "0 (load in the main process) or more")
 THREADS = (lambda v: v >= 0, "0 (automatic) or more")
+# The runtime options every command checks (RuntimeConfig's numbers).
+RUNTIME_RANGES = {"threads": THREADS}
 def check_ranges(opt, ranges):
     """XDimError naming the first option of `ranges` ({name: (test, requirement)}) whose value fails its test."""
     for name, (test, requirement) in ranges.items():

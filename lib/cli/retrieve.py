@@ -3,7 +3,7 @@
 `retrieval_parser(doc)` declares the subcommands distill, build and query, each with one
 option per field of its config (lib.retrieval.config, through add_config_options) and the
 runtime options. `retrieval_configs(args)` turns the parsed options into (the command's
-config, RuntimeConfig) once; `check_retrieval_options(config)` checks all that can be
+config, RuntimeConfig) once; `check_retrieval_options(config, runtime)` checks all that can be
 checked before a model loads, the first bad option stopping the run with one line naming
 it; `run_retrieval_command` hands the configs to `run_distill`, `run_build` or `run_query`.
 Nothing below reads the parsed namespace.
@@ -16,6 +16,7 @@ import time
 from lib.cli.options import (
     AT_LEAST_1,
     POSITIVE,
+    RUNTIME_RANGES,
     WORKERS,
     HelpFormatter,
     add_config_options,
@@ -69,8 +70,9 @@ def retrieval_configs(args):
 
 # ---------------------------------------------------------------- checks
 
-def check_retrieval_options(config):
+def check_retrieval_options(config, runtime):
     """Check a command's options before any model loads (XDimError naming the first bad one)."""
+    check_ranges(runtime, RUNTIME_RANGES)
     {DistillConfig: check_distill, BuildConfig: check_build, QueryConfig: check_query}[type(config)](config)
 
 

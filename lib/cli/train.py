@@ -17,7 +17,7 @@ from lib.cli.options import (
     COUNT,
     NON_NEGATIVE,
     POSITIVE,
-    THREADS,
+    RUNTIME_RANGES,
     WORKERS,
     HelpFormatter,
     add_config_options,
@@ -88,7 +88,7 @@ EMBED_SIZE = (lambda v: MIN_EMBED_SIZE <= v <= MAX_EMBED_SIZE, f"in {MIN_EMBED_S
 TRAINING_RANGES = {
     "learning_rate": POSITIVE, "margin": NON_NEGATIVE, "grad_clip": CLIP, "num_epochs": AT_LEAST_1,
     "lr_update": COUNT, "vse_mean_warmup_epochs": COUNT, "batch_size": AT_LEAST_1, "embed_size": EMBED_SIZE,
-    "img_dim": AT_LEAST_1, "workers": WORKERS, "log_step": AT_LEAST_1, "seed": COUNT, "threads": THREADS,
+    "img_dim": AT_LEAST_1, "workers": WORKERS, "log_step": AT_LEAST_1, "seed": COUNT, **RUNTIME_RANGES,
     "embedding_warmup_epochs": COUNT, "backbone_warmup_epochs": COUNT, "backbone_lr_factor": NON_NEGATIVE,
     "backbone_width": AT_LEAST_1, "input_scale_factor": POSITIVE,
 }

@@ -43,3 +43,12 @@ def test_the_help_keeps_each_example_on_its_own_line():
     lines = parser().format_help().splitlines()
     assert any(line.endswith("--out runs/grid/analysis \\") for line in lines)
     assert "        --image beach.jpg --caption \"a dog running on the beach\"" in lines
+
+
+def test_a_negative_thread_count_is_refused_before_anything_is_read(tmp_path, capsys):
+    # catches: analyze.py taking --threads -1 silently as automatic while every other script refuses it.
+    code = analyze.main(["--model_path", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "out"),
+                         "--threads", "-1"])
+    assert code == 2
+    assert capsys.readouterr().err == "error: --threads -1: must be 0 (automatic) or more\n"
+    assert not (tmp_path / "out").exists()

@@ -148,6 +148,8 @@ def never_loads(monkeypatch):
     (["build", "--model_path", "missing.pth", "--image_folder", "album", "--index", "idx", "--workers", "-1"],
      "--workers -1: must be 0 (load in the main process) or more"),
     (["query", "--index", "missing", "--query", "x", "--top_k", "0"], "--top_k 0: must be at least 1"),
+    (["query", "--index", "missing", "--query", "x", "--threads", "-1"], "--threads -1: must be 0 (automatic) or more"),
+    (["distill", "--model_path", "missing.pth", "--threads", "-2"], "--threads -2: must be 0 (automatic) or more"),
 ])
 def test_a_bad_option_stops_the_run_before_anything_loads(argv, message, never_loads, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -166,7 +168,7 @@ def test_a_bad_queries_file_is_reported_before_the_outputs(tmp_path):
     queries.write_text("a dog\n\na cat\n")
     config = QueryConfig(index="idx", queries=str(queries), json=str(tmp_path / "nowhere" / "h.json"))
     with pytest.raises(XDimError, match="q.txt"):
-        check_retrieval_options(config)
+        check_retrieval_options(config, RuntimeConfig())
 
 
 def test_each_config_goes_to_its_own_check(monkeypatch):
@@ -174,5 +176,5 @@ def test_each_config_goes_to_its_own_check(monkeypatch):
     for name in ("check_distill", "check_build", "check_query"):
         monkeypatch.setattr(retrieve_cli, name, lambda config, name=name: seen.append((name, type(config))))
     for command in ("query", "distill", "build"):
-        check_retrieval_options(parse(MINIMAL[command])[0])
+        check_retrieval_options(*parse(MINIMAL[command]))
     assert seen == [("check_query", QueryConfig), ("check_distill", DistillConfig), ("check_build", BuildConfig)]
