@@ -8,8 +8,8 @@ RuntimeConfig's --device, --amp, --threads). The range rules (POSITIVE, AT_LEAST
 `check_ranges` and the output-path checks are here too, shared by every command.
 
 Each command's own options, checks and configs are in its module beside this one:
-lib.cli.train (train.py, ablate.py), lib.cli.evaluate (eval.py, test.py, testall.py),
-lib.cli.retrieve (retrieve.py).
+lib.cli.train (train.py), lib.cli.evaluate (eval.py, test.py, testall.py), lib.cli.retrieve
+(retrieve.py), lib.cli.ablate (ablate.py), lib.cli.analyze (analyze.py).
 """
 import argparse
 import math
