@@ -1,6 +1,6 @@
 """check_data.py's throughput against a plain sequential read (`cat FILE > /dev/null`), and its peak memory.
 
-    python tests/benchmarks/bench_check_data.py                 # a 1.5 GB synthetic split in /tmp
+    python tests/benchmarks/bench_check_data.py                 # a 1.5 GB synthetic split in the temp folder
     python tests/benchmarks/bench_check_data.py --gigabytes 4 --folder /data/tmp
 
 Writes `{folder}/bench_precomp/train_{ims.npy,caps.txt}` (float32 (n, 36, 2048), written in
@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -62,7 +63,7 @@ def timed_child(command):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gigabytes", type=float, default=1.5, help="size of the synthetic features file")
-    parser.add_argument("--folder", default="/tmp/bench_check_data", help="where to write it (removed after)")
+    parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "bench_check_data"), help="where to write it (removed after)")
     parser.add_argument("--write_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     n_images = int(args.gigabytes * 1e9 // (REGIONS * FEATURES * 4))

@@ -18,7 +18,9 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 import time
+import timeit
 
 import numpy as np
 import torch
@@ -68,13 +70,10 @@ def write_dataset(folder, n_images):
 def per_second(function, items, repeats=3):
     """Calls of `function(item)` per second over `items`: the best of `repeats` passes (the least
     disturbed by other jobs on the machine)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+    def one_pass():
         for item in items:
             function(item)
-        best = min(best, time.perf_counter() - start)
-    return len(items) / best
+    return len(items) / min(timeit.repeat(one_pass, number=1, repeat=repeats))
 
 
 def stage_rates(split, config, n):
@@ -120,7 +119,7 @@ def main(argv=None):
     parser.add_argument("--normalization", default="detector", choices=images.NORMALIZATIONS)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="loader worker counts to time")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--folder", default="/tmp/bench_image_pipeline", help="where to write (removed after)")
+    parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "bench_image_pipeline"), help="where to write (removed after)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = images.PixelConfig(int(images.BASE_SIZE * args.input_scale_factor), args.normalization)

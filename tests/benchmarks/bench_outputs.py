@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-import time
+import timeit
 
 import numpy as np
 
@@ -27,13 +27,10 @@ from lib.formats import atomic  # noqa: E402
 
 def per_call(action, paths, repeat=3):
     """Best of `repeat` passes of action(path) over `paths` -> seconds per call."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
+    def one_pass():
         for path in paths:
             action(path)
-        best = min(best, time.perf_counter() - start)
-    return best / len(paths)
+    return min(timeit.repeat(one_pass, number=1, repeat=repeat)) / len(paths)
 
 
 def main():
