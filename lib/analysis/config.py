@@ -6,15 +6,15 @@ line is also its command-line option (lib.cli.options.add_config_options).
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AnalyzeConfig:
     """One report: the checkpoint, the output folder, and what to draw beyond the mask figures
     (concepts of `words`, one `pair`'s attention, or one photo and caption of a raw-image model).
     `bert_path` is the shared --bert_path option."""
 
-    model_path: str = field(default=None, metadata={
+    model_path: str = field(metadata={
         "help": "checkpoint to analyse (ours or the official release's)", "required": True})
-    out: str = field(default=None, metadata={
+    out: str = field(metadata={
         "help": "folder for the figures and summary.json (created if needed)", "required": True})
     data_path: str | None = field(default=None, metadata={
         "help": "folder holding {data_name}/, for --words and --pair (default: the checkpoint's)"})
